@@ -1,0 +1,786 @@
+//! `pool.toml`, shared by `rqworker -c` and `rq-supervisor -c`: parsed raw ([`raw`]), then
+//! validated into a [`Config`] whose errors name the file, the key and the fix.
+
+pub mod raw;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::protocol::defaults;
+use raw::{RawConfig, RawHandler, RawPool, RawRestart, RawWorker};
+use values::Secs;
+
+/// The Redis URL used when neither the command line, `RQ_REDIS_URL` nor the file names one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Environment variable that overrides the file's `[redis] url`.
+pub const REDIS_URL_ENV: &str = "RQ_REDIS_URL";
+
+/// A config problem. `Invalid` always carries what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the path given to -c/--config")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: {key}: {problem}; {fix}")]
+    Invalid {
+        path: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where it came from, for messages and for resolving relative program paths.
+    pub path: PathBuf,
+    /// `[redis] url` as written; callers apply the CLI and environment overrides.
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+    pub supervisor: SupervisorSpec,
+    /// `[worker]`: the defaults every worker starts from.
+    pub worker: WorkerSpec,
+    pub pools: Vec<PoolSpec>,
+    pub handlers: Vec<HandlerSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorSpec {
+    /// First shutdown stage: how long workers get to finish their jobs.
+    pub warm_timeout: Secs,
+    /// Second stage: how long after the cold signal before every group is SIGKILLed.
+    pub cold_timeout: Secs,
+    /// Pause between spawning two workers, so a pool does not open all connections at once.
+    pub spawn_stagger: Secs,
+    /// How often memory and heartbeats are checked.
+    pub health_interval: Secs,
+    pub log_format: LogFormat,
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DequeueStrategy {
+    Default,
+    RoundRobin,
+    Random,
+}
+
+impl fmt::Display for DequeueStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DequeueStrategy::Default => "default",
+            DequeueStrategy::RoundRobin => "round_robin",
+            DequeueStrategy::Random => "random",
+        })
+    }
+}
+
+/// Effective worker settings, after defaults, `[worker]`, a pool's overrides and the CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSpec {
+    pub builtin_handlers: bool,
+    /// Default result TTL for jobs that set none (`--results-ttl`).
+    pub results_ttl: i64,
+    pub worker_ttl: Secs,
+    pub job_monitoring_interval: Secs,
+    pub maintenance_interval: Secs,
+    pub max_jobs: Option<u64>,
+    pub max_idle_time: Option<Secs>,
+    pub dequeue_strategy: DequeueStrategy,
+    pub with_scheduler: bool,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            builtin_handlers: false,
+            results_ttl: defaults::RESULT_TTL,
+            worker_ttl: Secs::from_secs(defaults::WORKER_TTL),
+            job_monitoring_interval: Secs::from_secs(defaults::JOB_MONITORING_INTERVAL),
+            maintenance_interval: Secs::from_secs(defaults::MAINTENANCE_INTERVAL),
+            max_jobs: None,
+            max_idle_time: None,
+            dequeue_strategy: DequeueStrategy::Default,
+            with_scheduler: false,
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolSpec {
+    pub name: String,
+    pub queues: Vec<String>,
+    pub workers: u32,
+    pub burst: bool,
+    /// The worker binary; `None` means the `rqworker` next to `rq-supervisor`.
+    pub program: Option<PathBuf>,
+    /// Recycle a worker after a number of jobs drawn from `[max_jobs, max_jobs + jitter]`.
+    pub max_jobs: Option<(u64, u64)>,
+    /// Worker plus horse RSS above which the worker is recycled between jobs.
+    pub memory_limit: Option<u64>,
+    /// The pool's `[pools.NAME.worker]` table, applied over `[worker]`.
+    #[serde(skip)]
+    pub worker_overrides: RawWorkerOverrides,
+    pub restart: RestartPolicy,
+}
+
+/// A pool's own worker keys, kept raw so a reload can tell whether they changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawWorkerOverrides(pub Vec<(String, String)>);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RestartPolicy {
+    /// First delay after a crash; doubles per consecutive crash.
+    pub backoff_initial: Secs,
+    pub backoff_max: Secs,
+    /// Crashes are counted within this sliding window...
+    pub failure_window: Secs,
+    /// ...and this many within it put the pool in the degraded state.
+    pub failure_threshold: u32,
+    /// Delay between restarts while degraded.
+    pub degraded_interval: Secs,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            backoff_initial: Secs(Duration::from_millis(100)),
+            backoff_max: Secs::from_secs(30),
+            failure_window: Secs::from_secs(60),
+            failure_threshold: 5,
+            degraded_interval: Secs::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandlerSpec {
+    /// The function name, exact or a glob with `*`.
+    pub name: String,
+    /// Program and fixed arguments; the program path is absolute after validation.
+    pub command: Vec<String>,
+    /// Used when a job carries no timeout of its own.
+    pub timeout: Option<Secs>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is used for messages and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Validator {
+            path: shown,
+            dir: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        }
+        .config(raw, path)
+    }
+
+    /// The `[worker]` defaults with the named pool's overrides applied.
+    pub fn worker_for_pool(&self, pool: &PoolSpec) -> WorkerSpec {
+        let mut spec = self.worker.clone();
+        for (key, value) in &pool.worker_overrides.0 {
+            apply_override(&mut spec, key, value);
+        }
+        spec
+    }
+
+    /// The Redis URL after the precedence rule: explicit (CLI), then `RQ_REDIS_URL`, then the
+    /// file, then the default.
+    pub fn resolve_redis_url(explicit: Option<&str>, file: Option<&str>) -> String {
+        explicit
+            .map(str::to_string)
+            .or_else(|| std::env::var(REDIS_URL_ENV).ok().filter(|s| !s.is_empty()))
+            .or_else(|| file.map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
+    }
+
+    /// The time an operator must allow between the stop signal and a forced kill.
+    pub fn shutdown_budget(&self) -> Duration {
+        self.supervisor.warm_timeout.0 + self.supervisor.cold_timeout.0 + Duration::from_secs(5)
+    }
+}
+
+fn apply_override(spec: &mut WorkerSpec, key: &str, value: &str) {
+    let secs = |v: &str| Secs(values::parse_duration(v).unwrap_or_default());
+    match key {
+        "builtin_handlers" => spec.builtin_handlers = value == "true",
+        "results_ttl" => spec.results_ttl = value.parse().unwrap_or(spec.results_ttl),
+        "worker_ttl" => spec.worker_ttl = secs(value),
+        "job_monitoring_interval" => spec.job_monitoring_interval = secs(value),
+        "maintenance_interval" => spec.maintenance_interval = secs(value),
+        "max_jobs" => spec.max_jobs = value.parse().ok(),
+        "max_idle_time" => spec.max_idle_time = Some(secs(value)),
+        "dequeue_strategy" => {
+            spec.dequeue_strategy = parse_strategy(value).unwrap_or(spec.dequeue_strategy)
+        }
+        "with_scheduler" => spec.with_scheduler = value == "true",
+        "log_level" => spec.log_level = parse_level(value).unwrap_or(spec.log_level),
+        "log_format" => spec.log_format = parse_format(value).unwrap_or(spec.log_format),
+        _ => {}
+    }
+}
+
+pub fn parse_strategy(v: &str) -> Option<DequeueStrategy> {
+    match v {
+        "default" => Some(DequeueStrategy::Default),
+        "round_robin" => Some(DequeueStrategy::RoundRobin),
+        "random" => Some(DequeueStrategy::Random),
+        _ => None,
+    }
+}
+
+pub fn parse_level(v: &str) -> Option<LogLevel> {
+    match v.to_ascii_lowercase().as_str() {
+        "error" => Some(LogLevel::Error),
+        "warning" | "warn" => Some(LogLevel::Warning),
+        "info" => Some(LogLevel::Info),
+        "debug" => Some(LogLevel::Debug),
+        _ => None,
+    }
+}
+
+pub fn parse_format(v: &str) -> Option<LogFormat> {
+    match v {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
+    }
+}
+
+/// Checks a queue name: RQ joins names with `,` in the worker record and uses them inside
+/// key names, so separators, whitespace and control characters are refused.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a queue name is empty".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == ',' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "queue name {name:?} contains {c:?}, which RQ cannot store in a worker's queue list"
+        ));
+    }
+    Ok(())
+}
+
+struct Validator {
+    path: String,
+    dir: PathBuf,
+}
+
+impl Validator {
+    fn invalid(
+        &self,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        if let Some(url) = &raw.redis.url {
+            crate::conn::RedisTarget::parse(url)
+                .map_err(|e| self.invalid("[redis] url", e.to_string(), "fix the URL"))?;
+        }
+        let s = &raw.supervisor;
+        let d = SupervisorSpec {
+            warm_timeout: s.warm_timeout.unwrap_or(Secs::from_secs(60)),
+            cold_timeout: s.cold_timeout.unwrap_or(Secs::from_secs(10)),
+            spawn_stagger: s.spawn_stagger.unwrap_or(Secs(Duration::from_millis(20))),
+            health_interval: s.health_interval.unwrap_or(Secs::from_secs(5)),
+            log_format: match &s.log_format {
+                Some(v) => parse_format(v).ok_or_else(|| {
+                    self.invalid(
+                        "[supervisor] log_format",
+                        format!("{v:?} is not a log format"),
+                        "write \"text\" or \"json\"",
+                    )
+                })?,
+                None => LogFormat::Text,
+            },
+            log_level: match &s.log_level {
+                Some(v) => parse_level(v).ok_or_else(|| {
+                    self.invalid(
+                        "[supervisor] log_level",
+                        format!("{v:?} is not a log level"),
+                        "write \"error\", \"warning\", \"info\" or \"debug\"",
+                    )
+                })?,
+                None => LogLevel::Info,
+            },
+        };
+        if d.health_interval.0.is_zero() {
+            return Err(self.invalid(
+                "[supervisor] health_interval",
+                "is 0",
+                "write a duration such as \"5s\"",
+            ));
+        }
+        let mut worker = WorkerSpec::default();
+        for (k, v) in self.worker_overrides("[worker]", &raw.worker)? {
+            apply_override(&mut worker, &k, &v);
+        }
+        let mut pools = Vec::new();
+        for (name, p) in raw.pools {
+            pools.push(self.pool(name, p)?);
+        }
+        let mut handlers = Vec::new();
+        for (name, h) in raw.handlers {
+            handlers.push(self.handler(name, h)?);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            redis_url: raw.redis.url,
+            supervisor: d,
+            worker,
+            pools,
+            handlers,
+        })
+    }
+
+    /// Validates worker keys and returns them as text pairs (so pools can be compared).
+    fn worker_overrides(
+        &self,
+        table: &str,
+        w: &RawWorker,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        let mut push = |k: &str, v: String| out.push((k.to_string(), v));
+        let positive = |key: &str, v: &Secs| -> Result<String, ConfigError> {
+            if v.0.is_zero() {
+                Err(self.invalid(
+                    format!("{table} {key}"),
+                    "is 0",
+                    "write a duration such as \"30s\"",
+                ))
+            } else {
+                Ok(format!("{}", v.0.as_secs_f64()))
+            }
+        };
+        if let Some(v) = w.builtin_handlers {
+            push("builtin_handlers", v.to_string());
+        }
+        if let Some(v) = w.results_ttl {
+            push("results_ttl", v.0.to_string());
+        }
+        if let Some(v) = &w.worker_ttl {
+            if v.0 < Duration::from_secs(16) {
+                return Err(self.invalid(
+                    format!("{table} worker_ttl"),
+                    format!("{v} is too short"),
+                    "write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
+                ));
+            }
+            push("worker_ttl", format!("{}", v.0.as_secs_f64()));
+        }
+        if let Some(v) = &w.job_monitoring_interval {
+            push(
+                "job_monitoring_interval",
+                positive("job_monitoring_interval", v)?,
+            );
+        }
+        if let Some(v) = &w.maintenance_interval {
+            push("maintenance_interval", positive("maintenance_interval", v)?);
+        }
+        if let Some(v) = w.max_jobs {
+            if v == 0 {
+                return Err(self.invalid(
+                    format!("{table} max_jobs"),
+                    "is 0",
+                    "write 1 or more, or remove the key for no limit",
+                ));
+            }
+            push("max_jobs", v.to_string());
+        }
+        if let Some(v) = &w.max_idle_time {
+            push("max_idle_time", positive("max_idle_time", v)?);
+        }
+        if let Some(v) = &w.dequeue_strategy {
+            if parse_strategy(v).is_none() {
+                return Err(self.invalid(
+                    format!("{table} dequeue_strategy"),
+                    format!("{v:?} is not a strategy"),
+                    "write \"default\", \"round_robin\" or \"random\"",
+                ));
+            }
+            push("dequeue_strategy", v.clone());
+        }
+        if let Some(v) = w.with_scheduler {
+            push("with_scheduler", v.to_string());
+        }
+        if let Some(v) = &w.log_level {
+            if parse_level(v).is_none() {
+                return Err(self.invalid(
+                    format!("{table} log_level"),
+                    format!("{v:?} is not a log level"),
+                    "write \"error\", \"warning\", \"info\" or \"debug\"",
+                ));
+            }
+            push("log_level", v.clone());
+        }
+        if let Some(v) = &w.log_format {
+            if parse_format(v).is_none() {
+                return Err(self.invalid(
+                    format!("{table} log_format"),
+                    format!("{v:?} is not a log format"),
+                    "write \"text\" or \"json\"",
+                ));
+            }
+            push("log_format", v.clone());
+        }
+        Ok(out)
+    }
+
+    fn pool(&self, name: String, p: RawPool) -> Result<PoolSpec, ConfigError> {
+        let table = format!("[pools.{name}]");
+        if check_queue_name(&name).is_err() || name.contains('.') {
+            return Err(self.invalid(
+                &table,
+                format!("pool name {name:?} has spaces, dots or commas"),
+                "name pools with letters, digits, - and _",
+            ));
+        }
+        let queues = p.queues.ok_or_else(|| {
+            self.invalid(
+                format!("{table} queues"),
+                "is missing",
+                "write queues = [\"default\"] with the queues in priority order",
+            )
+        })?;
+        if queues.is_empty() {
+            return Err(self.invalid(
+                format!("{table} queues"),
+                "is empty",
+                "list at least one queue, e.g. queues = [\"default\"]",
+            ));
+        }
+        for q in &queues {
+            check_queue_name(q).map_err(|e| {
+                self.invalid(
+                    format!("{table} queues"),
+                    e,
+                    "use names without commas, spaces or control characters",
+                )
+            })?;
+        }
+        let workers = p.workers.unwrap_or(1);
+        if workers < 1 {
+            return Err(self.invalid(
+                format!("{table} workers"),
+                format!("is {workers}; a pool needs at least one worker"),
+                "write workers = 1 or more, or remove the pool",
+            ));
+        }
+        let workers = u32::try_from(workers)
+            .ok()
+            .filter(|w| *w <= 10_000)
+            .ok_or_else(|| {
+                self.invalid(
+                    format!("{table} workers"),
+                    format!("{workers} is too many"),
+                    "write at most 10000",
+                )
+            })?;
+        let program = match p.program {
+            Some(prog) => Some(self.executable(&format!("{table} program"), &prog)?),
+            None => None,
+        };
+        let max_jobs = match (p.max_jobs, p.max_jobs_jitter) {
+            (Some(0), _) => {
+                return Err(self.invalid(
+                    format!("{table} max_jobs"),
+                    "is 0",
+                    "write 1 or more, or remove the key",
+                ));
+            }
+            (Some(n), j) => Some((n, n.saturating_add(j.unwrap_or(0)))),
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    format!("{table} max_jobs_jitter"),
+                    "is set without max_jobs",
+                    "add max_jobs = N, or remove max_jobs_jitter",
+                ));
+            }
+            (None, None) => None,
+        };
+        if let Some(m) = p.memory_limit
+            && m.0 < 1024 * 1024
+        {
+            return Err(self.invalid(
+                format!("{table} memory_limit"),
+                format!("{} bytes is below 1 MiB", m.0),
+                "write a size such as \"512MiB\"",
+            ));
+        }
+        let overrides = self.worker_overrides(&format!("[pools.{name}.worker]"), &p.worker)?;
+        Ok(PoolSpec {
+            name,
+            queues,
+            workers,
+            burst: p.burst.unwrap_or(false),
+            program,
+            max_jobs,
+            memory_limit: p.memory_limit.map(|b| b.0),
+            worker_overrides: RawWorkerOverrides(overrides),
+            restart: self.restart(&table, p.restart)?,
+        })
+    }
+
+    fn restart(&self, table: &str, r: RawRestart) -> Result<RestartPolicy, ConfigError> {
+        let d = RestartPolicy::default();
+        let policy = RestartPolicy {
+            backoff_initial: r.backoff_initial.unwrap_or(d.backoff_initial),
+            backoff_max: r.backoff_max.unwrap_or(d.backoff_max),
+            failure_window: r.failure_window.unwrap_or(d.failure_window),
+            failure_threshold: r.failure_threshold.unwrap_or(d.failure_threshold),
+            degraded_interval: r.degraded_interval.unwrap_or(d.degraded_interval),
+        };
+        if policy.backoff_max < policy.backoff_initial {
+            return Err(self.invalid(
+                format!("{table} restart.backoff_max"),
+                "is below backoff_initial",
+                "make backoff_max at least backoff_initial",
+            ));
+        }
+        if policy.failure_threshold == 0 {
+            return Err(self.invalid(
+                format!("{table} restart.failure_threshold"),
+                "is 0",
+                "write 1 or more",
+            ));
+        }
+        Ok(policy)
+    }
+
+    fn handler(&self, name: String, h: RawHandler) -> Result<HandlerSpec, ConfigError> {
+        let table = format!("[handlers.\"{name}\"]");
+        if name.is_empty() {
+            return Err(self.invalid(
+                &table,
+                "the function name is empty",
+                "name the handler after the function jobs call, e.g. [handlers.\"tasks.send\"]",
+            ));
+        }
+        let mut command = h.command.ok_or_else(|| {
+            self.invalid(
+                format!("{table} command"),
+                "is missing",
+                "write command = [\"/path/to/program\", \"fixed-arg\"]",
+            )
+        })?;
+        if command.is_empty() || command[0].is_empty() {
+            return Err(self.invalid(
+                format!("{table} command"),
+                "is empty",
+                "write command = [\"/path/to/program\"]",
+            ));
+        }
+        let cwd = h.cwd.map(|c| self.dir.join(c));
+        if let Some(c) = &cwd
+            && !c.is_dir()
+        {
+            return Err(self.invalid(
+                format!("{table} cwd"),
+                format!("{} is not a directory", c.display()),
+                "create it or fix the path",
+            ));
+        }
+        command[0] = self
+            .executable(&format!("{table} command"), &command[0])?
+            .display()
+            .to_string();
+        Ok(HandlerSpec {
+            name,
+            command,
+            timeout: h.timeout,
+            cwd,
+            env: h.env,
+        })
+    }
+
+    /// Resolves a program like a shell would find it (relative paths against the config
+    /// file's directory) and checks that it can be executed.
+    fn executable(&self, key: &str, program: &str) -> Result<PathBuf, ConfigError> {
+        match find_executable(&self.dir, program) {
+            Ok(p) => Ok(p),
+            Err(problem) => Err(self.invalid(key, problem, "install the program, fix the path (relative paths start at the config file's directory), or make it executable with chmod +x")),
+        }
+    }
+}
+
+/// Finds `program`: a path with a `/` is taken relative to `base`, a bare name is looked up
+/// in `PATH`. The result must be an executable regular file.
+pub fn find_executable(base: &Path, program: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let check = |p: &Path| -> Result<PathBuf, String> {
+        let meta =
+            std::fs::metadata(p).map_err(|e| format!("{} cannot be used: {e}", p.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", p.display()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!("{} is not executable", p.display()));
+        }
+        Ok(std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    };
+    if program.contains('/') {
+        return check(&base.join(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return check(&candidate);
+        }
+    }
+    Err(format!("{program:?} was not found in PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/tmp/pool.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_shape_parses() {
+        let c = parse(
+            r#"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+[supervisor]
+warm_timeout = "60s"
+cold_timeout = 10
+[worker]
+builtin_handlers = true
+[pools.default]
+queues = ["high", "normal", "low"]
+workers = 4
+burst = false
+max_jobs = 100
+max_jobs_jitter = 20
+memory_limit = "256MiB"
+[pools.default.worker]
+job_monitoring_interval = "5s"
+[handlers."tasks.echo"]
+command = ["echo", "x"]
+timeout = "30s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.cold_timeout, Secs::from_secs(10));
+        assert_eq!(c.pools[0].workers, 4);
+        assert_eq!(c.pools[0].max_jobs, Some((100, 120)));
+        assert!(c.worker.builtin_handlers);
+        let w = c.worker_for_pool(&c.pools[0]);
+        assert_eq!(w.job_monitoring_interval, Secs::from_secs(5));
+        assert!(c.handlers[0].command[0].starts_with('/'));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_fix() {
+        let e = err("[pools.a]\nqueues = [\"q\"]\nworkers = 0\n");
+        assert!(
+            e.contains("/tmp/pool.toml")
+                && e.contains("[pools.a] workers")
+                && e.contains("workers = 1"),
+            "{e}"
+        );
+        let e = err("[pools.a]\nqueues = []\n");
+        assert!(e.contains("queues") && e.contains("is empty"), "{e}");
+        let e = err("[pools.a]\nqueues = [\"a b\"]\n");
+        assert!(e.contains("contains"), "{e}");
+        let e = err("[pools.a]\nqueues = [\"q\"]\nwrokers = 2\n");
+        assert!(
+            e.contains("unknown field `wrokers`") && e.contains("workers"),
+            "{e}"
+        );
+        let e = err("[supervisor]\nwarm_timeout = \"soon\"\n");
+        assert!(e.contains("warm_timeout") && e.contains("30s"), "{e}");
+        let e = err("[pools.a]\nqueues = \"q\"\n");
+        assert!(e.contains("invalid type"), "{e}");
+        let e = err("[handlers.\"t.x\"]\ncommand = [\"/no/such/program\"]\n");
+        assert!(
+            e.contains("/no/such/program") && e.contains("chmod +x"),
+            "{e}"
+        );
+        let e = err("[redis]\nurl = \"http://x\"\n");
+        assert!(e.contains("[redis] url"), "{e}");
+        let e = err("[worker\n");
+        assert!(e.contains("/tmp/pool.toml"), "{e}");
+    }
+}

@@ -1,0 +1,94 @@
+//! The config file exactly as written: every table and key optional where it may be, unknown
+//! keys refused. [`super::spec`] turns this into the validated, typed value the rest of the
+//! crate uses ("low args / high args").
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::values::{Bytes, Secs, Ttl};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub redis: RawRedis,
+    #[serde(default)]
+    pub supervisor: RawSupervisor,
+    #[serde(default)]
+    pub worker: RawWorker,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pub handlers: BTreeMap<String, RawHandler>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervisor {
+    pub warm_timeout: Option<Secs>,
+    pub cold_timeout: Option<Secs>,
+    pub spawn_stagger: Option<Secs>,
+    pub health_interval: Option<Secs>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// Worker settings: `[worker]` for every worker, `[pools.NAME.worker]` to override per pool.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub builtin_handlers: Option<bool>,
+    pub results_ttl: Option<Ttl>,
+    pub worker_ttl: Option<Secs>,
+    pub job_monitoring_interval: Option<Secs>,
+    pub maintenance_interval: Option<Secs>,
+    pub max_jobs: Option<u64>,
+    pub max_idle_time: Option<Secs>,
+    pub dequeue_strategy: Option<String>,
+    pub with_scheduler: Option<bool>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub queues: Option<Vec<String>>,
+    pub workers: Option<i64>,
+    pub burst: Option<bool>,
+    pub program: Option<String>,
+    pub max_jobs: Option<u64>,
+    pub max_jobs_jitter: Option<u64>,
+    pub memory_limit: Option<Bytes>,
+    #[serde(default)]
+    pub worker: RawWorker,
+    #[serde(default)]
+    pub restart: RawRestart,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    pub backoff_initial: Option<Secs>,
+    pub backoff_max: Option<Secs>,
+    pub failure_window: Option<Secs>,
+    pub failure_threshold: Option<u32>,
+    pub degraded_interval: Option<Secs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<Secs>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}

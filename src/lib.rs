@@ -1,0 +1,40 @@
+//! # rq-supervisor
+//!
+//! A Rust implementation of the [RQ](https://python-rq.org) worker, wire-compatible with
+//! Python RQ 2.12 and its JSON serializer, plus a pool supervisor. Python applications
+//! enqueue with the real `rq` package; `rqworker` runs the jobs; the applications read
+//! results back as if a Python worker had run them, and `rq info`, rq-dashboard and
+//! rq-exporter see the workers.
+//!
+//! Rust programs use this crate to register native job functions and build their own worker
+//! binary (see `examples/native_worker.rs`), and to enqueue and read jobs ([`producer`]).
+//!
+//! # Layout
+//!
+//! - [`protocol`]: RQ 2.12 on the wire. Key names, timestamps, the job record and payload
+//!   codec, result stream entries, and the Lua scripts that take and settle jobs
+//!   atomically. Knows nothing of processes.
+//! - [`conn`]: Redis URLs (masked in every message), connecting, capped jittered backoff.
+//! - [`listener`]: the worker's wake-up connection, on which Redis pushes queue changes and
+//!   `rq:pubsub:<worker>` commands, so an idle worker sleeps in `poll(2)` and still reacts to
+//!   signals at once.
+//! - [`config`]: `pool.toml`, parsed raw then validated into typed specs.
+//! - [`handler`]: what a `func_name` runs: native functions, config-declared commands,
+//!   built-ins.
+//! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill) and
+//!   the Redis bookkeeping.
+//! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
+//! - [`logging`]: one line per `write(2)`, naming the pool and worker.
+//!
+//! Data flows one way: queue -> claim -> horse -> outcome -> settle.
+
+pub mod config;
+pub mod conn;
+pub mod handler;
+pub mod listener;
+pub mod logging;
+pub mod producer;
+pub mod protocol;
+pub mod worker;
+
+pub use handler::{JobCall, JobError, Registry};

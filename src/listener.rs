@@ -1,0 +1,364 @@
+//! The worker's wake-up line: a second Redis connection on which the server pushes
+//! (a) a notice whenever one of the worker's queue lists changes and (b) commands published to
+//! `rq:pubsub:<worker>`.
+//!
+//! Why not a blocking `BLMOVE`/`BLPOP` like Python RQ: a single-threaded worker blocked in a
+//! Redis reply cannot react to a signal (reads restart under `SA_RESTART`), and a blocking pop
+//! that is abandoned or times out client-side can lose the popped id. Instead the worker
+//! sleeps in `poll(2)` on this socket together with its signal pipe and horse pipes, and takes
+//! jobs with one atomic script ([`crate::protocol::scripts::CLAIM`]). The notices come from
+//! `CLIENT TRACKING ... BCAST PREFIX rq:queue:<name>` redirected to this same connection,
+//! which needs Redis 6 and no server configuration.
+//!
+//! This is a deliberately small RESP2 client: `redis-rs` buffers replies internally, so its
+//! socket cannot be polled reliably, and this connection only ever reads pushes.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo};
+
+/// Channel Redis publishes key invalidations on when tracking is redirected (RESP2).
+const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
+
+/// Something the server pushed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// One of the watched key prefixes changed (a queue got or lost a job, or suspension
+    /// changed). Carries the key names; empty after a FLUSHALL.
+    Changed(Vec<String>),
+    /// A message on one of the subscribed command channels.
+    Message { channel: String, payload: Vec<u8> },
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn as_io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(d),
+            Stream::Unix(s) => s.set_read_timeout(d),
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// The listening connection. Not `Clone`; one per worker process.
+pub struct Listener {
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+/// A parsed RESP2 value.
+#[derive(Debug, Clone, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Listener {
+    /// Connects, authenticates, turns on broadcast tracking for `prefixes` and subscribes to
+    /// `channels`. Fails with the server's own words when a step is refused (for example an
+    /// ACL user without `client` permission).
+    pub fn open(
+        info: &ConnectionInfo,
+        prefixes: &[String],
+        channels: &[String],
+        timeout: Duration,
+    ) -> io::Result<Listener> {
+        let stream = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => {
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))?
+                    .next()
+                    .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no address for host"))?;
+                let s = TcpStream::connect_timeout(&addr, timeout)?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+            ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+            _ => {
+                return Err(io::Error::new(
+                    ErrorKind::Unsupported,
+                    "TLS connections are not supported by the listener",
+                ));
+            }
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        let mut l = Listener {
+            stream,
+            buf: Vec::with_capacity(1024),
+        };
+        let redis = info.redis_settings();
+        if let Some(password) = redis.password() {
+            match redis.username() {
+                Some(user) => l.call(&["AUTH", user, password])?,
+                None => l.call(&["AUTH", password])?,
+            };
+        }
+        let id = match l.call(&["CLIENT", "ID"])? {
+            Resp::Int(id) => id.to_string(),
+            other => return Err(protocol_error(format!("CLIENT ID replied {other:?}"))),
+        };
+        let mut tracking = vec!["CLIENT", "TRACKING", "ON", "REDIRECT", &id, "BCAST"];
+        let prefixes = disjoint_prefixes(prefixes);
+        for p in &prefixes {
+            tracking.push("PREFIX");
+            tracking.push(p);
+        }
+        l.call(&tracking)?;
+        let mut subscribe = vec!["SUBSCRIBE", INVALIDATE_CHANNEL];
+        subscribe.extend(channels.iter().map(String::as_str));
+        l.send(&subscribe)?;
+        for _ in 0..subscribe.len() - 1 {
+            l.read_blocking()?;
+        }
+        l.stream.set_read_timeout(None)?;
+        l.stream.set_nonblocking(true)?;
+        Ok(l)
+    }
+
+    /// The socket to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+
+    /// Reads whatever has arrived without blocking and returns the complete pushes in it.
+    /// An error means the connection is gone and must be opened again.
+    pub fn drain(&mut self) -> io::Result<Vec<Push>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.as_io().read(&mut chunk) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "Redis closed the connection",
+                    ));
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut pushes = Vec::new();
+        while let Some((value, used)) = parse(&self.buf)? {
+            self.buf.drain(..used);
+            if let Some(p) = to_push(value) {
+                pushes.push(p);
+            }
+        }
+        Ok(pushes)
+    }
+
+    fn send(&mut self, args: &[&str]) -> io::Result<()> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.as_io().write_all(&out)
+    }
+
+    fn call(&mut self, args: &[&str]) -> io::Result<Resp> {
+        self.send(args)?;
+        match self.read_blocking()? {
+            Resp::Error(e) => Err(io::Error::other(format!(
+                "{} refused: {e}",
+                args[..2].join(" ")
+            ))),
+            v => Ok(v),
+        }
+    }
+
+    fn read_blocking(&mut self) -> io::Result<Resp> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some((v, used)) = parse(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(v);
+            }
+            let n = self.stream.as_io().read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "Redis closed the connection",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Redis refuses overlapping BCAST prefixes (`high` and `highest`), so keep only the
+/// shortest of each family; the extra notices a wider prefix brings only cost a wake-up.
+fn disjoint_prefixes(prefixes: &[String]) -> Vec<String> {
+    let mut sorted: Vec<&String> = prefixes.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut kept: Vec<String> = Vec::new();
+    for p in sorted {
+        if !kept.iter().any(|k| p.starts_with(k.as_str())) {
+            kept.push(p.clone());
+        }
+    }
+    kept
+}
+
+fn to_push(value: Resp) -> Option<Push> {
+    let Resp::Array(Some(mut items)) = value else {
+        return None;
+    };
+    if items.len() != 3 {
+        return None;
+    }
+    let payload = items.pop()?;
+    let channel = match items.pop()? {
+        Resp::Bulk(Some(c)) => String::from_utf8_lossy(&c).into_owned(),
+        _ => return None,
+    };
+    match items.pop()? {
+        Resp::Bulk(Some(kind)) if kind == b"message" => {}
+        _ => return None,
+    }
+    if channel == INVALIDATE_CHANNEL {
+        let keys = match payload {
+            Resp::Array(Some(keys)) => keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    Resp::Bulk(Some(k)) => Some(String::from_utf8_lossy(&k).into_owned()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        return Some(Push::Changed(keys));
+    }
+    match payload {
+        Resp::Bulk(Some(payload)) => Some(Push::Message { channel, payload }),
+        _ => None,
+    }
+}
+
+fn protocol_error(msg: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, msg)
+}
+
+/// Parses one RESP2 value from the front of `buf`; `None` if it is not complete yet.
+fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let Some((&tag, rest)) = buf[..line_end].split_first() else {
+        return Err(protocol_error("empty RESP line".into()));
+    };
+    let line = String::from_utf8_lossy(rest).into_owned();
+    let after = line_end + 2;
+    let int = || {
+        line.parse::<i64>()
+            .map_err(|_| protocol_error(format!("bad RESP length {line:?}")))
+    };
+    Ok(match tag {
+        b'+' => Some((Resp::Simple(line), after)),
+        b'-' => Some((Resp::Error(line), after)),
+        b':' => Some((Resp::Int(int()?), after)),
+        b'$' => {
+            let len = int()?;
+            if len < 0 {
+                return Ok(Some((Resp::Bulk(None), after)));
+            }
+            let end = after + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            Some((Resp::Bulk(Some(buf[after..end].to_vec())), end + 2))
+        }
+        b'*' => {
+            let len = int()?;
+            if len < 0 {
+                return Ok(Some((Resp::Array(None), after)));
+            }
+            let mut items = Vec::with_capacity(len as usize);
+            let mut used = after;
+            for _ in 0..len {
+                match parse(&buf[used..])? {
+                    Some((v, n)) => {
+                        items.push(v);
+                        used += n;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Some((Resp::Array(Some(items)), used))
+        }
+        other => {
+            return Err(protocol_error(format!(
+                "unexpected RESP type byte {other:#x}"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_invalidation_push() {
+        let raw =
+            b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$10\r\nrq:queue:a\r\n";
+        let (v, used) = parse(raw).unwrap().unwrap();
+        assert_eq!(used, raw.len());
+        assert_eq!(to_push(v), Some(Push::Changed(vec!["rq:queue:a".into()])));
+        assert!(parse(&raw[..raw.len() - 3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn parses_command_message() {
+        let raw =
+            b"*3\r\n$7\r\nmessage\r\n$11\r\nrq:pubsub:w\r\n$23\r\n{\"command\": \"shutdown\"}\r\n";
+        let (v, _) = parse(raw).unwrap().unwrap();
+        assert_eq!(
+            to_push(v),
+            Some(Push::Message {
+                channel: "rq:pubsub:w".into(),
+                payload: br#"{"command": "shutdown"}"#.to_vec()
+            })
+        );
+    }
+
+    #[test]
+    fn prefixes_never_overlap() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            disjoint_prefixes(&p(&["rq:queue:highest", "rq:queue:high", "rq:queue:low"])),
+            p(&["rq:queue:high", "rq:queue:low"])
+        );
+    }
+}

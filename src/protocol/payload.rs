@@ -1,0 +1,281 @@
+//! The job `data` field (§3.2): `zlib(json.dumps([func_name, instance, args, kwargs]))`, and the
+//! JSON text Python's `JSONSerializer` produces.
+
+use std::io::{self, Read, Write};
+
+use flate2::Compression;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The call a job asks for, decoded from its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub func_name: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+}
+
+/// Why a payload could not be decoded. Each message names the problem and what the producer
+/// should do instead, because it ends up in the job's `exc_string` where a user reads it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PayloadError {
+    #[error(
+        "the job payload is pickled, and rqworker reads only JSON; enqueue with \
+         Queue(..., serializer=JSONSerializer) (from rq.serializers import JSONSerializer)"
+    )]
+    Pickle,
+    #[error("the job has no `data` field; it was not written by RQ's producer, enqueue it again")]
+    Missing,
+    #[error(
+        "the job payload is not UTF-8 text ({0}); it must be zlib-compressed JSON as \
+         written by RQ's JSONSerializer"
+    )]
+    NotUtf8(String),
+    #[error(
+        "the job payload contains NaN or Infinity, which JSON cannot carry and rqworker \
+         refuses to guess; pass the value as a string or None"
+    )]
+    NonFiniteNumber,
+    #[error(
+        "the job payload is not zlib-compressed JSON ({0}); enqueue with \
+         serializer=JSONSerializer"
+    )]
+    NotJson(String),
+    #[error(
+        "the job payload has the wrong shape: {0}; RQ writes [func_name, null, [args...], \
+         {{kwargs...}}]"
+    )]
+    Shape(String),
+}
+
+/// Decodes a job's `data` field. Like Python, data that is not zlib is read as it is.
+pub fn decode(data: &[u8]) -> Result<Call, PayloadError> {
+    if data.is_empty() {
+        return Err(PayloadError::Missing);
+    }
+    let inflated = inflate(data).unwrap_or_else(|_| data.to_vec());
+    if looks_pickled(&inflated) {
+        return Err(PayloadError::Pickle);
+    }
+    let text = std::str::from_utf8(&inflated).map_err(|e| PayloadError::NotUtf8(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        if has_python_non_finite(text) {
+            PayloadError::NonFiniteNumber
+        } else {
+            PayloadError::NotJson(e.to_string())
+        }
+    })?;
+    let Value::Array(mut items) = value else {
+        return Err(PayloadError::Shape(format!(
+            "expected a list of 4 items, got {}",
+            kind(&value)
+        )));
+    };
+    if items.len() != 4 {
+        return Err(PayloadError::Shape(format!(
+            "expected a list of 4 items, got {} items",
+            items.len()
+        )));
+    }
+    let kwargs = items.pop().unwrap_or(Value::Null);
+    let args = items.pop().unwrap_or(Value::Null);
+    let instance = items.pop().unwrap_or(Value::Null);
+    let func = items.pop().unwrap_or(Value::Null);
+    let Value::String(func_name) = func else {
+        return Err(PayloadError::Shape(format!(
+            "the function name is {}, not a string",
+            kind(&func)
+        )));
+    };
+    if !instance.is_null() {
+        return Err(PayloadError::Shape(
+            "it names a method on an instance, which only Python can call".into(),
+        ));
+    }
+    let args = match args {
+        Value::Array(a) => a,
+        Value::Null => Vec::new(),
+        other => {
+            return Err(PayloadError::Shape(format!(
+                "args is {}, not a list",
+                kind(&other)
+            )));
+        }
+    };
+    let kwargs = match kwargs {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => {
+            return Err(PayloadError::Shape(format!(
+                "kwargs is {}, not an object",
+                kind(&other)
+            )));
+        }
+    };
+    Ok(Call {
+        func_name,
+        args,
+        kwargs,
+    })
+}
+
+/// Encodes a call as Python RQ's JSON producer does: same JSON text, then zlib.
+pub fn encode(call: &Call) -> Vec<u8> {
+    let value = Value::Array(vec![
+        Value::String(call.func_name.clone()),
+        Value::Null,
+        Value::Array(call.args.clone()),
+        Value::Object(call.kwargs.clone()),
+    ]);
+    deflate(&python_json(&value))
+}
+
+pub fn inflate(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() * 4);
+    ZlibDecoder::new(data).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut enc = ZlibEncoder::new(
+        Vec::with_capacity(data.len() / 2 + 16),
+        Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Serializes like Python's `json.dumps` with its defaults (`", "` and `": "` separators,
+/// `ensure_ascii=True`), so a payload we write is byte-for-byte what Python would write.
+pub fn python_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    // Serializing a Value into a Vec cannot fail.
+    let _ = value.serialize(&mut ser);
+    out
+}
+
+/// A `serde_json` formatter that reproduces Python's default separators and ASCII escaping.
+#[derive(Default)]
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        if fragment.is_ascii() {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut units = [0u16; 2];
+        for ch in fragment.chars() {
+            if ch.is_ascii() {
+                w.write_all(&[ch as u8])?;
+            } else {
+                for unit in ch.encode_utf16(&mut units) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pickle protocol 2+ starts with the PROTO opcode; older protocols start with one of a few
+/// opcodes that are never the first byte of JSON text.
+fn looks_pickled(data: &[u8]) -> bool {
+    matches!(data.first(), Some(0x80)) || matches!(data, [b'(', b'c' | b'S' | b'V' | b'I', ..])
+}
+
+fn has_python_non_finite(text: &str) -> bool {
+    text.contains("NaN") || text.contains("Infinity")
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call() -> Call {
+        Call {
+            func_name: "tasks.echo".into(),
+            args: vec![json!(1), json!("x"), json!("é😀")],
+            kwargs: json!({"k": 2}).as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn python_json_matches_python_text() {
+        let v = json!(["tasks.echo", null, [1, "x", "é😀"], {"k": 2}]);
+        assert_eq!(
+            String::from_utf8(python_json(&v)).unwrap(),
+            r#"["tasks.echo", null, [1, "x", "\u00e9\ud83d\ude00"], {"k": 2}]"#
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        assert_eq!(decode(&encode(&call())).unwrap(), call());
+    }
+
+    #[test]
+    fn raw_json_without_zlib_is_accepted_like_python() {
+        let raw = br#"["f", null, [], {}]"#;
+        assert_eq!(decode(raw).unwrap().func_name, "f");
+    }
+
+    #[test]
+    fn bad_payloads_name_the_problem() {
+        assert_eq!(
+            decode(&deflate(b"\x80\x05K\x03.")),
+            Err(PayloadError::Pickle)
+        );
+        assert_eq!(
+            decode(&deflate(br#"["f", null, [NaN], {}]"#)),
+            Err(PayloadError::NonFiniteNumber)
+        );
+        assert!(matches!(
+            decode(&deflate(b"\xff\xfe")),
+            Err(PayloadError::NotUtf8(_))
+        ));
+        assert!(matches!(decode(b"not json"), Err(PayloadError::NotJson(_))));
+        assert!(matches!(
+            decode(&deflate(b"{}")),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(matches!(
+            decode(&deflate(br#"[1, null, [], {}]"#)),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(matches!(
+            decode(&deflate(br#"["f", {"x": 1}, [], {}]"#)),
+            Err(PayloadError::Shape(_))
+        ));
+        assert_eq!(decode(b""), Err(PayloadError::Missing));
+        assert!(PayloadError::Pickle.to_string().contains("JSONSerializer"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Lua scripts for the two state changes that must be atomic: taking a job (pop + mark
+//! started) and settling one (terminal state, result entry, registries, retry). Doing each in
+//! one script means a job is never only in a client's memory, and each costs one round trip.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Pops the first job id from the queues in priority order and records it as started by this
+/// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions.
+///
+/// ARGV: worker name, execution id, now (ISO), now (Unix float), now (Unix int),
+/// job monitoring interval, then the queue names in priority order.
+/// Returns `{queue, job id, HGETALL of the job, dropped ids}`, `{false, false, {}, dropped}`
+/// when every queue is empty, or `{false, 'suspended', {}, {}}` while `rq suspend` is in
+/// force (checked here so it costs no extra round trip). Ids whose job hash is gone are
+/// dropped, as RQ drops them, and reported so the worker can log them.
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+
+const CLAIM_LUA: &str = r#"
+local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local inow, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
+local wkey = 'rq:worker:' .. worker
+if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}} end
+local dropped = {}
+for i = 7, #ARGV do
+  local q = ARGV[i]
+  while true do
+    local id = redis.call('LPOP', 'rq:queue:' .. q)
+    if not id then break end
+    local jkey = 'rq:job:' .. id
+    if redis.call('EXISTS', jkey) == 1 then
+      -- RQ's heartbeat TTL: min(timeout, interval) + 60, where a missing timeout is 180
+      -- and -1 means no limit.
+      local timeout = tonumber(redis.call('HGET', jkey, 'timeout'))
+      if not timeout or timeout == 0 then timeout = 180 end
+      local ttl = interval + 60
+      if timeout > 0 and timeout < interval then ttl = math.floor(timeout) + 60 end
+      local ekey = 'rq:execution:' .. id .. ':' .. eid
+      redis.call('HSET', ekey, 'id', eid, 'created_at', fnow, 'last_heartbeat', fnow,
+        'worker_name', worker)
+      redis.call('EXPIRE', ekey, ttl)
+      redis.call('ZADD', 'rq:executions:' .. id, inow + ttl + 60, eid)
+      redis.call('EXPIRE', 'rq:executions:' .. id, ttl + 60)
+      redis.call('ZADD', 'rq:wip:' .. q, inow + ttl, id .. ':' .. eid)
+      redis.call('HSET', wkey, 'state', 'busy', 'current_job', id,
+        'current_job_working_time', '0', 'last_heartbeat', iso)
+      redis.call('EXPIRE', wkey, ttl)
+      redis.call('HSET', jkey, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
+        'worker_name', worker)
+      redis.call('PERSIST', jkey)
+      return {q, id, redis.call('HGETALL', jkey), dropped}
+    end
+    table.insert(dropped, q .. ':' .. id)
+  end
+end
+return {false, false, {}, dropped}
+"#;
+
+/// Records how an execution ended (§7.5, §7.6, §7.7, §8.3): result entry, registries, TTLs,
+/// retries, and the worker's counters, in one step.
+///
+/// ARGV: job id, queue, execution id (empty: find it in `rq:wip:Q`), worker name,
+/// outcome (`finished`, `failed` or `stopped`), now (ISO), now (Unix float), now (Unix int),
+/// execution start (Unix float), working seconds, the worker's default result TTL,
+/// payload (base64 return value, empty for None; or base64 zlib exc_string),
+/// the worker's idle TTL (empty: leave the worker hash alone, the worker is dead),
+/// `1` if a failure may be retried.
+///
+/// Returns what happened: `finished`, `failed`, `stopped`, `requeued`, `scheduled`, `gone`
+/// when the job hash no longer exists, or `unknown` when the execution is not (or no longer)
+/// in `rq:wip:Q`, which makes the script safe to repeat.
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+
+const SETTLE_LUA: &str = r#"
+local id, q, eid, worker, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local iso, fnow, inow = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local started, working = ARGV[9], ARGV[10]
+local default_result_ttl = tonumber(ARGV[11])
+local payload, idle_ttl, allow_retry = ARGV[12], ARGV[13], ARGV[14] == '1'
+local jkey = 'rq:job:' .. id
+local wkey = 'rq:worker:' .. worker
+local wip = 'rq:wip:' .. q
+
+if eid == '' then
+  for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
+    if string.sub(member, 1, #id + 1) == id .. ':' then
+      eid = string.sub(member, #id + 2)
+    end
+  end
+end
+if idle_ttl ~= '' then
+  redis.call('HDEL', wkey, 'current_job')
+  redis.call('HSET', wkey, 'state', 'idle', 'current_job_working_time', '0',
+    'last_heartbeat', iso)
+  redis.call('EXPIRE', wkey, tonumber(idle_ttl))
+end
+
+-- Settling twice (a retry after a lost reply) or after someone else settled the execution
+-- (abandoned-job cleanup) must change nothing.
+if eid == '' or not redis.call('ZSCORE', wip, id .. ':' .. eid) then return 'unknown' end
+redis.call('DEL', 'rq:execution:' .. id .. ':' .. eid)
+redis.call('ZREM', wip, id .. ':' .. eid)
+redis.call('ZREM', 'rq:executions:' .. id, eid)
+
+if idle_ttl ~= '' then
+  if outcome == 'finished' then
+    redis.call('HINCRBY', wkey, 'successful_job_count', 1)
+  else
+    redis.call('HINCRBY', wkey, 'failed_job_count', 1)
+  end
+  redis.call('HINCRBYFLOAT', wkey, 'total_working_time', working)
+end
+
+if redis.call('EXISTS', jkey) == 0 then return 'gone' end
+
+local function apply_ttl(ttl)
+  if ttl == 0 then
+    redis.call('DEL', jkey, 'rq:job:' .. id .. ':dependents', 'rq:job::' .. id .. ':dependencies',
+      'rq:executions:' .. id)
+  elseif ttl > 0 then
+    redis.call('EXPIRE', jkey, ttl)
+    redis.call('EXPIRE', 'rq:job:' .. id .. ':dependents', ttl)
+    redis.call('EXPIRE', 'rq:job::' .. id .. ':dependencies', ttl)
+  end
+end
+
+local function add_result(kind, field)
+  local entry = {'type', kind, 'worker_name', worker}
+  if payload ~= '' then
+    table.insert(entry, field)
+    table.insert(entry, payload)
+  end
+  for _, v in ipairs({'execution_id', eid, 'execution_started_at', started,
+                      'execution_ended_at', fnow}) do
+    table.insert(entry, v)
+  end
+  redis.call('XADD', 'rq:results:' .. id, 'MAXLEN', '~', '10', '*', unpack(entry))
+end
+
+if outcome == 'finished' then
+  local ttl = tonumber(redis.call('HGET', jkey, 'result_ttl')) or default_result_ttl
+  redis.call('HSET', jkey, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso,
+    'worker_name', worker)
+  if ttl ~= 0 then
+    add_result('1', 'return_value')
+    local rkey = 'rq:results:' .. id
+    if ttl < 0 then
+      redis.call('PERSIST', rkey)
+      redis.call('ZADD', 'rq:finished:' .. q, '+inf', id)
+    else
+      redis.call('EXPIRE', rkey, ttl)
+      redis.call('ZADD', 'rq:finished:' .. q, inow + ttl, id)
+    end
+  end
+  apply_ttl(ttl)
+  return 'finished'
+end
+
+local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left')) or 0
+if outcome == 'failed' and allow_retry and retries_left > 0 then
+  local ok, intervals = pcall(cjson.decode, redis.call('HGET', jkey, 'retry_intervals') or '[]')
+  local interval = 0
+  if ok and type(intervals) == 'table' and #intervals > 0 then
+    local index = math.max(#intervals - retries_left, 0)
+    interval = tonumber(intervals[math.min(index, #intervals - 1) + 1]) or 0
+  end
+  redis.call('HSET', jkey, 'retries_left', retries_left - 1, 'ended_at', iso,
+    'last_heartbeat', iso, 'worker_name', worker)
+  redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
+  if interval > 0 then
+    redis.call('HSET', jkey, 'status', 'scheduled')
+    redis.call('ZADD', 'rq:scheduled:' .. q, inow + interval, id)
+    return 'scheduled'
+  end
+  redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', iso)
+  if redis.call('HGET', jkey, 'enqueue_at_front_on_retry') == '1' then
+    redis.call('LPUSH', 'rq:queue:' .. q, id)
+  else
+    redis.call('RPUSH', 'rq:queue:' .. q, id)
+  end
+  return 'requeued'
+end
+
+-- A terminal failure: FailedJobRegistry.add and Result.create_failure.
+local failure_ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl'))
+local ttl = failure_ttl or 31536000
+redis.call('HSET', jkey, 'status', outcome, 'ended_at', iso, 'last_heartbeat', iso,
+  'worker_name', worker)
+if ttl < 0 then
+  redis.call('ZADD', 'rq:failed:' .. q, ttl, id)
+else
+  redis.call('ZADD', 'rq:failed:' .. q, inow + ttl, id)
+end
+add_result('2', 'exc_string')
+if failure_ttl then
+  if failure_ttl == -1 then
+    redis.call('PERSIST', 'rq:results:' .. id)
+  else
+    redis.call('EXPIRE', 'rq:results:' .. id, failure_ttl)
+  end
+end
+apply_ttl(ttl)
+return outcome
+"#;
+
+/// Birth registration (§5), refusing a name a live worker holds, atomically so two workers
+/// started with the same name cannot both pass the check.
+///
+/// KEYS[1]: the worker key. ARGV: TTL, number of hash fields N, N field/value pairs, then
+/// the queue names. Returns 1 when registered, 0 when the name is taken.
+pub static BIRTH: LazyLock<Script> = LazyLock::new(|| Script::new(BIRTH_LUA));
+
+const BIRTH_LUA: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 1 and redis.call('HEXISTS', key, 'death') == 0 then
+  return 0
+end
+local n = tonumber(ARGV[2])
+local fields = {}
+for i = 3, 2 + 2 * n do table.insert(fields, ARGV[i]) end
+redis.call('DEL', key)
+redis.call('HSET', key, unpack(fields))
+redis.call('SADD', 'rq:workers', key)
+for i = 3 + 2 * n, #ARGV do
+  redis.call('SADD', 'rq:workers:' .. ARGV[i], key)
+end
+redis.call('EXPIRE', key, tonumber(ARGV[1]))
+return 1
+"#;

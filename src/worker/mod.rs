@@ -1,0 +1,865 @@
+//! The RQ worker life-cycle: boot, birth registration, listen, fork a work horse per job,
+//! record the outcome, loop or quit, death registration.
+//!
+//! The worker process is single-threaded because it forks. It sleeps in `poll(2)` on its
+//! signal pipe, the notification connection and the horse's pipes, so a signal, a new job,
+//! a finished horse or a command is handled the moment it happens.
+
+pub mod cli;
+pub mod horse;
+pub mod signals;
+pub mod store;
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde_json::Value;
+
+use crate::config::DequeueStrategy;
+use crate::conn::{Backoff, CONNECT_TIMEOUT, RedisTarget};
+use crate::handler::{Handler, JobCall, Registry};
+use crate::listener::{Listener, Push};
+use crate::logging::{self, LogContext, shorten};
+use crate::protocol::{self, keys, payload, result};
+pub use cli::{WorkerArgs, WorkerOptions};
+use horse::{Horse, HorseOutcome};
+use signals::Signals;
+use store::{ClaimResult, Claimed, Settlement, Store, StoreError};
+
+/// Exit status for a clean stop.
+pub const EXIT_OK: i32 = 0;
+/// Exit status for a runtime failure (Redis unreachable at start, name taken).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit status for bad usage or configuration.
+pub const EXIT_USAGE: i32 = 2;
+
+/// The `python_version` field of the worker record; RQ's tools show it as free text.
+const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERSION"), " (Rust)");
+
+/// Parses the command line and runs a worker with `registry`'s native handlers. This is
+/// the whole `main` of `rqworker` and of any worker binary built with the library.
+pub fn main_with(registry: Registry) -> Result<(), i32> {
+    let opts = match WorkerArgs::parse().resolve() {
+        Ok(opts) => opts,
+        Err(msg) => {
+            eprintln!("rqworker: {msg}");
+            return Err(EXIT_USAGE);
+        }
+    };
+    run(opts, registry)
+}
+
+/// Runs one worker until it stops; `Err` carries the exit status.
+pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
+    logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    let pid = std::process::id();
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{hostname}.{pid}"));
+    logging::set_context(LogContext {
+        pool: opts.pool.clone(),
+        name: name.clone(),
+    });
+    for h in opts.handlers.iter().cloned() {
+        if registry.lookup(&h.name).is_none() || h.name.contains('*') {
+            registry.add_command(h);
+        }
+    }
+    if opts.spec.builtin_handlers {
+        registry.add_builtins();
+    }
+    if registry.is_empty() {
+        log::warn!(
+            "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
+        );
+    }
+    let target = RedisTarget::parse(&opts.url).map_err(|e| {
+        log::error!("{e}");
+        EXIT_USAGE
+    })?;
+    let signals = Signals::install().map_err(|e| {
+        log::error!("cannot install signal handlers: {e}");
+        EXIT_FAILURE
+    })?;
+    let _pid_file = match &opts.pid_file {
+        Some(path) => Some(PidFile::create(path.clone()).map_err(|e| {
+            log::error!("cannot write pid file {}: {e}", path.display());
+            EXIT_FAILURE
+        })?),
+        None => None,
+    };
+    let mut worker = Worker {
+        order: opts.queues.clone(),
+        queues: opts.queues,
+        burst: opts.burst,
+        spec: opts.spec,
+        registry,
+        store: Store::new(target),
+        listener: None,
+        listener_retry: std::time::Instant::now(),
+        listener_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        signals,
+        name,
+        hostname,
+        pid,
+        jobs_done: 0,
+        next_heartbeat: std::time::Instant::now(),
+        idle_since: std::time::Instant::now(),
+        warm_noted: false,
+        suspended: false,
+    };
+    worker.start()?;
+    let reason = worker.work();
+    worker.finish(reason);
+    Ok(())
+}
+
+/// Why the main loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    BurstDone,
+    BurstSuspended,
+    MaxJobs,
+    MaxIdle,
+}
+
+/// How an execution ended, before it is written to Redis.
+enum Ending {
+    Returned(Value),
+    Failed { exc: String, retry: bool },
+    Stopped,
+}
+
+struct Worker {
+    name: String,
+    /// Queues in configured priority order.
+    queues: Vec<String>,
+    /// The order used for the next dequeue; differs from `queues` under round_robin/random.
+    order: Vec<String>,
+    burst: bool,
+    spec: crate::config::WorkerSpec,
+    registry: Registry,
+    store: Store,
+    /// The notification connection; `None` while Redis is unreachable.
+    listener: Option<Listener>,
+    listener_retry: std::time::Instant,
+    listener_backoff: Backoff,
+    signals: Signals,
+    hostname: String,
+    pid: u32,
+    jobs_done: u64,
+    next_heartbeat: std::time::Instant,
+    idle_since: std::time::Instant,
+    /// Whether the warm-shutdown request was already logged and recorded.
+    warm_noted: bool,
+    suspended: bool,
+}
+
+impl Worker {
+    fn queue_list(&self) -> String {
+        self.queues.join(", ")
+    }
+
+    fn idle_ttl(&self) -> u64 {
+        self.spec.worker_ttl.0.as_secs() + 60
+    }
+
+    fn monitoring_secs(&self) -> u64 {
+        self.spec.job_monitoring_interval.0.as_secs().max(1)
+    }
+
+    /// Connects and registers the birth. Fails (exit 1) when Redis is unreachable or the
+    /// name is taken: a worker that cannot register must not run jobs.
+    fn start(&mut self) -> Result<(), i32> {
+        if let Err(e) = self.store.run(|con| redis::cmd("PING").exec(con)) {
+            log::error!(
+                "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
+            );
+            return Err(EXIT_FAILURE);
+        }
+        match self.register_birth() {
+            Ok(true) => {}
+            Ok(false) => {
+                log::error!(
+                    "There exists an active worker named {:?} already; choose another --name, or stop that worker first",
+                    self.name
+                );
+                return Err(EXIT_FAILURE);
+            }
+            Err(e) => {
+                log::error!("cannot register worker {}: {e}", self.name);
+                return Err(EXIT_FAILURE);
+            }
+        }
+        log::debug!(
+            "Worker {} started with PID {}, version {}",
+            self.name,
+            self.pid,
+            env!("CARGO_PKG_VERSION")
+        );
+        log::info!("*** Listening for work on {}", self.queue_list());
+        Ok(())
+    }
+
+    fn register_birth(&mut self) -> Result<bool, StoreError> {
+        let now = protocol::time::Instant::now();
+        let ip = self.store.client_address(&self.name);
+        let fields = [
+            ("birth", now.iso()),
+            ("last_heartbeat", now.iso()),
+            ("queues", self.queues.join(",")),
+            ("pid", self.pid.to_string()),
+            ("hostname", self.hostname.clone()),
+            ("ip_address", ip),
+            ("version", protocol::RQ_VERSION.to_string()),
+            ("python_version", RUNTIME_DESCRIPTION.to_string()),
+            ("state", "started".to_string()),
+        ];
+        let ok = self
+            .store
+            .birth(&self.name, &fields, &self.queues, self.idle_ttl())?;
+        if ok {
+            self.next_heartbeat = std::time::Instant::now() + self.heartbeat_every();
+        }
+        Ok(ok)
+    }
+
+    /// RQ renews an idle worker's registration at least every `worker_ttl - 15` seconds.
+    fn heartbeat_every(&self) -> Duration {
+        self.spec
+            .worker_ttl
+            .0
+            .saturating_sub(Duration::from_secs(15))
+            .max(Duration::from_secs(1))
+    }
+
+    fn work(&mut self) -> Stop {
+        let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut state_idle = false;
+        loop {
+            if self.signals.stop_count() > 0 {
+                return Stop::Signal;
+            }
+            if let Some(max) = self.spec.max_jobs
+                && self.jobs_done >= max
+            {
+                log::info!(
+                    "Worker {}: finished executing {} jobs, quitting",
+                    self.name,
+                    self.jobs_done
+                );
+                return Stop::MaxJobs;
+            }
+            if let Some(max) = self.spec.max_idle_time
+                && self.idle_since.elapsed() >= max.0
+            {
+                log::info!(
+                    "Worker {}: idle for {} seconds, quitting",
+                    self.name,
+                    max.0.as_secs()
+                );
+                return Stop::MaxIdle;
+            }
+            if !self.burst {
+                self.ensure_listener();
+            }
+            if std::time::Instant::now() >= self.next_heartbeat {
+                match self.store.heartbeat_idle(&self.name, self.idle_ttl()) {
+                    Ok(false) => {
+                        self.next_heartbeat = std::time::Instant::now() + self.heartbeat_every()
+                    }
+                    Ok(true) => {
+                        log::warn!(
+                            "the worker's registration had expired in Redis; registering again"
+                        );
+                        let _ = self.register_birth();
+                        state_idle = false;
+                    }
+                    Err(_) => {}
+                }
+            }
+            if !state_idle && self.store.set_state(&self.name, "idle").is_ok() {
+                state_idle = true;
+            }
+            // Drain notices before claiming: any change after this point wakes the wait.
+            self.drain_listener(None);
+            match self
+                .store
+                .claim(&self.name, &self.order, self.monitoring_secs())
+            {
+                Ok((claim, dropped)) => {
+                    redis_backoff.reset();
+                    for d in dropped {
+                        log::warn!(
+                            "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
+                        );
+                    }
+                    match claim {
+                        ClaimResult::Job(c) => {
+                            if self.suspended {
+                                self.suspended = false;
+                            }
+                            self.rotate_order(&c.queue);
+                            self.execute(*c);
+                            self.jobs_done += 1;
+                            self.idle_since = std::time::Instant::now();
+                            state_idle = true;
+                        }
+                        ClaimResult::Empty => {
+                            if self.burst {
+                                log::info!("No more work, burst finished.");
+                                return Stop::BurstDone;
+                            }
+                            self.wait_for_work(None);
+                        }
+                        ClaimResult::Suspended => {
+                            if self.burst {
+                                log::info!(
+                                    "Worker {}: suspended in burst mode, exiting; there could still be unfinished jobs on the queue",
+                                    self.name
+                                );
+                                return Stop::BurstSuspended;
+                            }
+                            if !self.suspended {
+                                log::info!(
+                                    "Worker {}: suspended, run `rq resume` to resume",
+                                    self.name
+                                );
+                                let _ = self.store.set_state(&self.name, "suspended");
+                                state_idle = false;
+                                self.suspended = true;
+                            }
+                            // Suspension changes are notified too; poll once a second as RQ
+                            // does in case the notification connection is down.
+                            self.wait_for_work(Some(Duration::from_secs(1)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let delay = redis_backoff.next_delay();
+                    if redis_backoff.attempts() == 1 || e.is_refusal() {
+                        log::error!("cannot take a job: {e}; retrying in {delay:.1?}");
+                    }
+                    state_idle = false;
+                    self.listener = None;
+                    self.sleep(delay);
+                }
+            }
+        }
+    }
+
+    /// Applies `--dequeue-strategy` after a job came from `queue`.
+    fn rotate_order(&mut self, queue: &str) {
+        match self.spec.dequeue_strategy {
+            DequeueStrategy::Default => {}
+            DequeueStrategy::RoundRobin => {
+                if let Some(pos) = self.order.iter().position(|q| q == queue) {
+                    self.order.rotate_left(pos + 1);
+                }
+            }
+            DequeueStrategy::Random => fastrand::shuffle(&mut self.order),
+        }
+    }
+
+    fn ensure_listener(&mut self) {
+        if self.listener.is_some() || std::time::Instant::now() < self.listener_retry {
+            return;
+        }
+        let mut prefixes: Vec<String> = self.queues.iter().map(|q| keys::queue(q)).collect();
+        prefixes.push(keys::SUSPENDED.to_string());
+        let channels = [keys::pubsub(&self.name)];
+        match Listener::open(
+            self.store.target().info(),
+            &prefixes,
+            &channels,
+            CONNECT_TIMEOUT,
+        ) {
+            Ok(l) => {
+                self.listener = Some(l);
+                self.listener_backoff.reset();
+            }
+            Err(e) => {
+                let delay = self.listener_backoff.next_delay();
+                if self.listener_backoff.attempts() == 1 {
+                    log::warn!(
+                        "cannot open the notification connection to {} ({e}); checking queues every second until it works",
+                        self.store.target().masked()
+                    );
+                }
+                self.listener_retry = std::time::Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Reads pending notifications; handles commands. Returns true if a queue changed.
+    fn drain_listener(&mut self, mut horse: Option<&mut HorseControl>) -> bool {
+        let Some(l) = self.listener.as_mut() else {
+            return false;
+        };
+        let pushes = match l.drain() {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("notification connection lost: {e}");
+                self.listener = None;
+                return true;
+            }
+        };
+        let mut changed = false;
+        for p in pushes {
+            match p {
+                Push::Changed(_) => changed = true,
+                Push::Message { payload, .. } => self.on_command(&payload, horse.as_deref_mut()),
+            }
+        }
+        changed
+    }
+
+    /// Commands sent with `rq.command.send_*` (§8.3).
+    fn on_command(&mut self, payload: &[u8], horse: Option<&mut HorseControl>) {
+        let Ok(cmd) = serde_json::from_slice::<Value>(payload) else {
+            log::warn!(
+                "ignoring a command that is not JSON: {}",
+                String::from_utf8_lossy(payload)
+            );
+            return;
+        };
+        match cmd.get("command").and_then(Value::as_str) {
+            Some("shutdown") => {
+                log::info!("Worker {}: shutdown command received", self.name);
+                self.signals.request_stop();
+            }
+            Some("kill-horse") => match horse {
+                Some(h) => {
+                    log::info!(
+                        "Worker {}: kill-horse command received, killing the work horse",
+                        self.name
+                    );
+                    h.kill = Some(Kill::Command);
+                }
+                None => log::info!(
+                    "Worker {}: kill-horse command received while idle; nothing to kill",
+                    self.name
+                ),
+            },
+            Some("stop-job") => {
+                let id = cmd
+                    .get("job_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match horse {
+                    Some(h) if h.job_id == id => {
+                        log::info!(
+                            "Worker {}: stop-job command received for job {id}",
+                            self.name
+                        );
+                        h.kill = Some(Kill::Stop);
+                    }
+                    _ => log::info!(
+                        "Worker {}: stop-job for job {id}, which is not running here; ignored",
+                        self.name
+                    ),
+                }
+            }
+            other => log::debug!("ignoring unknown command {other:?}"),
+        }
+    }
+
+    /// Sleeps until a queue changes, a signal or command arrives, or a timer is due.
+    fn wait_for_work(&mut self, cap: Option<Duration>) {
+        let now = std::time::Instant::now();
+        let mut wait = self.next_heartbeat.saturating_duration_since(now);
+        if let Some(max) = self.spec.max_idle_time {
+            wait = wait.min((self.idle_since + max.0).saturating_duration_since(now));
+        }
+        if self.listener.is_none() {
+            wait = wait.min(Duration::from_secs(1));
+        }
+        if let Some(c) = cap {
+            wait = wait.min(c);
+        }
+        let (sig_ready, listener_ready) = {
+            let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+            if let Some(l) = &self.listener {
+                fds.push(PollFd::new(l.fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(&mut fds, timeout(wait));
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (ready(0), ready(1))
+        };
+        if sig_ready {
+            self.signals.drain();
+        }
+        if listener_ready {
+            self.drain_listener(None);
+        }
+    }
+
+    /// Sleeps, waking early only for a signal.
+    fn sleep(&self, d: Duration) {
+        let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, timeout(d));
+    }
+
+    fn describe(c: &Claimed) -> String {
+        if c.record.description.is_empty() {
+            c.record.id.clone()
+        } else {
+            c.record.description.clone()
+        }
+    }
+
+    fn execute(&mut self, c: Claimed) {
+        log::info!("Got {} from {}", Self::describe(&c), c.queue);
+        log::debug!("job {} execution {}", c.record.id, c.execution_id);
+        let started = std::time::Instant::now();
+        let ending = match self.prepare(&c) {
+            Err(exc) => Ending::Failed { exc, retry: false },
+            Ok((handler, call, timeout)) => {
+                let spawned = match &handler {
+                    Handler::Native(f) => Horse::spawn_native(f, &call),
+                    Handler::Command(spec) => Horse::spawn_command(spec, &call),
+                };
+                match spawned {
+                    Ok(horse) => self.monitor(horse, &c, timeout),
+                    Err(e) => Ending::Failed {
+                        exc: match &handler {
+                            Handler::Command(spec) => format!(
+                                "HandlerStartError: cannot run {} for [handlers.\"{}\"]: {e}; install the program, fix its path in the config, or make it executable (chmod +x)\n",
+                                spec.command[0], spec.name
+                            ),
+                            Handler::Native(_) => {
+                                format!("HandlerStartError: cannot fork a work horse: {e}\n")
+                            }
+                        },
+                        retry: true,
+                    },
+                }
+            }
+        };
+        self.record(&c, ending, started.elapsed());
+    }
+
+    /// Decodes the payload and finds the handler. An error is the job's failure text.
+    fn prepare(&self, c: &Claimed) -> Result<(Handler, JobCall, Option<u64>), String> {
+        let call =
+            payload::decode(&c.record.data).map_err(|e| format!("DeserializationError: {e}\n"))?;
+        let Some(handler) = self.registry.lookup(&call.func_name).cloned() else {
+            return Err(format!(
+                "{}\n",
+                self.registry.unknown_function_message(&call.func_name)
+            ));
+        };
+        if !c.record.callbacks.is_empty() {
+            let names: Vec<String> = c
+                .record
+                .callbacks
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            log::warn!(
+                "job {} names Python callbacks ({}), which a Rust worker cannot run; they are skipped",
+                c.record.id,
+                names.join(", ")
+            );
+        }
+        let fallback = match &handler {
+            Handler::Command(spec) => spec.timeout.map(|t| t.0.as_secs().max(1) as i64),
+            Handler::Native(_) => None,
+        };
+        let timeout = c.record.effective_timeout(fallback);
+        let call = JobCall {
+            id: c.record.id.clone(),
+            func_name: call.func_name,
+            args: call.args,
+            kwargs: call.kwargs,
+            origin: c.queue.clone(),
+            description: c.record.description.clone(),
+            meta: c.record.meta_json(),
+            worker_name: self.name.clone(),
+            execution_id: c.execution_id.clone(),
+        };
+        Ok((handler, call, timeout))
+    }
+
+    /// Waits for the horse while heartbeating, enforcing the timeout, and reacting to
+    /// signals and commands.
+    fn monitor(&mut self, mut horse: Horse, c: &Claimed, timeout: Option<u64>) -> Ending {
+        let start = std::time::Instant::now();
+        let deadline = timeout.map(|t| start + Duration::from_secs(t));
+        let interval = self.spec.job_monitoring_interval.0;
+        let mut next_hb = start + interval;
+        let mut ctl = HorseControl {
+            job_id: c.record.id.clone(),
+            kill: None,
+        };
+        loop {
+            if let Some(status) = horse.try_finish() {
+                return match horse.outcome(status) {
+                    HorseOutcome::Returned(v) => Ending::Returned(v),
+                    HorseOutcome::Failed(exc) => Ending::Failed { exc, retry: true },
+                    HorseOutcome::Crashed(exc) => Ending::Failed { exc, retry: true },
+                };
+            }
+            let stops = self.signals.stop_count();
+            if stops >= 2 {
+                ctl.kill = Some(Kill::Cold);
+            } else if stops == 1 && !self.warm_noted {
+                self.warm_noted = true;
+                log::info!(
+                    "Worker {}: warm shut down requested; finishing the current job first",
+                    self.name
+                );
+                let _ = self.store.mark_shutdown_requested(&self.name);
+            }
+            let now = std::time::Instant::now();
+            if let Some(d) = deadline
+                && now >= d
+                && ctl.kill.is_none()
+            {
+                ctl.kill = Some(Kill::Timeout);
+            }
+            if let Some(kill) = ctl.kill {
+                let status = horse.kill_and_reap();
+                return match kill {
+                    Kill::Timeout => Ending::Failed {
+                        exc: format!(
+                            "JobTimeoutException: Task exceeded maximum timeout value ({} seconds)\n",
+                            timeout.unwrap_or_default()
+                        ),
+                        retry: true,
+                    },
+                    Kill::Cold => Ending::Failed {
+                        exc: format!(
+                            "ShutDownImminentException: worker {} was stopped by a cold shutdown (second SIGINT/SIGTERM) and killed the work horse; {}\n",
+                            self.name,
+                            horse::crash_message(status)
+                        ),
+                        retry: true,
+                    },
+                    Kill::Command => Ending::Failed {
+                        exc: horse::crash_message(status),
+                        retry: true,
+                    },
+                    Kill::Stop => Ending::Stopped,
+                };
+            }
+            if now >= next_hb {
+                let elapsed = now.duration_since(start);
+                let ttl = match timeout {
+                    Some(t) => Duration::from_secs(t).saturating_sub(elapsed).min(interval),
+                    None => interval,
+                }
+                .as_secs()
+                    + 60;
+                if let Err(e) = self
+                    .store
+                    .heartbeat_busy(&self.name, c, elapsed.as_secs_f64(), ttl)
+                {
+                    log::warn!(
+                        "heartbeat for job {} failed: {e}; the job keeps running",
+                        c.record.id
+                    );
+                }
+                next_hb = now + interval;
+            }
+            if self.listener.is_none() && !self.burst {
+                self.ensure_listener();
+            }
+            let mut wait = next_hb.saturating_duration_since(now);
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(now));
+            }
+            let (sig_ready, listener_ready) = {
+                let horse_fds = horse.poll_fds();
+                let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+                let listener_index = self.listener.as_ref().map(|l| {
+                    fds.push(PollFd::new(l.fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                for (fd, write) in &horse_fds {
+                    let flags = if *write {
+                        PollFlags::POLLOUT
+                    } else {
+                        PollFlags::POLLIN
+                    };
+                    fds.push(PollFd::new(reborrow(fd), flags));
+                }
+                let _ = poll(&mut fds, timeout_ms(wait));
+                let ready = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (ready(0), listener_index.is_some_and(ready))
+            };
+            horse.pump();
+            if sig_ready {
+                self.signals.drain();
+                self.signals.take_child();
+            }
+            if listener_ready {
+                self.drain_listener(Some(&mut ctl));
+            }
+        }
+    }
+
+    /// Writes the ending to Redis, retrying through outages until it is recorded: a result
+    /// is never dropped because Redis was briefly away.
+    fn record(&mut self, c: &Claimed, ending: Ending, working: Duration) {
+        let (outcome, payload, allow_retry) = match &ending {
+            Ending::Returned(v) if v.is_null() => ("finished", String::new(), false),
+            Ending::Returned(v) => ("finished", result::encode_return_value(v), false),
+            Ending::Failed { exc, retry } => ("failed", result::encode_exc_string(exc), *retry),
+            Ending::Stopped => (
+                "stopped",
+                result::encode_exc_string("Job stopped by user, work-horse terminated."),
+                false,
+            ),
+        };
+        let settlement = Settlement {
+            job_id: &c.record.id,
+            queue: &c.queue,
+            execution_id: &c.execution_id,
+            worker: &self.name,
+            outcome,
+            started: Some(c.at),
+            working_secs: working.as_secs_f64(),
+            default_result_ttl: self.spec.results_ttl,
+            payload,
+            idle_ttl: Some(self.idle_ttl()),
+            allow_retry,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let verdict = loop {
+            match self.store.settle(&settlement) {
+                Ok(v) => break v,
+                Err(e) => {
+                    if backoff.attempts() == 0 || e.is_refusal() {
+                        log::error!(
+                            "cannot record the outcome of job {}: {e}; retrying until Redis accepts it",
+                            c.record.id
+                        );
+                    }
+                    if self.signals.stop_count() >= 2 && backoff.attempts() >= 3 {
+                        log::error!(
+                            "cold shutdown: giving up on recording job {}; it stays started until rq-supervisor or RQ's abandoned-job cleanup settles it",
+                            c.record.id
+                        );
+                        return;
+                    }
+                    let delay = backoff.next_delay();
+                    self.sleep(delay);
+                }
+            }
+        };
+        let first_line = |e: &str| e.lines().next().unwrap_or_default().to_string();
+        match (verdict.as_str(), &ending) {
+            ("finished", Ending::Returned(v)) if v.is_null() => {
+                log::info!("Job ended normally without result")
+            }
+            ("finished", Ending::Returned(v)) => {
+                log::info!(
+                    "Job ended normally with result: {}",
+                    shorten(&v.to_string(), 100)
+                )
+            }
+            ("failed", Ending::Failed { exc, .. }) => log::warn!("Job failed: {}", first_line(exc)),
+            ("requeued", Ending::Failed { exc, .. }) => {
+                log::warn!(
+                    "Job failed and was requeued for a retry: {}",
+                    first_line(exc)
+                )
+            }
+            ("scheduled", Ending::Failed { exc, .. }) => {
+                log::warn!("Job failed; a retry is scheduled: {}", first_line(exc))
+            }
+            ("stopped", _) => log::info!("Job {} stopped by request", c.record.id),
+            ("gone", _) => log::warn!(
+                "job {} was deleted while it ran; nothing to record",
+                c.record.id
+            ),
+            ("unknown", _) => log::warn!(
+                "job {} was settled by someone else meanwhile (abandoned-job cleanup after missed heartbeats?); this outcome is dropped",
+                c.record.id
+            ),
+            (other, _) => log::debug!("job {} settled: {other}", c.record.id),
+        }
+    }
+
+    /// Death registration, retried briefly: a worker that cannot reach Redis on the way
+    /// out leaves its record to expire (and to rq-supervisor's crash cleanup).
+    fn finish(&mut self, reason: Stop) {
+        log::debug!("stopping: {reason:?}");
+        if reason == Stop::Signal {
+            log::info!("Worker {}: stopping on request", self.name);
+        }
+        self.listener = None;
+        log::info!("Registering death.");
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 0..5 {
+            match self.store.death(&self.name, &self.queues) {
+                Ok(()) => return,
+                Err(e) if attempt == 4 => log::error!("cannot register death: {e}"),
+                Err(_) => std::thread::sleep(backoff.next_delay()),
+            }
+        }
+    }
+}
+
+/// Why the monitor is killing the horse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Timeout,
+    Cold,
+    Command,
+    Stop,
+}
+
+/// What commands may do to the running horse.
+struct HorseControl {
+    job_id: String,
+    kill: Option<Kill>,
+}
+
+fn timeout(d: Duration) -> PollTimeout {
+    timeout_ms(d)
+}
+
+fn timeout_ms(d: Duration) -> PollTimeout {
+    // Round up so a deadline is never polled just short of its instant.
+    let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
+fn reborrow<'a>(fd: &BorrowedFd<'a>) -> BorrowedFd<'a> {
+    *fd
+}
+
+/// The `--pid` file, removed when the worker exits.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: PathBuf) -> std::io::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,85 @@
+//! Signal intake for the single-threaded worker: handlers only bump counters and write a
+//! byte to a self-pipe, which the worker polls together with its sockets. No thread is
+//! started (the worker forks), and nothing is ignored with `SIG_IGN` (ignores survive exec).
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use nix::sys::signal::{SigHandler, Signal, signal};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+
+/// Signals the worker handles; the horse resets exactly these to their defaults.
+const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
+
+pub struct Signals {
+    read: UnixStream,
+    stops: Arc<AtomicUsize>,
+    child: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
+    /// changed state. All of them wake the poll loop through the pipe.
+    pub fn install() -> io::Result<Signals> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        let stops = Arc::new(AtomicUsize::new(0));
+        let child = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            let stops = Arc::clone(&stops);
+            // SAFETY: the action only performs an atomic increment, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    stops.fetch_add(1, Ordering::SeqCst);
+                })?;
+            }
+            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+        }
+        signal_hook::flag::register(SIGCHLD, Arc::clone(&child))?;
+        signal_hook::low_level::pipe::register(SIGCHLD, write)?;
+        Ok(Signals { read, stops, child })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empties the wake-up pipe.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.read).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// How many INT/TERM signals arrived so far: 1 = warm shutdown, 2+ = cold.
+    pub fn stop_count(&self) -> usize {
+        self.stops.load(Ordering::SeqCst)
+    }
+
+    /// Asks for a warm shutdown from inside the worker (e.g. a `shutdown` command).
+    pub fn request_stop(&self) {
+        self.stops.fetch_max(1, Ordering::SeqCst);
+    }
+
+    /// True once per batch of SIGCHLDs.
+    pub fn take_child(&self) -> bool {
+        self.child.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// In a freshly forked horse: restore default dispositions so SIGTERM and SIGINT end it,
+/// instead of bumping the parent's counters in a copy nobody reads.
+pub fn reset_in_child() {
+    for sig in HANDLED {
+        // SAFETY: installing SIG_DFL is async-signal-safe and sound after fork.
+        unsafe {
+            let _ = signal(sig, SigHandler::SigDfl);
+        }
+    }
+}

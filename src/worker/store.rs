@@ -1,0 +1,360 @@
+//! Every Redis write the worker makes, as RQ 2.12 makes it: birth, heartbeats, taking a job,
+//! settling it, death. The connection is opened lazily and dropped on any error, so the
+//! caller's only recovery step is "try again later".
+
+use std::collections::HashMap;
+
+use redis::{Connection, RedisError, Value};
+
+use crate::conn::{ConnError, RedisTarget};
+use crate::protocol::job::JobRecord;
+use crate::protocol::keys;
+use crate::protocol::scripts::{BIRTH, CLAIM, SETTLE};
+use crate::protocol::time::Instant;
+
+/// A Redis operation failed; the connection has been dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Connect(#[from] ConnError),
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+}
+
+impl StoreError {
+    /// True when the server itself refused (ACL, wrong type, read-only replica, OOM), as
+    /// opposed to the connection failing. Refusals are logged loudly; both are retried.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Redis { source, .. } if source.kind() != redis::ErrorKind::Io
+            && !source.is_connection_dropped() && !source.is_timeout())
+    }
+}
+
+/// A job taken from a queue and already recorded as started.
+pub struct Claimed {
+    pub queue: String,
+    pub record: JobRecord,
+    pub execution_id: String,
+    pub at: Instant,
+}
+
+pub enum ClaimResult {
+    Job(Box<Claimed>),
+    Empty,
+    Suspended,
+}
+
+/// Everything the settle script needs to record one ending.
+pub struct Settlement<'a> {
+    pub job_id: &'a str,
+    pub queue: &'a str,
+    /// Empty when unknown (crash cleanup); the script looks it up.
+    pub execution_id: &'a str,
+    pub worker: &'a str,
+    pub outcome: &'a str,
+    pub started: Option<Instant>,
+    pub working_secs: f64,
+    pub default_result_ttl: i64,
+    /// Encoded return value (finished) or exc_string (failed, stopped).
+    pub payload: String,
+    /// `None` when the worker is dead and its hash must not be touched.
+    pub idle_ttl: Option<u64>,
+    pub allow_retry: bool,
+}
+
+pub struct Store {
+    target: RedisTarget,
+    con: Option<Connection>,
+}
+
+impl Store {
+    pub fn new(target: RedisTarget) -> Store {
+        Store { target, con: None }
+    }
+
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.con.is_some()
+    }
+
+    /// Runs `f` on the connection, connecting first if needed. Any error drops the
+    /// connection: after a timeout or a broken socket its state is unknown.
+    pub fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        if self.con.is_none() {
+            self.con = Some(self.target.connect()?);
+        }
+        let con = self.con.as_mut().expect("connected above");
+        match f(con) {
+            Ok(v) => Ok(v),
+            Err(source) => {
+                self.con = None;
+                Err(StoreError::Redis {
+                    url: self.target.masked().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Registers the worker (§5). Returns false when a live worker holds the name.
+    pub fn birth(
+        &mut self,
+        name: &str,
+        fields: &[(&str, String)],
+        queues: &[String],
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
+        let key = keys::worker(name);
+        self.run(|con| {
+            let mut inv = BIRTH.key(&key);
+            inv.arg(ttl).arg(fields.len());
+            for (k, v) in fields {
+                inv.arg(*k).arg(v);
+            }
+            for q in queues {
+                inv.arg(q);
+            }
+            let registered: i64 = inv.invoke(con)?;
+            Ok(registered == 1)
+        })
+    }
+
+    /// The connection's address as Redis sees it, for the worker's `ip_address` field.
+    pub fn client_address(&mut self, name: &str) -> String {
+        let info = self.run(|con| {
+            redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(con)?;
+            redis::cmd("CLIENT").arg("INFO").query::<String>(con)
+        });
+        info.ok()
+            .and_then(|text| {
+                text.split_whitespace()
+                    .find_map(|f| f.strip_prefix("addr=").map(str::to_string))
+            })
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    pub fn set_state(&mut self, name: &str, state: &str) -> Result<(), StoreError> {
+        self.run(|con| {
+            redis::cmd("HSET")
+                .arg(keys::worker(name))
+                .arg("state")
+                .arg(state)
+                .exec(con)
+        })
+    }
+
+    /// The idle heartbeat. Returns true when the worker hash had expired (a long outage, a
+    /// Redis restart without persistence), so the caller registers again.
+    pub fn heartbeat_idle(&mut self, name: &str, ttl: u64) -> Result<bool, StoreError> {
+        let key = keys::worker(name);
+        let now = Instant::now();
+        self.run(|con| {
+            let (created, _): (i64, i64) = redis::pipe()
+                .hset(&key, "last_heartbeat", now.iso())
+                .expire(&key, ttl as i64)
+                .query(con)?;
+            if created == 1 {
+                redis::cmd("DEL").arg(&key).exec(con)?;
+            }
+            Ok(created == 1)
+        })
+    }
+
+    /// Heartbeat while a horse runs (§7.4): worker hash, execution hash, `rq:wip:Q` score
+    /// and the job's `last_heartbeat`, in one transaction.
+    pub fn heartbeat_busy(
+        &mut self,
+        name: &str,
+        c: &Claimed,
+        working: f64,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let (wkey, jkey) = (keys::worker(name), keys::job(&c.record.id));
+        let ekey = keys::execution(&c.record.id, &c.execution_id);
+        let member = keys::wip_member(&c.record.id, &c.execution_id);
+        let executions = keys::executions(&c.record.id);
+        let ttl = ttl as i64;
+        self.run(|con| {
+            let replies: Vec<Value> = redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    &wkey,
+                    &[
+                        ("current_job_working_time", format!("{working:.6}")),
+                        ("last_heartbeat", now.iso()),
+                    ],
+                )
+                .expire(&wkey, ttl)
+                .hset(&ekey, "last_heartbeat", now.unix_float())
+                .expire(&ekey, ttl)
+                .cmd("ZADD")
+                .arg(keys::wip(&c.queue))
+                .arg("XX")
+                .arg(now.unix_secs() + ttl)
+                .arg(&member)
+                .cmd("ZADD")
+                .arg(&executions)
+                .arg("XX")
+                .arg(now.unix_secs() + ttl + 60)
+                .arg(&c.execution_id)
+                .expire(&executions, ttl + 60)
+                .hset(&jkey, "last_heartbeat", now.iso())
+                .query(con)?;
+            // HSET on a job hash that was deleted meanwhile recreates it with one field;
+            // undo that so readers never see a job without data (RQ does the same).
+            if matches!(replies.last(), Some(Value::Int(1))) {
+                redis::cmd("DEL").arg(&jkey).exec(con)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn mark_shutdown_requested(&mut self, name: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        self.run(|con| {
+            redis::cmd("HSET")
+                .arg(keys::worker(name))
+                .arg("shutdown_requested_date")
+                .arg(now.iso())
+                .exec(con)
+        })
+    }
+
+    /// Takes the next job in priority order, recording it as started (§7.2, §7.3).
+    pub fn claim(
+        &mut self,
+        name: &str,
+        queues: &[String],
+        monitoring_interval: u64,
+    ) -> Result<(ClaimResult, Vec<String>), StoreError> {
+        let execution_id = new_execution_id();
+        let now = Instant::now();
+        let reply: Value = self.run(|con| {
+            let mut inv = CLAIM.prepare_invoke();
+            inv.arg(name)
+                .arg(&execution_id)
+                .arg(now.iso())
+                .arg(now.unix_float())
+                .arg(now.unix_secs())
+                .arg(monitoring_interval);
+            for q in queues {
+                inv.arg(q);
+            }
+            inv.invoke(con)
+        })?;
+        Ok(parse_claim(reply, execution_id, now))
+    }
+
+    /// Records an ending; returns the script's verdict (`finished`, `failed`, `requeued`...).
+    pub fn settle(&mut self, s: &Settlement) -> Result<String, StoreError> {
+        let now = Instant::now();
+        self.run(|con| {
+            SETTLE
+                .prepare_invoke()
+                .arg(s.job_id)
+                .arg(s.queue)
+                .arg(s.execution_id)
+                .arg(s.worker)
+                .arg(s.outcome)
+                .arg(now.iso())
+                .arg(now.unix_float())
+                .arg(now.unix_secs())
+                .arg(s.started.map(|t| t.unix_float()).unwrap_or_default())
+                .arg(format!("{:.6}", s.working_secs))
+                .arg(s.default_result_ttl)
+                .arg(&s.payload)
+                .arg(s.idle_ttl.map(|t| t.to_string()).unwrap_or_default())
+                .arg(if s.allow_retry { "1" } else { "0" })
+                .invoke(con)
+        })
+    }
+
+    /// Death registration (§5): out of the worker sets, `death` written, hash kept 60 s.
+    pub fn death(&mut self, name: &str, queues: &[String]) -> Result<(), StoreError> {
+        let key = keys::worker(name);
+        let now = Instant::now();
+        self.run(|con| {
+            let mut p = redis::pipe();
+            p.atomic().srem(keys::WORKERS, &key);
+            for q in queues {
+                p.srem(keys::workers_of(q), &key);
+            }
+            p.hset(&key, "death", now.iso())
+                .expire(&key, crate::protocol::defaults::DEATH_TTL);
+            p.exec(con)
+        })
+    }
+}
+
+/// `uuid4().hex`: 32 lowercase hex digits with the version and variant bits of a v4 UUID.
+pub fn new_execution_id() -> String {
+    let mut n = fastrand::u128(..);
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    format!("{n:032x}")
+}
+
+fn parse_claim(reply: Value, execution_id: String, at: Instant) -> (ClaimResult, Vec<String>) {
+    let Value::Array(mut items) = reply else {
+        return (ClaimResult::Empty, Vec::new());
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let dropped = match items.get(3) {
+        Some(Value::Array(d)) => d.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    let (queue, id) = match (items.first().and_then(text), items.get(1).and_then(text)) {
+        (None, Some(marker)) if marker == "suspended" => return (ClaimResult::Suspended, dropped),
+        (Some(queue), Some(id)) => (queue, id),
+        _ => return (ClaimResult::Empty, dropped),
+    };
+    let mut fields = HashMap::new();
+    if let Value::Array(flat) = items.swap_remove(2) {
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            if let (Some(k), Value::BulkString(v)) = (text(&k), v) {
+                fields.insert(k, v);
+            }
+        }
+    }
+    match JobRecord::from_hash(&id, fields) {
+        Some(record) => (
+            ClaimResult::Job(Box::new(Claimed {
+                queue,
+                record,
+                execution_id,
+                at,
+            })),
+            dropped,
+        ),
+        None => (ClaimResult::Empty, dropped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_ids_look_like_uuid4_hex() {
+        let id = new_execution_id();
+        assert_eq!(id.len(), 32);
+        assert_eq!(&id[12..13], "4");
+        assert!(matches!(&id[16..17], "8" | "9" | "a" | "b"));
+    }
+}
