@@ -28,6 +28,7 @@
 //!
 //! Data flows one way: queue -> claim -> horse -> outcome -> settle.
 
+pub mod cleanup;
 pub mod config;
 pub mod conn;
 pub mod handler;

@@ -1,0 +1,81 @@
+//! Crash cleanup: what only a supervisor can do, because only it knows for certain that a
+//! worker process is dead. Registers the worker's death at once and settles the job it was
+//! running (retried if it has retries left, else failed with a message saying why), instead
+//! of leaving RQ's stale record and a `started` job until TTLs lapse.
+
+use crate::protocol::keys;
+use crate::protocol::result;
+use crate::worker::store::{Settlement, Store, StoreError};
+
+/// What the cleanup found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleanup {
+    /// The job the dead worker was running, if any, and the settle verdict for it
+    /// (`failed`, `requeued`, `scheduled`, `gone`, or `unknown` when it was already settled).
+    pub job: Option<(String, String)>,
+}
+
+/// Registers `worker`'s death and settles its in-flight job. `how` says how it died, e.g.
+/// "killed by signal 9 (SIGKILL)"; it ends up in the job's `exc_string`.
+pub fn settle_dead_worker(store: &mut Store, worker: &str, how: &str) -> Result<Cleanup, StoreError> {
+    let key = keys::worker(worker);
+    let (job, queues): (Option<String>, Option<String>) = store.run(|con| {
+        redis::cmd("HMGET")
+            .arg(&key)
+            .arg("current_job")
+            .arg("queues")
+            .query(con)
+    })?;
+    let mut cleanup = Cleanup { job: None };
+    if let Some(job_id) = job.filter(|j| !j.is_empty()) {
+        let origin: Option<String> = store.run(|con| {
+            redis::cmd("HGET").arg(keys::job(&job_id)).arg("origin").query(con)
+        })?;
+        if let Some(queue) = origin {
+            let exc = format!(
+                "WorkerDied: worker {worker} {how} while running this job; rq-supervisor settled it\n"
+            );
+            let verdict = store.settle(&Settlement {
+                job_id: &job_id,
+                queue: &queue,
+                execution_id: "",
+                worker,
+                outcome: "failed",
+                started: None,
+                working_secs: 0.0,
+                default_result_ttl: crate::protocol::defaults::RESULT_TTL,
+                payload: result::encode_exc_string(&exc),
+                idle_ttl: None,
+                allow_retry: true,
+            })?;
+            cleanup.job = Some((job_id, verdict));
+        }
+    }
+    let queues: Vec<String> = queues
+        .unwrap_or_default()
+        .split(',')
+        .filter(|q| !q.is_empty())
+        .map(str::to_string)
+        .collect();
+    let now = crate::protocol::time::Instant::now();
+    store.run(|con| {
+        let mut p = redis::pipe();
+        p.atomic().srem(keys::WORKERS, &key);
+        for q in &queues {
+            p.srem(keys::workers_of(q), &key);
+        }
+        p.exec(con)?;
+        // Only mark an existing record; a worker that never registered leaves no ghost.
+        let exists: bool = redis::cmd("EXISTS").arg(&key).query(con)?;
+        if exists {
+            redis::pipe()
+                .atomic()
+                .hset(&key, "death", now.iso())
+                .hdel(&key, "current_job")
+                .expire(&key, crate::protocol::defaults::DEATH_TTL)
+                .exec(con)?;
+        }
+        Ok(())
+    })?;
+    Ok(cleanup)
+}
