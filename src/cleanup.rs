@@ -17,7 +17,11 @@ pub struct Cleanup {
 
 /// Registers `worker`'s death and settles its in-flight job. `how` says how it died, e.g.
 /// "killed by signal 9 (SIGKILL)"; it ends up in the job's `exc_string`.
-pub fn settle_dead_worker(store: &mut Store, worker: &str, how: &str) -> Result<Cleanup, StoreError> {
+pub fn settle_dead_worker(
+    store: &mut Store,
+    worker: &str,
+    how: &str,
+) -> Result<Cleanup, StoreError> {
     let key = keys::worker(worker);
     let (job, queues): (Option<String>, Option<String>) = store.run(|con| {
         redis::cmd("HMGET")
@@ -29,7 +33,10 @@ pub fn settle_dead_worker(store: &mut Store, worker: &str, how: &str) -> Result<
     let mut cleanup = Cleanup { job: None };
     if let Some(job_id) = job.filter(|j| !j.is_empty()) {
         let origin: Option<String> = store.run(|con| {
-            redis::cmd("HGET").arg(keys::job(&job_id)).arg("origin").query(con)
+            redis::cmd("HGET")
+                .arg(keys::job(&job_id))
+                .arg("origin")
+                .query(con)
         })?;
         if let Some(queue) = origin {
             let exc = format!(

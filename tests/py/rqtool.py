@@ -1,0 +1,99 @@
+"""Python RQ 2.12 as producer, reader and peer for the interop tests.
+
+Every command reads the Redis URL from $RQ_REDIS_URL and prints JSON on stdout.
+
+  enqueue QUEUE FUNC [ARGS_JSON [KWARGS_JSON [OPTS_JSON]]]  -> job id
+  status ID...                                              -> [status, ...]
+  result ID                                                 -> {status, type, return_value, exc_string}
+  workers                                                   -> Worker.all() as a list of dicts
+  fetch ID                                                  -> job fields as Job.fetch parses them
+"""
+import json
+import os
+import sys
+
+from redis import Redis
+from rq import Queue, Retry, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+
+def conn():
+    return Redis.from_url(os.environ["RQ_REDIS_URL"])
+
+
+def enqueue(queue, func, args="[]", kwargs="{}", opts="{}"):
+    args, kwargs, opts = json.loads(args), json.loads(kwargs), json.loads(opts)
+    q = Queue(queue, connection=conn(), serializer=JSONSerializer)
+    if "retry" in opts:
+        r = opts.pop("retry")
+        opts["retry"] = Retry(max=r["max"], interval=r.get("interval", 0))
+    job = q.enqueue(func, *args, **kwargs, **opts) if not opts else q.enqueue_call(
+        func, args=args, kwargs=kwargs, **opts)
+    print(json.dumps(job.id))
+
+
+def status(*ids):
+    c = conn()
+    out = []
+    for i in ids:
+        try:
+            out.append(Job.fetch(i, connection=c, serializer=JSONSerializer).get_status())
+        except Exception as e:  # NoSuchJobError etc.
+            out.append("missing: %s" % type(e).__name__)
+    print(json.dumps([str(s.value if hasattr(s, "value") else s) for s in out]))
+
+
+def result(job_id):
+    job = Job.fetch(job_id, connection=conn(), serializer=JSONSerializer)
+    latest = job.latest_result()
+    print(json.dumps({
+        "status": job.get_status().value,
+        "type": latest.type.name if latest else None,
+        "return_value": job.return_value(),
+        "exc_string": latest.exc_string if latest else None,
+        "worker_name": latest.worker_name if latest else None,
+    }))
+
+
+def workers():
+    out = []
+    for w in Worker.all(connection=conn()):
+        out.append({
+            "name": w.name,
+            "queues": w.queue_names(),
+            "state": str(w.get_state()),
+            "successful_job_count": w.successful_job_count,
+            "failed_job_count": w.failed_job_count,
+            "total_working_time": w.total_working_time,
+            "birth_date": w.birth_date.isoformat() if w.birth_date else None,
+            "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
+            "hostname": w.hostname,
+            "pid": w.pid,
+        })
+    print(json.dumps(out))
+
+
+def fetch(job_id):
+    job = Job.fetch(job_id, connection=conn(), serializer=JSONSerializer)
+    print(json.dumps({
+        "func_name": job.func_name,
+        "args": list(job.args),
+        "kwargs": job.kwargs,
+        "description": job.description,
+        "origin": job.origin,
+        "timeout": job.timeout,
+        "result_ttl": job.result_ttl,
+        "failure_ttl": job.failure_ttl,
+        "meta": job.meta,
+        "status": job.get_status().value,
+        "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "worker_name": job.worker_name,
+    }))
+
+
+if __name__ == "__main__":
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    {"enqueue": enqueue, "status": status, "result": result, "workers": workers, "fetch": fetch}[cmd](*rest)
