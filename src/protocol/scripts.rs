@@ -57,10 +57,11 @@ end
 return {false, false, {}, dropped}
 "#;
 
-/// Records how an execution ended (§7.5, §7.6, §7.7, §8.3): result entry, registries, TTLs,
-/// retries, and the worker's counters, in one step.
+/// Records how an execution ended (§7.5, §7.6, §7.7, §7.11, §8.3): result entry, registries,
+/// TTLs, retries, dependents, and the worker's counters, in one step.
 ///
-/// ARGV: job id, queue, execution id (empty: find it in `rq:wip:Q`), worker name,
+/// ARGV: job id, queue, execution id (empty: find it in `rq:wip:Q`), worker name (empty for
+/// registry cleanup, which RQ attributes to no worker),
 /// outcome (`finished`, `failed` or `stopped`), now (ISO), now (Unix float), now (Unix int),
 /// execution start (Unix float), working seconds, the worker's default result TTL,
 /// payload (base64 return value, empty for None; or base64 zlib exc_string),
@@ -138,10 +139,64 @@ local function add_result(kind, field)
   redis.call('XADD', 'rq:results:' .. id, 'MAXLEN', '~', '10', '*', unpack(entry))
 end
 
+-- RQ's enqueue_dependents (§7.11): children whose dependencies are all met leave
+-- rq:deferred and join their queue. `parent` is this job's terminal status.
+local function enqueue_dependents(parent)
+  local dkey = 'rq:job:' .. id .. ':dependents'
+  local children = redis.call('SMEMBERS', dkey)
+  if #children == 0 then return end
+  local enqueued = {}
+  for _, child in ipairs(children) do
+    local ckey = 'rq:job:' .. child
+    local c = redis.call('HMGET', ckey, 'status', 'origin', 'allow_dependency_failures',
+      'enqueue_at_front', 'ttl')
+    local allow = c[3] == '1'
+    local ready = c[1] and c[1] ~= 'canceled' and (parent == 'finished' or allow)
+    if ready then
+      for _, dep in ipairs(redis.call('SMEMBERS', 'rq:job::' .. child .. ':dependencies')) do
+        if dep ~= id then
+          local s = redis.call('HGET', 'rq:job:' .. dep, 'status')
+          if s and not (s == 'finished' or (allow and s == 'failed')) then
+            ready = false
+            break
+          end
+        end
+      end
+    end
+    if ready then
+      local origin = c[2]
+      redis.call('ZREM', 'rq:deferred:' .. origin, child)
+      redis.call('HSET', ckey, 'status', 'queued', 'enqueued_at', iso)
+      local ttl = tonumber(c[5])
+      if ttl and ttl > 0 then
+        redis.call('EXPIRE', ckey, ttl)
+        redis.call('EXPIRE', ckey .. ':dependents', ttl)
+        redis.call('EXPIRE', 'rq:job::' .. child .. ':dependencies', ttl)
+      end
+      if c[4] == '1' then
+        redis.call('LPUSH', 'rq:queue:' .. origin, child)
+      else
+        redis.call('RPUSH', 'rq:queue:' .. origin, child)
+      end
+      table.insert(enqueued, child)
+    end
+  end
+  if #enqueued == #children then
+    redis.call('DEL', dkey)
+  elseif #enqueued > 0 then
+    redis.call('SREM', dkey, unpack(enqueued))
+  end
+end
+
+local function set_ended(status)
+  redis.call('HSET', jkey, 'status', status, 'ended_at', iso, 'last_heartbeat', iso)
+  if worker ~= '' then redis.call('HSET', jkey, 'worker_name', worker) end
+end
+
 if outcome == 'finished' then
   local ttl = tonumber(redis.call('HGET', jkey, 'result_ttl')) or default_result_ttl
-  redis.call('HSET', jkey, 'status', 'finished', 'ended_at', iso, 'last_heartbeat', iso,
-    'worker_name', worker)
+  set_ended('finished')
+  enqueue_dependents('finished')
   if ttl ~= 0 then
     add_result('1', 'return_value')
     local rkey = 'rq:results:' .. id
@@ -166,7 +221,8 @@ if outcome == 'failed' and allow_retry and retries_left > 0 then
     interval = tonumber(intervals[math.min(index, #intervals - 1) + 1]) or 0
   end
   redis.call('HSET', jkey, 'retries_left', retries_left - 1, 'ended_at', iso,
-    'last_heartbeat', iso, 'worker_name', worker)
+    'last_heartbeat', iso)
+  if worker ~= '' then redis.call('HSET', jkey, 'worker_name', worker) end
   redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
   if interval > 0 then
     redis.call('HSET', jkey, 'status', 'scheduled')
@@ -185,8 +241,8 @@ end
 -- A terminal failure: FailedJobRegistry.add and Result.create_failure.
 local failure_ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl'))
 local ttl = failure_ttl or 31536000
-redis.call('HSET', jkey, 'status', outcome, 'ended_at', iso, 'last_heartbeat', iso,
-  'worker_name', worker)
+set_ended(outcome)
+if outcome == 'failed' then enqueue_dependents('failed') end
 if ttl < 0 then
   redis.call('ZADD', 'rq:failed:' .. q, ttl, id)
 else
@@ -227,4 +283,84 @@ for i = 3 + 2 * n, #ARGV do
 end
 redis.call('EXPIRE', key, tonumber(ARGV[1]))
 return 1
+"#;
+
+/// One scheduler tick (§9): for each queue, acquire or refresh the scheduler lock with RQ
+/// 2.12's value (the scheduler name) and TTL, and move the due jobs of the queues it owns
+/// from `rq:scheduled:Q` to their queue; then heartbeat the scheduler hash.
+///
+/// ARGV: scheduler name, now (Unix int), now (ISO), hostname, pid, then queue names.
+/// Returns `{number of jobs moved, owned queue names...}`.
+pub static SCHEDULER_TICK: LazyLock<Script> = LazyLock::new(|| Script::new(SCHEDULER_TICK_LUA));
+
+const SCHEDULER_TICK_LUA: &str = r#"
+local name, now, iso, host, pid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local moved, owned = 0, {}
+for i = 6, #ARGV do
+  local q = ARGV[i]
+  local lock = 'rq:scheduler-lock:' .. q
+  local holder = redis.call('GET', lock)
+  if holder == name then
+    redis.call('EXPIRE', lock, 61)
+  elseif not holder then
+    redis.call('SET', lock, name, 'EX', 61)
+    holder = name
+  end
+  if holder == name then
+    table.insert(owned, q)
+    local reg = 'rq:scheduled:' .. q
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', reg, 0, now, 'LIMIT', 0, 1000)) do
+      local jkey = 'rq:job:' .. id
+      if redis.call('EXISTS', jkey) == 1 then
+        local j = redis.call('HMGET', jkey, 'enqueue_at_front', 'enqueue_at_front_on_retry', 'ended_at')
+        redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', iso, 'origin', q)
+        local ended = j[3] and j[3] ~= ''
+        if j[1] == '1' or (j[2] == '1' and ended) then
+          redis.call('LPUSH', 'rq:queue:' .. q, id)
+        else
+          redis.call('RPUSH', 'rq:queue:' .. q, id)
+        end
+        moved = moved + 1
+      end
+      redis.call('ZREM', reg, id)
+    end
+  end
+end
+if #owned > 0 then
+  local key = 'rq:scheduler:' .. name
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'name', name, 'hostname', host, 'pid', pid, 'created_at', iso)
+  end
+  redis.call('HSET', key, 'queues', table.concat(owned, ','), 'last_heartbeat', iso)
+  redis.call('EXPIRE', key, 61)
+end
+table.insert(owned, 1, moved)
+return owned
+"#;
+
+/// Releases this scheduler's locks (compare-and-delete) and its hash, so another scheduler
+/// takes over at once instead of after the lock TTL. ARGV: scheduler name, queue names.
+pub static SCHEDULER_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(SCHEDULER_RELEASE_LUA));
+
+const SCHEDULER_RELEASE_LUA: &str = r#"
+for i = 2, #ARGV do
+  local lock = 'rq:scheduler-lock:' .. ARGV[i]
+  if redis.call('GET', lock) == ARGV[1] then redis.call('DEL', lock) end
+end
+redis.call('DEL', 'rq:scheduler:' .. ARGV[1])
+return 1
+"#;
+
+/// Puts ids that have sat in RQ's intermediate list for over a minute without being
+/// started back at the front of their queue (§7.15), atomically per id.
+/// KEYS: intermediate list, queue. ARGV: job id.
+pub static REQUEUE_STUCK: LazyLock<Script> = LazyLock::new(|| Script::new(REQUEUE_STUCK_LUA));
+
+const REQUEUE_STUCK_LUA: &str = r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
 "#;

@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod horse;
+pub mod maintenance;
+pub mod scheduler;
 pub mod signals;
 pub mod store;
 
@@ -26,6 +28,7 @@ use crate::logging::{self, LogContext, shorten};
 use crate::protocol::{self, keys, payload, result};
 pub use cli::{WorkerArgs, WorkerOptions};
 use horse::{Horse, HorseOutcome};
+use scheduler::Scheduler;
 use signals::Signals;
 use store::{ClaimResult, Claimed, Settlement, Store, StoreError};
 
@@ -115,7 +118,13 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         idle_since: std::time::Instant::now(),
         warm_noted: false,
         suspended: false,
+        scheduler: None,
+        next_tick: std::time::Instant::now(),
+        next_maintenance: std::time::Instant::now(),
     };
+    if worker.spec.with_scheduler {
+        worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
+    }
     worker.start()?;
     let reason = worker.work();
     worker.finish(reason);
@@ -162,6 +171,12 @@ struct Worker {
     /// Whether the warm-shutdown request was already logged and recorded.
     warm_noted: bool,
     suspended: bool,
+    /// Present with `--with-scheduler`.
+    scheduler: Option<Scheduler>,
+    /// Next scheduler tick (once a second, as RQ's scheduler).
+    next_tick: std::time::Instant,
+    /// Next registry maintenance; the first runs at start, as in RQ.
+    next_maintenance: std::time::Instant,
 }
 
 impl Worker {
@@ -290,6 +305,8 @@ impl Worker {
             if !state_idle && self.store.set_state(&self.name, "idle").is_ok() {
                 state_idle = true;
             }
+            self.maintenance_due();
+            self.scheduler_due();
             // Drain notices before claiming: any change after this point wakes the wait.
             self.drain_listener(None);
             match self
@@ -354,6 +371,47 @@ impl Worker {
                     self.sleep(delay);
                 }
             }
+        }
+    }
+
+    /// Runs the scheduler tick when due; returns the instant of the next one.
+    fn scheduler_due(&mut self) -> Option<std::time::Instant> {
+        let sched = self.scheduler.as_mut()?;
+        let now = std::time::Instant::now();
+        if now >= self.next_tick {
+            self.next_tick = now + Duration::from_secs(1);
+            match sched.tick(&mut self.store) {
+                Ok(0) => {}
+                Ok(n) => log::info!("Scheduler {}: enqueued {n} due job(s)", sched.name),
+                Err(e) => log::debug!("scheduler tick failed: {e}"),
+            }
+        }
+        Some(self.next_tick)
+    }
+
+    /// Cleans registries when due (between jobs only, as RQ does).
+    fn maintenance_due(&mut self) {
+        if std::time::Instant::now() < self.next_maintenance {
+            return;
+        }
+        self.next_maintenance = std::time::Instant::now() + self.spec.maintenance_interval.0;
+        match maintenance::run(&mut self.store, &self.queues) {
+            Ok(r) => {
+                log::debug!(
+                    "Worker {}: cleaned registries of {} queue(s)",
+                    self.name,
+                    r.queues_cleaned
+                );
+                for (job, verdict) in &r.abandoned {
+                    log::warn!("abandoned job {job} (its worker stopped heartbeating): {verdict}");
+                }
+                for job in &r.requeued_stuck {
+                    log::warn!(
+                        "job {job} was stuck in an intermediate list for over a minute without starting; requeued at the front"
+                    );
+                }
+            }
+            Err(e) => log::warn!("registry maintenance failed: {e}; will retry next time"),
         }
     }
 
@@ -482,6 +540,10 @@ impl Worker {
         }
         if self.listener.is_none() {
             wait = wait.min(Duration::from_secs(1));
+        }
+        wait = wait.min(self.next_maintenance.saturating_duration_since(now));
+        if self.scheduler.is_some() {
+            wait = wait.min(self.next_tick.saturating_duration_since(now));
         }
         if let Some(c) = cap {
             wait = wait.min(c);
@@ -679,6 +741,9 @@ impl Worker {
                 self.ensure_listener();
             }
             let mut wait = next_hb.saturating_duration_since(now);
+            if let Some(tick) = self.scheduler_due() {
+                wait = wait.min(tick.saturating_duration_since(std::time::Instant::now()));
+            }
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }
@@ -807,6 +872,9 @@ impl Worker {
             log::info!("Worker {}: stopping on request", self.name);
         }
         self.listener = None;
+        if let Some(mut sched) = self.scheduler.take() {
+            sched.release(&mut self.store);
+        }
         log::info!("Registering death.");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         for attempt in 0..5 {

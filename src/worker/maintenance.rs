@@ -1,0 +1,192 @@
+//! Registry maintenance on RQ's cadence and lock key (§6, §7.14, §7.15): expired finished and
+//! failed entries, abandoned `wip` executions, stale worker set members, ids stuck in RQ's
+//! intermediate list. Python workers and `rq info` run the same cleanup; the per-queue lock
+//! keeps two cleaners from doing it at once.
+
+use std::collections::HashSet;
+
+use crate::protocol::keys;
+use crate::protocol::result;
+use crate::protocol::scripts::REQUEUE_STUCK;
+use crate::protocol::time::Instant;
+
+use super::store::{Settlement, Store, StoreError};
+
+/// How long RQ holds the per-queue cleaning lock.
+const LOCK_TTL: u64 = 899;
+/// An id in the intermediate list that is not started after this long is stuck.
+const STUCK_AFTER: f64 = 60.0;
+
+/// What one maintenance pass did, for the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub queues_cleaned: usize,
+    pub abandoned: Vec<(String, String)>,
+    pub stale_workers: usize,
+    pub requeued_stuck: Vec<String>,
+}
+
+/// Cleans every queue whose lock this call acquires.
+pub fn run(store: &mut Store, queues: &[String]) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    for q in queues {
+        let lock = keys::clean_registries_lock(q);
+        let acquired: bool = store.run(|con| {
+            redis::cmd("SET")
+                .arg(&lock)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(LOCK_TTL)
+                .query::<Option<String>>(con)
+                .map(|r| r.is_some())
+        })?;
+        if !acquired {
+            continue;
+        }
+        let outcome = clean_queue(store, q, &mut report);
+        let _ = store.run(|con| redis::cmd("DEL").arg(&lock).exec(con));
+        outcome?;
+        report.queues_cleaned += 1;
+    }
+    Ok(report)
+}
+
+fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), StoreError> {
+    let now = Instant::now();
+    let expired: Vec<String> = store.run(|con| {
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(keys::finished(q))
+            .arg(0)
+            .arg(now.unix_secs())
+            .exec(con)?;
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(keys::failed(q))
+            .arg(0)
+            .arg(now.unix_secs())
+            .exec(con)?;
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::wip(q))
+            .arg(0)
+            .arg(now.unix_secs())
+            .query(con)
+    })?;
+    for member in expired {
+        let Some((job, execution)) = member.split_once(':') else {
+            continue;
+        };
+        // RQ's text, with Python's str(datetime) of an aware UTC time.
+        let when = now.iso().replace('T', " ").replace('Z', "+00:00");
+        let exc = format!("Moved to FailedJobRegistry, due to AbandonedJobError, at {when}");
+        let verdict = store.settle(&Settlement {
+            job_id: job,
+            queue: q,
+            execution_id: execution,
+            worker: "",
+            outcome: "failed",
+            started: None,
+            working_secs: 0.0,
+            default_result_ttl: crate::protocol::defaults::RESULT_TTL,
+            payload: result::encode_exc_string(&exc),
+            idle_ttl: None,
+            allow_retry: true,
+        })?;
+        report.abandoned.push((job.to_string(), verdict));
+    }
+    store.run(|con| {
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(keys::wip(q))
+            .arg(0)
+            .arg(now.unix_secs())
+            .exec(con)
+    })?;
+    report.stale_workers += prune_stale_workers(store, q)?;
+    requeue_stuck(store, q, now, report)
+}
+
+/// Drops members of `rq:workers:Q` (and `rq:workers`) whose hash has expired.
+fn prune_stale_workers(store: &mut Store, q: &str) -> Result<usize, StoreError> {
+    let set = keys::workers_of(q);
+    store.run(|con| {
+        let members: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query(con)?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut p = redis::pipe();
+        for m in &members {
+            p.exists(m);
+        }
+        let alive: Vec<bool> = p.query(con)?;
+        let stale: Vec<&String> = members
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| !a)
+            .map(|(m, _)| m)
+            .collect();
+        if !stale.is_empty() {
+            redis::pipe()
+                .srem(&set, &stale)
+                .srem(keys::WORKERS, &stale)
+                .exec(con)?;
+        }
+        Ok(stale.len())
+    })
+}
+
+/// Ids a Python worker moved into the intermediate list and never started (it died in
+/// between). RQ fails them after a minute; they never ran, so we put them back at the
+/// front of their queue instead, and drop ids whose job is gone.
+fn requeue_stuck(
+    store: &mut Store,
+    q: &str,
+    now: Instant,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let list = keys::intermediate(q);
+    let (ids, wip): (Vec<String>, Vec<String>) = store.run(|con| {
+        redis::pipe()
+            .lrange(&list, 0, -1)
+            .zrange(keys::wip(q), 0, -1)
+            .query(con)
+    })?;
+    let started: HashSet<&str> = wip.iter().filter_map(|m| m.split(':').next()).collect();
+    for id in ids.iter().filter(|id| !started.contains(id.as_str())) {
+        let first_seen_key = keys::intermediate_first_seen(q, id);
+        let (job_exists, first_seen): (bool, Option<f64>) = store.run(|con| {
+            redis::pipe()
+                .exists(keys::job(id))
+                .get(&first_seen_key)
+                .query(con)
+        })?;
+        if !job_exists {
+            store.run(|con| redis::cmd("LREM").arg(&list).arg(1).arg(id).exec(con))?;
+            continue;
+        }
+        match first_seen {
+            None => store.run(|con| {
+                redis::cmd("SET")
+                    .arg(&first_seen_key)
+                    .arg(now.unix_float())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(86_400)
+                    .exec(con)
+            })?,
+            Some(t) if now.secs_f64() - t > STUCK_AFTER => {
+                let moved: i64 = store.run(|con| {
+                    REQUEUE_STUCK
+                        .key(&list)
+                        .key(keys::queue(q))
+                        .arg(id)
+                        .invoke(con)
+                })?;
+                store.run(|con| redis::cmd("DEL").arg(&first_seen_key).exec(con))?;
+                if moved == 1 {
+                    report.requeued_stuck.push(id.clone());
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
