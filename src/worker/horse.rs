@@ -93,6 +93,11 @@ impl Horse {
                 drop(report);
                 become_horse(parent);
                 set_job_env(call);
+                // One log line instead of the default multi-line report on stderr; the
+                // message also reaches the job's exc_string.
+                std::panic::set_hook(Box::new(|info| {
+                    log::error!("work horse {}", info.to_string().replace('\n', " "))
+                }));
                 let result = catch_unwind(AssertUnwindSafe(|| f(call)));
                 let (doc, code) = match result {
                     Ok(Ok(value)) => (json!({ "ok": value }), 0),
