@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 fn add(call: &JobCall) -> Result<Value, JobError> {
     let mut sum = 0i64;
     for arg in &call.args {
-        sum += arg
-            .as_i64()
-            .ok_or_else(|| JobError::with_kind("TypeError", format!("tasks.add takes integers, got {arg}")))?;
+        sum += arg.as_i64().ok_or_else(|| {
+            JobError::with_kind("TypeError", format!("tasks.add takes integers, got {arg}"))
+        })?;
     }
     Ok(json!(sum))
 }
@@ -37,7 +37,9 @@ fn word_count(call: &JobCall) -> Result<Value, JobError> {
         .first()
         .or_else(|| call.kwargs.get("text"))
         .and_then(Value::as_str)
-        .ok_or_else(|| JobError::with_kind("TypeError", "tasks.word_count needs a text argument"))?;
+        .ok_or_else(|| {
+            JobError::with_kind("TypeError", "tasks.word_count needs a text argument")
+        })?;
     Ok(json!({ "words": text.split_whitespace().count(), "job": call.id }))
 }
 
