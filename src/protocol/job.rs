@@ -32,6 +32,8 @@ pub struct JobRecord {
     pub worker_name: String,
     /// Python callback dotted paths; a Rust worker cannot run them, so they are reported.
     pub callbacks: Vec<(String, String)>,
+    /// RQ 2.10+ webhooks, which this worker does not send (it says so in the log).
+    pub has_webhooks: bool,
 }
 
 impl JobRecord {
@@ -61,6 +63,7 @@ impl JobRecord {
         let enqueued_at = text("enqueued_at");
         let started_at = text("started_at");
         let worker_name = text("worker_name");
+        let has_webhooks = !matches!(text("webhooks").trim(), "" | "[]");
         let callbacks = [
             "success_callback_name",
             "failure_callback_name",
@@ -89,6 +92,7 @@ impl JobRecord {
             started_at,
             worker_name,
             callbacks,
+            has_webhooks,
         })
     }
 

@@ -68,7 +68,7 @@ return {false, false, {}, dropped}
 /// the worker's idle TTL (empty: leave the worker hash alone, the worker is dead),
 /// `1` if a failure may be retried.
 ///
-/// Returns what happened: `finished`, `failed`, `stopped`, `requeued`, `scheduled`, `gone`
+/// Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`, `gone`
 /// when the job hash no longer exists, or `unknown` when the execution is not (or no longer)
 /// in `rq:wip:Q`, which makes the script safe to repeat.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
@@ -207,6 +207,24 @@ if outcome == 'finished' then
       redis.call('EXPIRE', rkey, ttl)
       redis.call('ZADD', 'rq:finished:' .. q, inow + ttl, id)
     end
+  end
+  -- Repeat (RQ 2.x): run the job again now or after its interval, instead of expiring it.
+  local repeats = tonumber(redis.call('HGET', jkey, 'repeats_left'))
+  if repeats and repeats > 0 then
+    local ok, intervals = pcall(cjson.decode, redis.call('HGET', jkey, 'repeat_intervals') or '[]')
+    local interval = 0
+    if ok and type(intervals) == 'table' and #intervals > 0 then
+      interval = tonumber(intervals[math.min(repeats, #intervals)]) or 0
+    end
+    redis.call('HSET', jkey, 'repeats_left', repeats - 1)
+    if interval > 0 then
+      redis.call('HSET', jkey, 'status', 'scheduled')
+      redis.call('ZADD', 'rq:scheduled:' .. q, inow + interval, id)
+    else
+      redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', iso)
+      redis.call('RPUSH', 'rq:queue:' .. q, id)
+    end
+    return 'repeated'
   end
   apply_ttl(ttl)
   return 'finished'

@@ -624,6 +624,12 @@ impl Worker {
                 self.registry.unknown_function_message(&call.func_name)
             ));
         };
+        if c.record.has_webhooks {
+            log::warn!(
+                "job {} asks for webhooks, which rqworker does not send; the job runs without them",
+                c.record.id
+            );
+        }
         if !c.record.callbacks.is_empty() {
             let names: Vec<String> = c
                 .record
