@@ -11,25 +11,32 @@ use redis::Script;
 ///
 /// ARGV: worker name, execution id, now (ISO), now (Unix float), now (Unix int),
 /// job monitoring interval, then the queue names in priority order.
-/// Returns `{queue, job id, HGETALL of the job, dropped ids}`, `{false, false, {}, dropped}`
-/// when every queue is empty, or `{false, 'suspended', {}, {}}` while `rq suspend` is in
-/// force (checked here so it costs no extra round trip). Ids whose job hash is gone are
-/// dropped, as RQ drops them, and reported so the worker can log them.
+/// Returns `{queue, job id, HGETALL of the job, dropped ids, broken queues}`,
+/// `{false, false, {}, dropped, broken}` when every queue is empty, or
+/// `{false, 'suspended', {}, {}, {}}` while `rq suspend` is in force (checked here so it
+/// costs no extra round trip). Ids whose job hash is gone (or is not a hash) are dropped, as
+/// RQ drops them, and reported so the worker can log them; queues whose key cannot be popped
+/// (e.g. WRONGTYPE) are skipped and reported.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 
 const CLAIM_LUA: &str = r#"
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local inow, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wkey = 'rq:worker:' .. worker
-if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}} end
-local dropped = {}
+if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}, {}} end
+local dropped, broken = {}, {}
 for i = 7, #ARGV do
   local q = ARGV[i]
   while true do
-    local id = redis.call('LPOP', 'rq:queue:' .. q)
+    -- A queue key of the wrong type must not stop the other queues from being served.
+    local id = redis.pcall('LPOP', 'rq:queue:' .. q)
+    if type(id) == 'table' and id.err then
+      table.insert(broken, q .. ': ' .. id.err)
+      break
+    end
     if not id then break end
     local jkey = 'rq:job:' .. id
-    if redis.call('EXISTS', jkey) == 1 then
+    if redis.call('TYPE', jkey).ok == 'hash' then
       -- RQ's heartbeat TTL: min(timeout, interval) + 60, where a missing timeout is 180
       -- and -1 means no limit.
       local timeout = tonumber(redis.call('HGET', jkey, 'timeout'))
@@ -49,12 +56,12 @@ for i = 7, #ARGV do
       redis.call('HSET', jkey, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
         'worker_name', worker)
       redis.call('PERSIST', jkey)
-      return {q, id, redis.call('HGETALL', jkey), dropped}
+      return {q, id, redis.call('HGETALL', jkey), dropped, broken}
     end
     table.insert(dropped, q .. ':' .. id)
   end
 end
-return {false, false, {}, dropped}
+return {false, false, {}, dropped, broken}
 "#;
 
 /// Records how an execution ended (§7.5, §7.6, §7.7, §7.11, §8.3): result entry, registries,

@@ -121,6 +121,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         scheduler: None,
         next_tick: std::time::Instant::now(),
         next_maintenance: std::time::Instant::now(),
+        broken_reported: std::collections::HashMap::new(),
     };
     if worker.spec.with_scheduler {
         worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
@@ -177,6 +178,8 @@ struct Worker {
     next_tick: std::time::Instant,
     /// Next registry maintenance; the first runs at start, as in RQ.
     next_maintenance: std::time::Instant,
+    /// When each broken queue was last reported.
+    broken_reported: std::collections::HashMap<String, std::time::Instant>,
 }
 
 impl Worker {
@@ -313,13 +316,14 @@ impl Worker {
                 .store
                 .claim(&self.name, &self.order, self.monitoring_secs())
             {
-                Ok((claim, dropped)) => {
+                Ok((claim, notes)) => {
                     redis_backoff.reset();
-                    for d in dropped {
+                    for d in notes.dropped {
                         log::warn!(
                             "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
                         );
                     }
+                    self.report_broken_queues(notes.broken);
                     match claim {
                         ClaimResult::Job(c) => {
                             if self.suspended {
@@ -412,6 +416,25 @@ impl Worker {
                 }
             }
             Err(e) => log::warn!("registry maintenance failed: {e}; will retry next time"),
+        }
+    }
+
+    /// Logs queues whose key cannot be used, at most once a minute per queue, so a broken
+    /// key is loud without flooding the log; the other queues keep being served.
+    fn report_broken_queues(&mut self, broken: Vec<String>) {
+        let now = std::time::Instant::now();
+        for b in broken {
+            let queue = b.split(':').next().unwrap_or_default().to_string();
+            let due = self
+                .broken_reported
+                .get(&queue)
+                .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+            if due {
+                log::error!(
+                    "queue {b}; rq:queue:{queue} must be a list of job ids: delete or rename that key. Skipping this queue, serving the others"
+                );
+                self.broken_reported.insert(queue, now);
+            }
         }
     }
 

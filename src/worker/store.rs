@@ -48,6 +48,15 @@ pub enum ClaimResult {
     Suspended,
 }
 
+/// Problems a claim met and stepped over, for the log.
+#[derive(Debug, Default)]
+pub struct ClaimNotes {
+    /// `queue:id` of ids dropped because their job hash is gone.
+    pub dropped: Vec<String>,
+    /// `queue: error` for queues whose key could not be popped (e.g. WRONGTYPE).
+    pub broken: Vec<String>,
+}
+
 /// Everything the settle script needs to record one ending.
 pub struct Settlement<'a> {
     pub job_id: &'a str,
@@ -237,7 +246,7 @@ impl Store {
         name: &str,
         queues: &[String],
         monitoring_interval: u64,
-    ) -> Result<(ClaimResult, Vec<String>), StoreError> {
+    ) -> Result<(ClaimResult, ClaimNotes), StoreError> {
         let execution_id = new_execution_id();
         let now = Instant::now();
         let reply: Value = self.run(|con| {
@@ -305,18 +314,22 @@ pub fn new_execution_id() -> String {
     format!("{n:032x}")
 }
 
-fn parse_claim(reply: Value, execution_id: String, at: Instant) -> (ClaimResult, Vec<String>) {
+fn parse_claim(reply: Value, execution_id: String, at: Instant) -> (ClaimResult, ClaimNotes) {
     let Value::Array(mut items) = reply else {
-        return (ClaimResult::Empty, Vec::new());
+        return (ClaimResult::Empty, ClaimNotes::default());
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     };
-    let dropped = match items.get(3) {
+    let list = |v: Option<&Value>| match v {
         Some(Value::Array(d)) => d.iter().filter_map(text).collect(),
         _ => Vec::new(),
+    };
+    let dropped = ClaimNotes {
+        dropped: list(items.get(3)),
+        broken: list(items.get(4)),
     };
     let (queue, id) = match (items.first().and_then(text), items.get(1).and_then(text)) {
         (None, Some(marker)) if marker == "suspended" => return (ClaimResult::Suspended, dropped),
