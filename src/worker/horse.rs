@@ -52,7 +52,9 @@ pub struct Horse {
 
 enum HorseIo {
     Native {
-        report: UnixStream,
+        /// `None` once the horse closed it: an end-of-file socket stays readable, and
+        /// polling it would spin until the horse has finished exiting.
+        report: Option<UnixStream>,
         buf: Vec<u8>,
     },
     Command {
@@ -83,7 +85,7 @@ impl Horse {
                 Ok(Horse {
                     pid: child,
                     io: HorseIo::Native {
-                        report,
+                        report: Some(report),
                         buf: Vec::new(),
                     },
                     reaped: None,
@@ -188,7 +190,11 @@ impl Horse {
     pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
         let mut fds = Vec::new();
         match &self.io {
-            HorseIo::Native { report, .. } => fds.push((report.as_fd(), false)),
+            HorseIo::Native { report, .. } => {
+                if let Some(r) = report {
+                    fds.push((r.as_fd(), false));
+                }
+            }
             HorseIo::Command {
                 stdin,
                 stdout,
@@ -213,7 +219,11 @@ impl Horse {
     pub fn pump(&mut self) {
         match &mut self.io {
             HorseIo::Native { report, buf } => {
-                let _ = read_ready(report, |chunk| buf.extend_from_slice(chunk));
+                if let Some(r) = report
+                    && read_ready(r, |chunk| buf.extend_from_slice(chunk))
+                {
+                    *report = None;
+                }
             }
             HorseIo::Command {
                 stdin,
@@ -356,7 +366,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Reads everything available now; returns true at end of file or on a broken descriptor.
 fn read_ready(mut r: impl Read, mut sink: impl FnMut(&[u8])) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = [0u8; 8 * 1024];
     loop {
         match r.read(&mut chunk) {
             Ok(0) => return true,
