@@ -229,6 +229,10 @@ impl Worker {
     }
 
     fn register_birth(&mut self) -> Result<bool, StoreError> {
+        self.register(false)
+    }
+
+    fn register(&mut self, renew: bool) -> Result<bool, StoreError> {
         let now = protocol::time::Instant::now();
         let ip = self.store.client_address(&self.name);
         let fields = [
@@ -244,7 +248,7 @@ impl Worker {
         ];
         let ok = self
             .store
-            .birth(&self.name, &fields, &self.queues, self.idle_ttl())?;
+            .birth(&self.name, &fields, &self.queues, self.idle_ttl(), renew)?;
         if ok {
             self.next_heartbeat = std::time::Instant::now() + self.heartbeat_every();
         }
@@ -263,6 +267,7 @@ impl Worker {
     fn work(&mut self) -> Stop {
         let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut state_idle = false;
+        let mut seen_connects = self.store.connects();
         loop {
             if self.signals.stop_count() > 0 {
                 return Stop::Signal;
@@ -290,6 +295,11 @@ impl Worker {
             if !self.burst {
                 self.ensure_listener();
             }
+            if self.store.connects() != seen_connects {
+                // A new connection: Redis may have restarted without our record.
+                seen_connects = self.store.connects();
+                self.next_heartbeat = std::time::Instant::now();
+            }
             if std::time::Instant::now() >= self.next_heartbeat {
                 match self.store.heartbeat_idle(&self.name, self.idle_ttl()) {
                     Ok(false) => {
@@ -299,7 +309,7 @@ impl Worker {
                         log::warn!(
                             "the worker's registration had expired in Redis; registering again"
                         );
-                        let _ = self.register_birth();
+                        let _ = self.register(true);
                         state_idle = false;
                     }
                     Err(_) => {}

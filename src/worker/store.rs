@@ -78,11 +78,17 @@ pub struct Settlement<'a> {
 pub struct Store {
     target: RedisTarget,
     con: Option<Connection>,
+    /// Connections opened so far; a change tells the worker Redis may have lost its state.
+    connects: u64,
 }
 
 impl Store {
     pub fn new(target: RedisTarget) -> Store {
-        Store { target, con: None }
+        Store {
+            target,
+            con: None,
+            connects: 0,
+        }
     }
 
     pub fn target(&self) -> &RedisTarget {
@@ -93,6 +99,11 @@ impl Store {
         self.con.is_some()
     }
 
+    /// How many connections have been opened; increases after every reconnect.
+    pub fn connects(&self) -> u64 {
+        self.connects
+    }
+
     /// Runs `f` on the connection, connecting first if needed. Any error drops the
     /// connection: after a timeout or a broken socket its state is unknown.
     pub fn run<T>(
@@ -101,6 +112,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         if self.con.is_none() {
             self.con = Some(self.target.connect()?);
+            self.connects += 1;
         }
         let con = self.con.as_mut().expect("connected above");
         match f(con) {
@@ -115,18 +127,22 @@ impl Store {
         }
     }
 
-    /// Registers the worker (§5). Returns false when a live worker holds the name.
+    /// Registers the worker (§5). Returns false when a live worker holds the name. `renew`
+    /// re-registers over this worker's own record after Redis lost (part of) it.
     pub fn birth(
         &mut self,
         name: &str,
         fields: &[(&str, String)],
         queues: &[String],
         ttl: u64,
+        renew: bool,
     ) -> Result<bool, StoreError> {
         let key = keys::worker(name);
         self.run(|con| {
             let mut inv = BIRTH.key(&key);
-            inv.arg(ttl).arg(fields.len());
+            inv.arg(ttl)
+                .arg(if renew { "1" } else { "0" })
+                .arg(fields.len());
             for (k, v) in fields {
                 inv.arg(*k).arg(v);
             }
@@ -162,20 +178,19 @@ impl Store {
         })
     }
 
-    /// The idle heartbeat. Returns true when the worker hash had expired (a long outage, a
-    /// Redis restart without persistence), so the caller registers again.
+    /// The idle heartbeat. Returns true when the worker's record was lost (a long outage, a
+    /// Redis restart without persistence; a claim or settle may since have recreated a bare
+    /// hash), so the caller registers again.
     pub fn heartbeat_idle(&mut self, name: &str, ttl: u64) -> Result<bool, StoreError> {
         let key = keys::worker(name);
         let now = Instant::now();
         self.run(|con| {
-            let (created, _): (i64, i64) = redis::pipe()
+            let (registered, _, _): (bool, i64, i64) = redis::pipe()
+                .hexists(&key, "birth")
                 .hset(&key, "last_heartbeat", now.iso())
                 .expire(&key, ttl as i64)
                 .query(con)?;
-            if created == 1 {
-                redis::cmd("DEL").arg(&key).exec(con)?;
-            }
-            Ok(created == 1)
+            Ok(!registered)
         })
     }
 
