@@ -69,7 +69,10 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         name: name.clone(),
     });
     for h in opts.handlers.iter().cloned() {
-        if registry.lookup(&h.name).is_none() || h.name.contains('*') {
+        // A native handler registered under the same exact name wins over the config. Only
+        // exact names count here: a config glob declared earlier (e.g. "tasks.*") must not
+        // hide a config entry with an exact name it happens to match.
+        if !registry.names().contains(&h.name) || h.name.contains('*') {
             registry.add_command(h);
         }
     }
