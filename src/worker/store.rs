@@ -153,20 +153,24 @@ impl Store {
         })
     }
 
-    /// The idle heartbeat. Returns true when the worker hash had expired (a long outage, a
-    /// Redis restart without persistence), so the caller registers again.
+    /// The idle heartbeat. Returns true when the worker's registration is gone (the hash
+    /// expired in a long outage, or Redis restarted without persistence), so the caller
+    /// registers again. "Gone" means no `birth` field: after such a restart the claim and
+    /// settle steps recreate a partial hash (`state`, counters, `last_heartbeat`), so whether
+    /// this HSET created the field says nothing.
     pub fn heartbeat_idle(&mut self, name: &str, ttl: u64) -> Result<bool, StoreError> {
         let key = keys::worker(name);
         let now = Instant::now();
         self.run(|con| {
-            let (created, _): (i64, i64) = redis::pipe()
+            let (registered, _, _): (bool, i64, i64) = redis::pipe()
+                .hexists(&key, "birth")
                 .hset(&key, "last_heartbeat", now.iso())
                 .expire(&key, ttl as i64)
                 .query(con)?;
-            if created == 1 {
+            if !registered {
                 redis::cmd("DEL").arg(&key).exec(con)?;
             }
-            Ok(created == 1)
+            Ok(!registered)
         })
     }
 
