@@ -372,3 +372,39 @@ fn sigint_stops_an_idle_worker_like_sigterm() {
     assert!(hget(&mut con, "rq:worker:w", "death").is_some());
     assert!(smembers(&mut con, "rq:workers").is_empty());
 }
+
+#[test]
+fn after_redis_loses_its_data_the_worker_reconnects_and_registers_again() {
+    let mut redis = RedisServer::start();
+    // worker_ttl 16 s: an idle heartbeat every second (worker_ttl - 15).
+    let w = Proc::spawn(rqworker(
+        &redis,
+        &[
+            "--builtin-handlers",
+            "--name",
+            "w",
+            "--worker-ttl",
+            "16",
+            "q",
+        ],
+    ));
+    w.wait_for_log("Listening for work");
+    redis.restart(); // no persistence: every key is gone
+    let mut con = redis.con();
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    wait_status(&mut con, &id, &["finished"]);
+    wait_until(
+        "the worker's registration to come back",
+        Duration::from_secs(10),
+        || {
+            let wh = hgetall(&mut con, "rq:worker:w");
+            wh.contains_key("birth")
+                && wh.get("queues").map(String::as_str) == Some("q")
+                && smembers(&mut con, "rq:workers").contains(&"rq:worker:w".to_string())
+                && smembers(&mut con, "rq:workers:q").contains(&"rq:worker:w".to_string())
+        },
+    );
+    let info = rq_info(&redis, &[]);
+    assert!(info.contains("w ("), "{info}");
+    assert!(alive(w.pid()));
+}

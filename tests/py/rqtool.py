@@ -10,6 +10,7 @@ Every command reads the Redis URL from $RQ_REDIS_URL and prints JSON on stdout.
   enqueue-pickle QUEUE FUNC [ARGS_JSON]                     -> job id (default pickle serializer)
   enqueue-many QUEUE FUNC COUNT                             -> [job id, ...], job i gets args [i]
   results ID                                                -> every result, newest first
+  send shutdown|kill-horse WORKER / send stop-job JOB_ID    -> rq.command.send_*; prints null
 """
 import json
 import os
@@ -63,6 +64,20 @@ def results(job_id):
         "exc_string": r.exc_string,
         "worker_name": r.worker_name,
     } for r in job.results()]))
+
+
+def send(command, target):
+    from rq.command import send_kill_horse_command, send_shutdown_command, send_stop_job_command
+    c = conn()
+    if command == "stop-job":
+        send_stop_job_command(c, target, serializer=JSONSerializer)
+    elif command == "kill-horse":
+        send_kill_horse_command(c, target)
+    elif command == "shutdown":
+        send_shutdown_command(c, target)
+    else:
+        raise SystemExit("unknown command %r" % command)
+    print("null")
 
 
 def status(*ids):
@@ -133,6 +148,7 @@ if __name__ == "__main__":
         "enqueue-pickle": enqueue_pickle,
         "enqueue-many": enqueue_many,
         "results": results,
+        "send": send,
         "status": status,
         "result": result,
         "workers": workers,
