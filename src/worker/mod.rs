@@ -539,6 +539,15 @@ impl Worker {
                     Ok(horse) => self.monitor(horse, &c, timeout),
                     Err(e) => Ending::Failed {
                         exc: match &handler {
+                            // E2BIG: the program is fine, the job's arguments are not.
+                            Handler::Command(spec)
+                                if e.raw_os_error() == Some(nix::libc::E2BIG) =>
+                            {
+                                format!(
+                                    "HandlerStartError: cannot run {} for [handlers.\"{}\"]: {e}; the job's positional arguments are too long for a command line (Linux allows 128 KiB per argument); pass large values as keyword arguments, which the handler reads from the job JSON on stdin\n",
+                                    spec.command[0], spec.name
+                                )
+                            }
                             Handler::Command(spec) => format!(
                                 "HandlerStartError: cannot run {} for [handlers.\"{}\"]: {e}; install the program, fix its path in the config, or make it executable (chmod +x)\n",
                                 spec.command[0], spec.name
