@@ -431,3 +431,40 @@ fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
     wait_status(&mut con, &good, &["finished"]);
     assert!(alive(w.pid()));
 }
+
+#[test]
+fn a_positional_argument_too_long_for_argv_fails_with_a_hint_to_use_kwargs() {
+    let redis = RedisServer::start();
+    let dir = temp_dir();
+    let tool = write_script(dir.path(), "tool.sh", "#!/bin/sh\necho ok\n");
+    let cfg = write_config(dir.path(), &handler_toml("t.tool", &tool, ""));
+    let mut con = redis.con();
+    // Linux caps one argv string at 128 KiB; the same value as a kwarg travels on stdin.
+    let big = "y".repeat(300_000);
+    let too_long = rs_enqueue(&mut con, "q", "t.tool", json!([big]));
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("big".into(), json!(big));
+    let as_kwarg = rq_supervisor::producer::enqueue(
+        &mut con,
+        "q",
+        "t.tool",
+        vec![],
+        kwargs,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["-c", &cfg, "--burst", "--name", "w", "q"],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(job_status(&mut con, &too_long).as_deref(), Some("failed"));
+    let exc = latest_exc(&mut con, &too_long);
+    assert!(exc.contains("too long"), "{exc}");
+    assert!(exc.contains("keyword"), "says what to do instead: {exc}");
+    assert!(
+        !exc.contains("chmod"),
+        "the program is fine; do not blame it: {exc}"
+    );
+    assert_eq!(latest_return(&mut con, &as_kwarg), Some(json!("ok")));
+}
