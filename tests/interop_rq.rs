@@ -177,18 +177,7 @@ fn info_line(info: &str, name: &str) -> Option<String> {
 fn rq_info_and_worker_all_list_a_running_worker_and_forget_it_after_death() {
     let redis = RedisServer::start();
     let dir = temp_dir();
-    let gate = write_script(
-        dir.path(),
-        "gate.sh",
-        "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.02; done\n",
-    );
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[handlers.\"tasks.gate\"]\ncommand = [{}]\n",
-            toml_str(gate.display().to_string())
-        ),
-    );
+    let cfg = write_config(dir.path(), &gate_handler(dir.path()));
     let mut w = Proc::spawn(rqworker(
         &redis,
         &["-c", &cfg, "--name", "w-interop", "high", "low"],

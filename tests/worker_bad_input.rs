@@ -306,3 +306,21 @@ fn a_burst_through_mixed_bad_and_good_jobs_loses_nothing() {
     assert_eq!(wh["successful_job_count"], "5");
     assert_eq!(wh["failed_job_count"], "5");
 }
+
+#[test]
+fn json_stored_without_zlib_is_read_like_python_reads_it() {
+    // Python falls back to the raw bytes when `data` is not zlib; so does the worker.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    raw_job(
+        &mut con,
+        "raw-json",
+        Some(br#"["rq.builtin.echo", null, ["plain"], {}]"#),
+    );
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--builtin-handlers", "--name", "w", "q"],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(latest_return(&mut con, "raw-json"), Some(json!(["plain"])));
+}

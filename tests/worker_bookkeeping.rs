@@ -46,23 +46,6 @@ fn assert_ttl_near(con: &mut redis::Connection, key: &str, expected: i64) {
     );
 }
 
-/// A handler that blocks until the file named by its first argument exists, so a test can
-/// inspect a running job without racing a timer.
-fn gate_config(dir: &std::path::Path) -> String {
-    let gate = write_script(
-        dir,
-        "gate.sh",
-        "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.02; done\necho released\n",
-    );
-    write_config(
-        dir,
-        &format!(
-            "[handlers.\"tasks.gate\"]\ncommand = [{}]\n",
-            toml_str(gate.display().to_string())
-        ),
-    )
-}
-
 #[test]
 fn a_finished_job_is_recorded_as_rq_records_it() {
     let redis = RedisServer::start();
@@ -378,7 +361,7 @@ fn result_ttl_custom_zero_forever_and_the_worker_default() {
 fn a_running_job_is_in_the_started_registry_with_an_execution_record() {
     let redis = RedisServer::start();
     let dir = temp_dir();
-    let cfg = gate_config(dir.path());
+    let cfg = write_config(dir.path(), &gate_handler(dir.path()));
     let gate = dir.path().join("open");
     let mut con = redis.con();
     // ttl: the job key expires while queued; the worker must persist it once started.
@@ -445,4 +428,45 @@ fn a_running_job_is_in_the_started_registry_with_an_execution_record() {
         json!("released")
     );
     drop(w);
+}
+
+#[test]
+fn retried_failures_requeue_without_a_result_until_the_last_one() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let id = py_enqueue(
+        &redis,
+        "q",
+        "rq.builtin.fail",
+        r#"["again"]"#,
+        "{}",
+        r#"{"retry": {"max": 2}}"#,
+    );
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--builtin-handlers", "--name", "w", "q"],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(
+        w.log()
+            .matches("Got rq.builtin.fail('again') from q")
+            .count(),
+        3
+    );
+    let job = hgetall(&mut con, &format!("rq:job:{id}"));
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["retries_left"], "0");
+    // RQ writes no result for a retried failure; only the final one.
+    let entries = results(&mut con, &id);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(decode_exc_string(&entries[0].1["exc_string"]).contains("again"));
+    assert!(zscore(&mut con, "rq:failed:q", &id).is_some());
+    // Retries count as failures in the worker's statistics.
+    assert_eq!(
+        hget(&mut con, "rq:worker:w", "failed_job_count").as_deref(),
+        Some("3")
+    );
+    let py = py_json(&redis, &["results", &id]);
+    assert_eq!(py.as_array().unwrap().len(), 1, "{py}");
+    assert_eq!(py[0]["type"], "FAILED");
 }

@@ -80,22 +80,34 @@ fn burst_drains_queues_in_strict_priority_order_when_all_are_non_empty() {
 #[test]
 fn a_job_in_a_higher_queue_runs_before_an_older_job_in_a_lower_queue() {
     let redis = RedisServer::start();
+    let dir = temp_dir();
+    let cfg = write_config(dir.path(), &gate_handler(dir.path()));
+    let open = dir.path().join("open");
     let mut con = redis.con();
     let w = Proc::spawn(rqworker(
         &redis,
-        &["--builtin-handlers", "--name", "w", "high", "low"],
+        &[
+            "-c",
+            &cfg,
+            "--builtin-handlers",
+            "--name",
+            "w",
+            "high",
+            "low",
+        ],
     ));
     w.wait_for_log("Listening for work");
     // Keep the worker busy so that both later jobs wait in their queues at claim time.
-    let blocker = rs_enqueue(&mut con, "low", "rq.builtin.sleep", json!([1]));
+    let blocker = rs_enqueue(
+        &mut con,
+        "low",
+        "tasks.gate",
+        json!([open.display().to_string()]),
+    );
     wait_status(&mut con, &blocker, &["started"]);
     let older_low = rs_enqueue(&mut con, "low", "rq.builtin.noop", json!([]));
     let newer_high = rs_enqueue(&mut con, "high", "rq.builtin.noop", json!([]));
-    assert_eq!(
-        job_status(&mut con, &blocker).as_deref(),
-        Some("started"),
-        "the blocker must still run when both jobs are queued; the test is void otherwise"
-    );
+    std::fs::write(&open, "").unwrap();
     wait_status(&mut con, &older_low, &["finished"]);
     wait_status(&mut con, &newer_high, &["finished"]);
     let started = |con: &mut redis::Connection, id: &str| {

@@ -25,12 +25,22 @@ fn heartbeat_state(con: &mut redis::Connection, id: &str, member: &str) -> (f64,
 #[test]
 fn heartbeats_advance_while_a_job_runs_and_rq_info_does_not_fail_it() {
     let redis = RedisServer::start();
+    let dir = temp_dir();
+    let cfg = write_config(dir.path(), &gate_handler(dir.path()));
+    let open = dir.path().join("open");
     let mut con = redis.con();
-    let id = py_enqueue_args(&redis, "q", "rq.builtin.sleep", "[4]");
+    // Runs until the test opens the gate: several seconds, however slow the machine is.
+    let id = py_enqueue_args(
+        &redis,
+        "q",
+        "tasks.gate",
+        &json!([open.display().to_string()]).to_string(),
+    );
     let w = Proc::spawn(rqworker(
         &redis,
         &[
-            "--builtin-handlers",
+            "-c",
+            &cfg,
             "--name",
             "w",
             "--job-monitoring-interval",
@@ -46,14 +56,10 @@ fn heartbeats_advance_while_a_job_runs_and_rq_info_does_not_fail_it() {
     assert!((50..=61).contains(&wttl), "busy worker TTL {wttl}");
 
     let mut later = first;
-    wait_until(
-        "every heartbeat field to advance",
-        Duration::from_secs(3),
-        || {
-            later = heartbeat_state(&mut con, &id, &member);
-            later.0 > first.0 && later.1 > first.1 && later.2 > first.2 && later.3 > first.3
-        },
-    );
+    wait_until("every heartbeat field to advance", WAIT, || {
+        later = heartbeat_state(&mut con, &id, &member);
+        later.0 > first.0 && later.1 > first.1 && later.2 > first.2 && later.3 > first.3
+    });
     assert!(
         later.0 >= unix_now() + 55.0,
         "wip score stays ahead of now: {}",
@@ -71,6 +77,13 @@ fn heartbeats_advance_while_a_job_runs_and_rq_info_does_not_fail_it() {
     );
     assert_eq!(zrange(&mut con, "rq:wip:q"), vec![member.clone()]);
 
+    // More heartbeats after rq info's cleanup, then the job ends normally.
+    let mut again = later;
+    wait_until("another heartbeat", WAIT, || {
+        again = heartbeat_state(&mut con, &id, &member);
+        again.0 > later.0
+    });
+    std::fs::write(&open, "").unwrap();
     wait_status(&mut con, &id, &["finished", "failed"]);
     assert_eq!(
         job_status(&mut con, &id).as_deref(),
@@ -285,14 +298,23 @@ fn a_native_horse_killed_from_outside_fails_its_job() {
 #[test]
 fn warm_shutdown_finishes_the_running_job_then_registers_death() {
     let redis = RedisServer::start();
+    let dir = temp_dir();
+    let cfg = write_config(dir.path(), &gate_handler(dir.path()));
+    let open = dir.path().join("open");
     let mut con = redis.con();
-    let running = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([1.5]));
+    let running = rs_enqueue(
+        &mut con,
+        "q",
+        "tasks.gate",
+        json!([open.display().to_string()]),
+    );
     let waiting = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
     let mut w = Proc::spawn(rqworker(
         &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
+        &["-c", &cfg, "--builtin-handlers", "--name", "w", "q"],
     ));
     wait_status(&mut con, &running, &["started"]);
+    let horse = wait_horse(&w);
     w.signal(Signal::SIGTERM);
     wait_until("shutdown_requested_date", WAIT, || {
         hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some()
@@ -302,9 +324,20 @@ fn warm_shutdown_finishes_the_running_job_then_registers_death() {
         Some("started"),
         "the job must still run after the first signal"
     );
+    assert!(alive(horse), "a warm shutdown must not touch the horse");
+    assert!(alive(w.pid()));
+    // Time has to pass to show that the worker waits for its job instead of leaving.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        alive(w.pid()),
+        "the worker must wait for its job:\n{}",
+        w.log()
+    );
+    std::fs::write(&open, "").unwrap();
     let status = w.wait_exit(WAIT);
     assert!(status.success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &running).as_deref(), Some("finished"));
+    assert_eq!(latest_return(&mut con, &running), Some(json!("released")));
     assert_eq!(
         job_status(&mut con, &waiting).as_deref(),
         Some("queued"),

@@ -608,3 +608,18 @@ pub fn python_exe() -> String {
         .expect("python3");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A `[handlers."tasks.gate"]` table (to put in a config) whose program blocks until the file
+/// named by the job's first argument exists, then prints `released`. Lets a test inspect a
+/// running job, or signal the worker mid-job, without racing a timer.
+pub fn gate_handler(dir: &Path) -> String {
+    let gate = write_script(
+        dir,
+        "gate.sh",
+        "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.02; done\necho released\n",
+    );
+    format!(
+        "[handlers.\"tasks.gate\"]\ncommand = [{}]\n",
+        toml_str(gate.display().to_string())
+    )
+}
