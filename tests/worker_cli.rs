@@ -267,6 +267,24 @@ fn unreachable_redis_fails_at_start_naming_the_url_with_the_password_masked() {
 }
 
 #[test]
+fn a_unix_socket_url_masks_its_pass_parameter_too() {
+    // redis-rs reads a unix socket's password from the `pass` query parameter.
+    let dir = temp_dir();
+    let url = format!(
+        "unix://{}/nothing.sock?db=0&pass=s3cret",
+        dir.path().display()
+    );
+    let mut cmd = bin("rqworker");
+    cmd.env("RQ_REDIS_URL", &url).args(["--name", "w"]);
+    let mut w = Proc::spawn(cmd);
+    let status = w.wait_exit(WAIT);
+    let log = w.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("nothing.sock"), "names the URL:\n{log}");
+    assert!(!log.contains("s3cret"), "leaks the password:\n{log}");
+}
+
+#[test]
 fn durations_accept_a_unit_suffix_or_bare_seconds() {
     let redis = RedisServer::start();
     let mut con = redis.con();
@@ -435,4 +453,44 @@ fn starts_under_a_name_whose_old_record_has_death() {
     );
     new.signal(Signal::SIGTERM);
     assert!(new.wait_exit(WAIT).success());
+}
+
+#[test]
+fn a_rotated_password_is_not_logged_when_the_notification_connection_reconnects() {
+    let redis = RedisServer::start();
+    let mut admin = redis.con();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw-one")
+        .exec(&mut admin)
+        .unwrap();
+    let url = format!("{}?pass=pw-one", redis.url());
+    let mut cmd = rqworker(&redis, &["--builtin-handlers", "--name", "w"]);
+    cmd.env("RQ_REDIS_URL", &url);
+    let w = Proc::spawn(cmd);
+    w.wait_for_log("Listening for work");
+    wait_until("idle", WAIT, || {
+        hget(&mut admin, "rq:worker:w", "state").as_deref() == Some("idle")
+    });
+    // The password is rotated; connections already open stay authenticated. Then the
+    // worker's notification connection drops and must be opened again, with the old password.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw-two")
+        .exec(&mut admin)
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .exec(&mut admin)
+        .unwrap();
+    w.wait_for_log("notification connection");
+    // The worker still takes jobs through its authenticated main connection.
+    let id = rs_enqueue(&mut admin, "default", "rq.builtin.noop", json!([]));
+    wait_status(&mut admin, &id, &["finished"]);
+    let log = w.log();
+    assert!(!log.contains("pw-one"), "the password leaked:\n{log}");
 }
