@@ -494,3 +494,100 @@ fn a_rotated_password_is_not_logged_when_the_notification_connection_reconnects(
     let log = w.log();
     assert!(!log.contains("pw-one"), "the password leaked:\n{log}");
 }
+
+#[test]
+fn round_robin_rotates_the_queues_after_each_job() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    for q in ["a", "a", "a", "b", "b", "c"] {
+        rs_enqueue(&mut con, q, "rq.builtin.noop", json!([]));
+    }
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &[
+            "--builtin-handlers",
+            "--burst",
+            "--name",
+            "w",
+            "--dequeue-strategy",
+            "round_robin",
+            "a",
+            "b",
+            "c",
+        ],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(
+        got_queues(&w.log()),
+        ["a", "b", "c", "a", "b", "a"],
+        "{}",
+        w.log()
+    );
+}
+
+#[test]
+fn max_jobs_stops_the_worker_after_that_many_jobs() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let ids: Vec<String> = (0..5)
+        .map(|_| rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([])))
+        .collect();
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--name", "w", "--max-jobs", "2"],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    let statuses: Vec<Option<String>> = ids.iter().map(|i| job_status(&mut con, i)).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| s.as_deref() == Some("finished"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| s.as_deref() == Some("queued"))
+            .count(),
+        3
+    );
+    assert!(hget(&mut con, "rq:worker:w", "death").is_some());
+}
+
+#[test]
+fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let url = redis.url();
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([]));
+    assert!(
+        rq_cli(&["suspend", "--url", &url])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A burst worker leaves at once without taking anything.
+    let mut b = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--burst", "--name", "b"],
+    ));
+    assert!(b.wait_exit(WAIT).success(), "{}", b.log());
+    assert!(b.log().contains("suspended"), "{}", b.log());
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
+    // A normal worker waits in state `suspended`...
+    let w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w"]));
+    wait_until("suspended state", WAIT, || {
+        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("suspended")
+    });
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
+    // ...and works again after `rq resume`.
+    assert!(
+        rq_cli(&["resume", "--url", &url])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_status(&mut con, &id, &["finished"]);
+    assert!(alive(w.pid()));
+}
