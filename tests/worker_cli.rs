@@ -563,8 +563,9 @@ fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
     let id = rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([]));
     assert!(
         rq_cli(&["suspend", "--url", &url])
-            .status()
+            .output()
             .unwrap()
+            .status
             .success()
     );
     // A burst worker leaves at once without taking anything.
@@ -584,8 +585,9 @@ fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
     // ...and works again after `rq resume`.
     assert!(
         rq_cli(&["resume", "--url", &url])
-            .status()
+            .output()
             .unwrap()
+            .status
             .success()
     );
     wait_status(&mut con, &id, &["finished"]);
