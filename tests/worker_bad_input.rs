@@ -324,3 +324,22 @@ fn json_stored_without_zlib_is_read_like_python_reads_it() {
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, "raw-json"), Some(json!(["plain"])));
 }
+
+#[test]
+fn broken_json_that_mentions_nan_in_a_string_is_not_blamed_on_nan() {
+    let redis = RedisServer::start();
+    let w = worker(&redis, &[]);
+    // Truncated JSON whose only "NaN" is text inside a string.
+    let exc = sandwich(&redis, &w, |con| {
+        raw_job(
+            con,
+            "truncated",
+            Some(&zlib(
+                br#"["rq.builtin.echo", null, ["NaN and Infinity"], {}"#,
+            )),
+        );
+        "truncated".into()
+    });
+    assert!(exc.contains("not zlib-compressed JSON"), "{exc}");
+    assert!(!exc.contains("contains NaN or Infinity"), "{exc}");
+}
