@@ -493,3 +493,25 @@ fn python_rq_commands_stop_a_job_kill_a_horse_and_shut_the_worker_down() {
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert!(hget(&mut con, "rq:worker:w", "death").is_some());
 }
+
+#[test]
+fn rust_producer_descriptions_escape_non_printable_characters_like_python_repr() {
+    // Python's repr escapes every character that is not printable (C1 controls, no-break
+    // space, zero-width and line-separator characters...), not only ASCII controls.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let args = json!([
+        "tab\there",
+        "a\u{200b}b",
+        "\u{85}",
+        "nb\u{a0}sp",
+        "line\u{2028}sep",
+        "é😀"
+    ]);
+    let ours = rs_enqueue(&mut con, "q", "tasks.f", args.clone());
+    let theirs = py_enqueue_args(&redis, "q", "tasks.f", &args.to_string());
+    let desc = |con: &mut redis::Connection, id: &str| {
+        hget(con, &format!("rq:job:{id}"), "description").unwrap()
+    };
+    assert_eq!(desc(&mut con, &ours), desc(&mut con, &theirs));
+}
