@@ -515,3 +515,34 @@ fn rust_producer_descriptions_escape_non_printable_characters_like_python_repr()
     };
     assert_eq!(desc(&mut con, &ours), desc(&mut con, &theirs));
 }
+
+#[test]
+fn a_burst_worker_obeys_stop_job_and_shutdown_commands_too() {
+    // Python RQ subscribes to rq:pubsub:<worker> in burst mode as well, so a long job in a
+    // burst run can be stopped and the run shut down.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let long = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([60]));
+    let second = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([60]));
+    let third = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--builtin-handlers", "--name", "w", "q"],
+    ));
+    wait_status(&mut con, &long, &["started"]);
+    py_json(&redis, &["send", "stop-job", &long]);
+    wait_until("the stop-job command to stop the job", WAIT, || {
+        job_status(&mut con, &long).as_deref() == Some("stopped")
+    });
+    wait_status(&mut con, &second, &["started"]);
+    py_json(&redis, &["send", "shutdown", "w"]);
+    wait_until("shutdown_requested_date", WAIT, || {
+        hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some()
+    });
+    // A warm shutdown: the worker waits for the running job (ended here by kill-horse)
+    // and does not take the next one.
+    py_json(&redis, &["send", "kill-horse", "w"]);
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(job_status(&mut con, &second).as_deref(), Some("failed"));
+    assert_eq!(job_status(&mut con, &third).as_deref(), Some("queued"));
+}
