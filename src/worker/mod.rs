@@ -92,13 +92,6 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         log::error!("cannot install signal handlers: {e}");
         EXIT_FAILURE
     })?;
-    let _pid_file = match &opts.pid_file {
-        Some(path) => Some(PidFile::create(path.clone()).map_err(|e| {
-            log::error!("cannot write pid file {}: {e}", path.display());
-            EXIT_FAILURE
-        })?),
-        None => None,
-    };
     let mut worker = Worker {
         order: opts.queues.clone(),
         queues: opts.queues,
@@ -120,6 +113,19 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         suspended: false,
     };
     worker.start()?;
+    // Written only once the worker is registered: a second copy refused at start (name
+    // taken, Redis down) must not overwrite, then delete, the running worker's pid file.
+    let _pid_file = match &opts.pid_file {
+        Some(path) => match PidFile::create(path.clone()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("cannot write pid file {}: {e}", path.display());
+                worker.finish(Stop::StartFailed);
+                return Err(EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
     let reason = worker.work();
     worker.finish(reason);
     Ok(())
@@ -128,6 +134,8 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
 /// Why the main loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
+    /// Registered, but a later start-up step failed (the pid file).
+    StartFailed,
     Signal,
     BurstDone,
     BurstSuspended,
