@@ -593,3 +593,43 @@ fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
     wait_status(&mut con, &id, &["finished"]);
     assert!(alive(w.pid()));
 }
+
+#[test]
+fn a_worker_refused_at_start_leaves_the_running_workers_pid_file_alone() {
+    let redis = RedisServer::start();
+    let dir = temp_dir();
+    let pid_file = dir.path().join("w.pid");
+    let pid_arg = pid_file.to_str().unwrap();
+    let mut first = Proc::spawn(rqworker(&redis, &["--name", "w", "--pid", pid_arg]));
+    first.wait_for_log("Listening for work");
+    // The same service started twice by mistake: same name, same pid file.
+    let mut second = Proc::spawn(rqworker(&redis, &["--name", "w", "--pid", pid_arg]));
+    assert_eq!(second.wait_exit(WAIT).code(), Some(1), "{}", second.log());
+    let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert_eq!(
+        text.trim(),
+        first.pid().to_string(),
+        "the running worker's pid file must survive"
+    );
+    first.signal(Signal::SIGTERM);
+    assert!(first.wait_exit(WAIT).success());
+    assert!(!pid_file.exists());
+}
+
+#[test]
+fn an_unwritable_pid_file_stops_the_worker_and_its_registration() {
+    let redis = RedisServer::start();
+    let dir = temp_dir();
+    let bad = dir.path().join("no-such-dir").join("w.pid");
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--name", "w", "--pid", bad.to_str().unwrap()],
+    ));
+    assert_eq!(w.wait_exit(WAIT).code(), Some(1), "{}", w.log());
+    assert!(w.log().contains("cannot write pid file"), "{}", w.log());
+    let mut con = redis.con();
+    assert!(smembers(&mut con, "rq:workers").is_empty());
+    if exists(&mut con, "rq:worker:w") {
+        assert!(hget(&mut con, "rq:worker:w", "death").is_some());
+    }
+}
