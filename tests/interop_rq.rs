@@ -546,3 +546,34 @@ fn a_burst_worker_obeys_stop_job_and_shutdown_commands_too() {
     assert_eq!(job_status(&mut con, &second).as_deref(), Some("failed"));
     assert_eq!(job_status(&mut con, &third).as_deref(), Some("queued"));
 }
+
+#[test]
+fn a_dependent_job_is_enqueued_and_run_once_its_dependency_finishes() {
+    // RQ 2.12: q.enqueue(..., depends_on=a) defers the job; the worker that finishes `a`
+    // enqueues it (protocol notes §7.11).
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let a = py_enqueue_args(&redis, "q", "rq.builtin.echo", r#"["a"]"#);
+    let b = py_enqueue(
+        &redis,
+        "q",
+        "rq.builtin.echo",
+        r#"["b"]"#,
+        "{}",
+        &json!({ "depends_on": a }).to_string(),
+    );
+    assert_eq!(job_status(&mut con, &b).as_deref(), Some("deferred"));
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--builtin-handlers", "--name", "w", "q"],
+    ));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(job_status(&mut con, &a).as_deref(), Some("finished"));
+    assert_eq!(
+        job_status(&mut con, &b).as_deref(),
+        Some("finished"),
+        "the dependent never ran:\n{}",
+        w.log()
+    );
+    assert!(zrange(&mut con, "rq:deferred:q").is_empty());
+}
