@@ -441,3 +441,64 @@ fn after_redis_loses_its_data_the_worker_reconnects_and_registers_again() {
     assert!(info.contains("w ("), "{info}");
     assert!(alive(w.pid()));
 }
+
+#[test]
+fn with_scheduler_moves_due_scheduled_jobs_to_their_queue() {
+    // `--with-scheduler` is accepted and documented ("move due scheduled jobs to their
+    // queues"); a job from enqueue_in must then run once it is due.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let out = python(
+        &redis,
+        "rqtool.py",
+        &["enqueue-in", "q", "1", "rq.builtin.noop"],
+    );
+    let id: String = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("scheduled"));
+    let w = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--with-scheduler", "--name", "w", "q"],
+    ));
+    w.wait_for_log("Listening for work");
+    wait_until("the scheduled job to run", Duration::from_secs(15), || {
+        job_status(&mut con, &id).as_deref() == Some("finished")
+    });
+}
+
+#[test]
+fn registry_maintenance_fails_abandoned_jobs_in_the_started_registry() {
+    // RQ workers clean their queues' registries every --maintenance-interval: a job left in
+    // rq:wip:Q past its score (its worker died) is failed as abandoned.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    let member = format!("{id}:0123456789abcdef0123456789abcdef");
+    redis::pipe()
+        .cmd("LREM")
+        .arg("rq:queue:q")
+        .arg(0)
+        .arg(&id)
+        .hset(format!("rq:job:{id}"), "status", "started")
+        .zadd("rq:wip:q", &member, (unix_now() as i64) - 10)
+        .exec(&mut con)
+        .unwrap();
+    let w = Proc::spawn(rqworker(
+        &redis,
+        &[
+            "--builtin-handlers",
+            "--maintenance-interval",
+            "1",
+            "--name",
+            "w",
+            "q",
+        ],
+    ));
+    w.wait_for_log("Listening for work");
+    wait_until(
+        "the abandoned job to be failed",
+        Duration::from_secs(15),
+        || job_status(&mut con, &id).as_deref() == Some("failed"),
+    );
+    assert!(zscore(&mut con, "rq:wip:q", &member).is_none());
+    assert!(zscore(&mut con, "rq:failed:q", &id).is_some());
+}

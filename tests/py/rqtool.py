@@ -10,6 +10,7 @@ Every command reads the Redis URL from $RQ_REDIS_URL and prints JSON on stdout.
   enqueue-pickle QUEUE FUNC [ARGS_JSON]                     -> job id (default pickle serializer)
   enqueue-many QUEUE FUNC COUNT                             -> [job id, ...], job i gets args [i]
   results ID                                                -> every result, newest first
+  enqueue-in QUEUE SECONDS FUNC [ARGS_JSON]                 -> job id (scheduled, JSON)
   send shutdown|kill-horse WORKER / send stop-job JOB_ID    -> rq.command.send_*; prints null
 """
 import json
@@ -42,6 +43,13 @@ def enqueue(queue, func, args="[]", kwargs="{}", opts="{}"):
 def enqueue_pickle(queue, func, args="[]"):
     q = Queue(queue, connection=conn())
     job = q.enqueue(func, *json.loads(args))
+    print(json.dumps(job.id))
+
+
+def enqueue_in(queue, seconds, func, args="[]"):
+    from datetime import timedelta
+    q = Queue(queue, connection=conn(), serializer=JSONSerializer)
+    job = q.enqueue_in(timedelta(seconds=float(seconds)), func, *json.loads(args))
     print(json.dumps(job.id))
 
 
@@ -147,6 +155,7 @@ if __name__ == "__main__":
         "enqueue": enqueue,
         "enqueue-pickle": enqueue_pickle,
         "enqueue-many": enqueue_many,
+        "enqueue-in": enqueue_in,
         "results": results,
         "send": send,
         "status": status,
