@@ -81,12 +81,28 @@ impl RedisTarget {
     }
 }
 
-/// Replaces the password of a Redis URL with `***`. Text that does not parse as a URL is
-/// masked from the last `:` before an `@`, so a typo never leaks a password either.
+/// Replaces the password of a Redis URL with `***`: the userinfo password, and the `pass`
+/// query parameter that unix socket URLs (`unix:///path?pass=...`) carry it in. Text that
+/// does not parse as a URL is masked from the last `:` before an `@`, so a typo never leaks a
+/// password either.
 pub fn mask_url(url: &str) -> String {
     if let Some(mut parsed) = redis::parse_redis_url(url) {
         if parsed.password().is_some() {
             let _ = parsed.set_password(Some("***"));
+        }
+        if parsed.query_pairs().any(|(k, _)| k == "pass") {
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "pass" {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            parsed.query_pairs_mut().clear().extend_pairs(pairs);
         }
         return parsed.to_string();
     }
@@ -152,6 +168,10 @@ mod tests {
         assert_eq!(mask_url("redis://:s3cret@host/1"), "redis://:***@host/1");
         assert_eq!(mask_url("redis://host:6379"), "redis://host:6379");
         assert!(!mask_url("redis://u:p@ss:word@@host").contains("word"));
+        assert_eq!(
+            mask_url("unix:///run/redis.sock?db=1&pass=s3cret"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
     }
 
     #[test]

@@ -189,10 +189,15 @@ impl Listener {
     fn call(&mut self, args: &[&str]) -> io::Result<Resp> {
         self.send(args)?;
         match self.read_blocking()? {
-            Resp::Error(e) => Err(io::Error::other(format!(
-                "{} refused: {e}",
-                args[..2].join(" ")
-            ))),
+            Resp::Error(e) => {
+                // Name the command for the message, never AUTH's arguments (the password).
+                let command = if args[0].eq_ignore_ascii_case("AUTH") {
+                    "AUTH".to_string()
+                } else {
+                    args[..args.len().min(2)].join(" ")
+                };
+                Err(io::Error::other(format!("{command} refused: {e}")))
+            }
             v => Ok(v),
         }
     }

@@ -61,7 +61,7 @@ pub fn decode(data: &[u8]) -> Result<Call, PayloadError> {
     }
     let text = std::str::from_utf8(&inflated).map_err(|e| PayloadError::NotUtf8(e.to_string()))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        if has_python_non_finite(text) {
+        if non_finite_at(text, &e) {
             PayloadError::NonFiniteNumber
         } else {
             PayloadError::NotJson(e.to_string())
@@ -200,8 +200,22 @@ fn looks_pickled(data: &[u8]) -> bool {
     matches!(data.first(), Some(0x80)) || matches!(data, [b'(', b'c' | b'S' | b'V' | b'I', ..])
 }
 
-fn has_python_non_finite(text: &str) -> bool {
-    text.contains("NaN") || text.contains("Infinity")
+/// Whether the parse error `e` sits on a bare `NaN`, `Infinity` or `-Infinity` token, which
+/// Python's `json.dumps` writes for non-finite floats. The words inside a string do not count:
+/// broken JSON that merely mentions them must be reported as broken JSON.
+fn non_finite_at(text: &str, e: &serde_json::Error) -> bool {
+    // serde_json reports a 1-based line and a 1-based byte column near the offending token.
+    let Some(line) = text.split('\n').nth(e.line().saturating_sub(1)) else {
+        return false;
+    };
+    let col = e.column().saturating_sub(1);
+    (col.saturating_sub(2)..=col).any(|i| {
+        line.get(i..).is_some_and(|rest| {
+            ["NaN", "Infinity", "-Infinity"]
+                .iter()
+                .any(|t| rest.starts_with(t))
+        })
+    })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -254,10 +268,23 @@ mod tests {
             decode(&deflate(b"\x80\x05K\x03.")),
             Err(PayloadError::Pickle)
         );
-        assert_eq!(
-            decode(&deflate(br#"["f", null, [NaN], {}]"#)),
-            Err(PayloadError::NonFiniteNumber)
-        );
+        for text in [
+            &br#"["f", null, [NaN], {}]"#[..],
+            br#"["f", null, [1.5, -Infinity], {}]"#,
+            br#"["f", null, [], {"x": Infinity}]"#,
+            b"[\"f\", null,\n [1,\n  NaN], {}]",
+        ] {
+            assert_eq!(
+                decode(&deflate(text)),
+                Err(PayloadError::NonFiniteNumber),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert!(matches!(
+            decode(&deflate(br#"["f", null, ["NaN Infinity"], {}"#)),
+            Err(PayloadError::NotJson(_))
+        ));
         assert!(matches!(
             decode(&deflate(b"\xff\xfe")),
             Err(PayloadError::NotUtf8(_))

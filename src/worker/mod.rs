@@ -72,7 +72,10 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         name: name.clone(),
     });
     for h in opts.handlers.iter().cloned() {
-        if registry.lookup(&h.name).is_none() || h.name.contains('*') {
+        // A native handler registered under the same exact name wins over the config. Only
+        // exact names count here: a config glob declared earlier (e.g. "tasks.*") must not
+        // hide a config entry with an exact name it happens to match.
+        if !registry.names().contains(&h.name) || h.name.contains('*') {
             registry.add_command(h);
         }
     }
@@ -92,13 +95,6 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         log::error!("cannot install signal handlers: {e}");
         EXIT_FAILURE
     })?;
-    let _pid_file = match &opts.pid_file {
-        Some(path) => Some(PidFile::create(path.clone()).map_err(|e| {
-            log::error!("cannot write pid file {}: {e}", path.display());
-            EXIT_FAILURE
-        })?),
-        None => None,
-    };
     let mut worker = Worker {
         order: opts.queues.clone(),
         queues: opts.queues,
@@ -127,6 +123,19 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
     }
     worker.start()?;
+    // Written only once the worker is registered: a second copy refused at start (name
+    // taken, Redis down) must not overwrite, then delete, the running worker's pid file.
+    let _pid_file = match &opts.pid_file {
+        Some(path) => match PidFile::create(path.clone()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("cannot write pid file {}: {e}", path.display());
+                worker.finish(Stop::StartFailed);
+                return Err(EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
     let reason = worker.work();
     worker.finish(reason);
     Ok(())
@@ -135,6 +144,8 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
 /// Why the main loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
+    /// Registered, but a later start-up step failed (the pid file).
+    StartFailed,
     Signal,
     BurstDone,
     BurstSuspended,
@@ -292,9 +303,9 @@ impl Worker {
                 );
                 return Stop::MaxIdle;
             }
-            if !self.burst {
-                self.ensure_listener();
-            }
+            // Burst workers listen too: like RQ's, they obey stop-job, kill-horse and
+            // shutdown commands sent to rq:pubsub:<worker>.
+            self.ensure_listener();
             if self.store.connects() != seen_connects {
                 // A new connection: Redis may have restarted without our record.
                 seen_connects = self.store.connects();
@@ -631,6 +642,15 @@ impl Worker {
                     Ok(horse) => self.monitor(horse, &c, timeout),
                     Err(e) => Ending::Failed {
                         exc: match &handler {
+                            // E2BIG: the program is fine, the job's arguments are not.
+                            Handler::Command(spec)
+                                if e.raw_os_error() == Some(nix::libc::E2BIG) =>
+                            {
+                                format!(
+                                    "HandlerStartError: cannot run {} for [handlers.\"{}\"]: {e}; the job's positional arguments are too long for a command line (Linux allows 128 KiB per argument); pass large values as keyword arguments, which the handler reads from the job JSON on stdin\n",
+                                    spec.command[0], spec.name
+                                )
+                            }
                             Handler::Command(spec) => format!(
                                 "HandlerStartError: cannot run {} for [handlers.\"{}\"]: {e}; install the program, fix its path in the config, or make it executable (chmod +x)\n",
                                 spec.command[0], spec.name
@@ -776,7 +796,7 @@ impl Worker {
                 }
                 next_hb = now + interval;
             }
-            if self.listener.is_none() && !self.burst {
+            if self.listener.is_none() {
                 self.ensure_listener();
             }
             let mut wait = next_hb.saturating_duration_since(now);

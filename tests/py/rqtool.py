@@ -7,6 +7,11 @@ Every command reads the Redis URL from $RQ_REDIS_URL and prints JSON on stdout.
   result ID                                                 -> {status, type, return_value, exc_string}
   workers                                                   -> Worker.all() as a list of dicts
   fetch ID                                                  -> job fields as Job.fetch parses them
+  enqueue-pickle QUEUE FUNC [ARGS_JSON]                     -> job id (default pickle serializer)
+  enqueue-many QUEUE FUNC COUNT                             -> [job id, ...], job i gets args [i]
+  results ID                                                -> every result, newest first
+  enqueue-in QUEUE SECONDS FUNC [ARGS_JSON]                 -> job id (scheduled, JSON)
+  send shutdown|kill-horse WORKER / send stop-job JOB_ID    -> rq.command.send_*; prints null
 """
 import json
 import os
@@ -28,9 +33,59 @@ def enqueue(queue, func, args="[]", kwargs="{}", opts="{}"):
     if "retry" in opts:
         r = opts.pop("retry")
         opts["retry"] = Retry(max=r["max"], interval=r.get("interval", 0))
+    if "job_timeout" in opts:  # enqueue()'s name for enqueue_call()'s timeout
+        opts["timeout"] = opts.pop("job_timeout")
     job = q.enqueue(func, *args, **kwargs, **opts) if not opts else q.enqueue_call(
         func, args=args, kwargs=kwargs, **opts)
     print(json.dumps(job.id))
+
+
+def enqueue_pickle(queue, func, args="[]"):
+    q = Queue(queue, connection=conn())
+    job = q.enqueue(func, *json.loads(args))
+    print(json.dumps(job.id))
+
+
+def enqueue_in(queue, seconds, func, args="[]"):
+    from datetime import timedelta
+    q = Queue(queue, connection=conn(), serializer=JSONSerializer)
+    job = q.enqueue_in(timedelta(seconds=float(seconds)), func, *json.loads(args))
+    print(json.dumps(job.id))
+
+
+def enqueue_many(queue, func, count):
+    q = Queue(queue, connection=conn(), serializer=JSONSerializer)
+    ids = []
+    with q.connection.pipeline() as pipe:
+        datas = [Queue.prepare_data(func, args=(i,)) for i in range(int(count))]
+        jobs = q.enqueue_many(datas, pipeline=pipe)
+        pipe.execute()
+        ids = [j.id for j in jobs]
+    print(json.dumps(ids))
+
+
+def results(job_id):
+    job = Job.fetch(job_id, connection=conn(), serializer=JSONSerializer)
+    print(json.dumps([{
+        "type": r.type.name,
+        "return_value": r.return_value,
+        "exc_string": r.exc_string,
+        "worker_name": r.worker_name,
+    } for r in job.results()]))
+
+
+def send(command, target):
+    from rq.command import send_kill_horse_command, send_shutdown_command, send_stop_job_command
+    c = conn()
+    if command == "stop-job":
+        send_stop_job_command(c, target, serializer=JSONSerializer)
+    elif command == "kill-horse":
+        send_kill_horse_command(c, target)
+    elif command == "shutdown":
+        send_shutdown_command(c, target)
+    else:
+        raise SystemExit("unknown command %r" % command)
+    print("null")
 
 
 def status(*ids):
@@ -96,4 +151,15 @@ def fetch(job_id):
 
 if __name__ == "__main__":
     cmd, rest = sys.argv[1], sys.argv[2:]
-    {"enqueue": enqueue, "status": status, "result": result, "workers": workers, "fetch": fetch}[cmd](*rest)
+    {
+        "enqueue": enqueue,
+        "enqueue-pickle": enqueue_pickle,
+        "enqueue-many": enqueue_many,
+        "enqueue-in": enqueue_in,
+        "results": results,
+        "send": send,
+        "status": status,
+        "result": result,
+        "workers": workers,
+        "fetch": fetch,
+    }[cmd](*rest)

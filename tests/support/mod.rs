@@ -273,3 +273,353 @@ pub fn hget(con: &mut redis::Connection, key: &str, field: &str) -> Option<Strin
 pub fn exists(con: &mut redis::Connection, key: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query(con).expect("EXISTS")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the worker test files.
+
+/// Enqueues `func(*args, **kwargs)` with Python RQ and its JSONSerializer; returns the job id.
+/// `opts` is a JSON object of `enqueue_call` options (`job_timeout`, `result_ttl`, `meta`...).
+pub fn py_enqueue(
+    redis: &RedisServer,
+    queue: &str,
+    func: &str,
+    args: &str,
+    kwargs: &str,
+    opts: &str,
+) -> String {
+    let out = python(
+        redis,
+        "rqtool.py",
+        &["enqueue", queue, func, args, kwargs, opts],
+    );
+    serde_json::from_str(out.trim()).expect("job id")
+}
+
+/// `py_enqueue` without kwargs or options.
+pub fn py_enqueue_args(redis: &RedisServer, queue: &str, func: &str, args: &str) -> String {
+    py_enqueue(redis, queue, func, args, "{}", "{}")
+}
+
+/// Runs `rqtool.py CMD ARGS...` and parses its JSON output.
+pub fn py_json(redis: &RedisServer, args: &[&str]) -> serde_json::Value {
+    let out = python(redis, "rqtool.py", args);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("rqtool {args:?}: {e}: {out}"))
+}
+
+/// The Python interpreter the tests use (`$RQ_TEST_PYTHON` or `python3`).
+pub fn python_bin() -> String {
+    std::env::var("RQ_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// A `Command` running Python RQ's own CLI (`rq info`, `rq worker`...).
+pub fn rq_cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(python_bin());
+    cmd.args(["-c", "from rq.cli import main; main()"])
+        .args(args);
+    cmd
+}
+
+/// Runs `rq info --url URL ARGS...`; panics if it fails. Returns stdout.
+pub fn rq_info(redis: &RedisServer, args: &[&str]) -> String {
+    let url = redis.url();
+    let mut all = vec!["info", "--url", url.as_str()];
+    all.extend_from_slice(args);
+    let out = rq_cli(&all).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "rq info failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes an executable script (mode 0755) and returns its path.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Writes a config file and returns its path as text, for `-c`.
+pub fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+/// A TOML string literal.
+/// A TOML basic string holding `s` (JSON string syntax is valid TOML).
+pub fn toml_str(s: impl AsRef<str>) -> String {
+    serde_json::Value::String(s.as_ref().to_string()).to_string()
+}
+
+pub fn hgetall(
+    con: &mut redis::Connection,
+    key: &str,
+) -> std::collections::HashMap<String, String> {
+    let raw: std::collections::HashMap<String, Vec<u8>> =
+        redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL");
+    raw.into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+pub fn ttl(con: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("TTL").arg(key).query(con).expect("TTL")
+}
+
+/// A sorted-set score as text (`inf` for `+inf`), `None` when the member is absent.
+pub fn zscore(con: &mut redis::Connection, key: &str, member: &str) -> Option<String> {
+    redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(member)
+        .query(con)
+        .expect("ZSCORE")
+}
+
+pub fn zrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(con)
+        .expect("ZRANGE")
+}
+
+pub fn smembers(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(key)
+        .query(con)
+        .expect("SMEMBERS")
+}
+
+/// One stream entry's fields.
+pub type Fields = std::collections::HashMap<String, Vec<u8>>;
+
+/// Every entry of `rq:results:<id>`, oldest first, as (entry id, field map).
+pub fn results(con: &mut redis::Connection, id: &str) -> Vec<(String, Fields)> {
+    type Raw = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let reply: Raw = redis::cmd("XRANGE")
+        .arg(format!("rq:results:{id}"))
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .expect("XRANGE");
+    reply
+        .into_iter()
+        .map(|(eid, fields)| (eid, fields.into_iter().collect()))
+        .collect()
+}
+
+/// Decodes a result's `return_value` (base64 of JSON), independently of the crate's codec.
+pub fn decode_return_value(field: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(field)
+        .expect("return_value is base64");
+    serde_json::from_slice(&json).expect("return_value is JSON")
+}
+
+/// Decodes a result's `exc_string` (base64 of zlib of UTF-8 text).
+pub fn decode_exc_string(field: &[u8]) -> String {
+    use base64::Engine;
+    use std::io::Read;
+    let z = base64::engine::general_purpose::STANDARD
+        .decode(field)
+        .expect("exc_string is base64");
+    let mut text = String::new();
+    flate2::read::ZlibDecoder::new(&z[..])
+        .read_to_string(&mut text)
+        .expect("exc_string is zlib of UTF-8");
+    text
+}
+
+/// The job's status field, `None` when the hash is gone.
+pub fn job_status(con: &mut redis::Connection, id: &str) -> Option<String> {
+    hget(con, &format!("rq:job:{id}"), "status")
+}
+
+/// Waits until the job's status is one of `wanted`; returns it.
+pub fn wait_status(con: &mut redis::Connection, id: &str, wanted: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = job_status(con, id);
+        if let Some(s) = &last
+            && wanted.contains(&s.as_str())
+        {
+            return s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: wanted status {wanted:?}, last seen {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The failure text of the job's latest result (type 2), panicking if there is none.
+pub fn latest_exc(con: &mut redis::Connection, id: &str) -> String {
+    let entries = results(con, id);
+    let (_, last) = entries
+        .last()
+        .unwrap_or_else(|| panic!("job {id} has no result"));
+    assert_eq!(
+        last.get("type").map(|v| &v[..]),
+        Some(&b"2"[..]),
+        "job {id}"
+    );
+    decode_exc_string(last.get("exc_string").expect("exc_string"))
+}
+
+/// The return value of the job's latest result (type 1); `None` when it returned None.
+pub fn latest_return(con: &mut redis::Connection, id: &str) -> Option<serde_json::Value> {
+    let entries = results(con, id);
+    let (_, last) = entries
+        .last()
+        .unwrap_or_else(|| panic!("job {id} has no result"));
+    assert_eq!(
+        last.get("type").map(|v| &v[..]),
+        Some(&b"1"[..]),
+        "job {id}"
+    );
+    last.get("return_value").map(|v| decode_return_value(v))
+}
+
+/// Asserts RQ's hash timestamp format, exactly `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn assert_rq_timestamp(what: &str, ts: &str) {
+    let b = ts.as_bytes();
+    let ok = b.len() == 27
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            26 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(ok, "{what}: {ts:?} is not YYYY-MM-DDTHH:MM:SS.ffffffZ");
+}
+
+/// Parses an RQ hash timestamp into Unix seconds.
+pub fn rq_time(ts: &str) -> f64 {
+    humantime::parse_rfc3339(ts)
+        .unwrap_or_else(|e| panic!("{ts:?}: {e}"))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The children of `pid` (the worker's horses), from `/proc`.
+pub fn children(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let tasks = format!("/proc/{pid}/task");
+    for t in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    out
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits for the worker's horse to exist and returns its pid.
+pub fn wait_horse(worker: &Proc) -> Pid {
+    let mut found = None;
+    wait_until("a work horse", WAIT, || {
+        found = children(worker.pid()).into_iter().next();
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// A temp dir for handler scripts and config files.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rqs-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Enqueues with the crate's Rust producer (fast; for tests where the producer is not the
+/// subject). `args` must be a JSON list.
+pub fn rs_enqueue(
+    con: &mut redis::Connection,
+    queue: &str,
+    func: &str,
+    args: serde_json::Value,
+) -> String {
+    rs_enqueue_with(con, queue, func, args, &Default::default())
+}
+
+pub fn rs_enqueue_with(
+    con: &mut redis::Connection,
+    queue: &str,
+    func: &str,
+    args: serde_json::Value,
+    opts: &rq_supervisor::producer::EnqueueOptions,
+) -> String {
+    let serde_json::Value::Array(args) = args else {
+        panic!("args must be a list")
+    };
+    rq_supervisor::producer::enqueue(con, queue, func, args, Default::default(), opts)
+        .expect("enqueue")
+}
+
+/// This machine's hostname, as the worker reads it.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .into_string()
+        .expect("UTF-8 hostname")
+}
+
+/// The absolute path of the Python interpreter, for `#!` lines of handler scripts (a handler
+/// gets a minimal environment, so `/usr/bin/env python3` may not find a pyenv install).
+pub fn python_exe() -> String {
+    let out = Command::new(python_bin())
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A `[handlers."tasks.gate"]` table (to put in a config) whose program blocks until the file
+/// named by the job's first argument exists, then prints `released`. Lets a test inspect a
+/// running job, or signal the worker mid-job, without racing a timer.
+pub fn gate_handler(dir: &Path) -> String {
+    let gate = write_script(
+        dir,
+        "gate.sh",
+        "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.02; done\necho released\n",
+    );
+    format!(
+        "[handlers.\"tasks.gate\"]\ncommand = [{}]\n",
+        toml_str(gate.display().to_string())
+    )
+}
