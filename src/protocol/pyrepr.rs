@@ -37,12 +37,16 @@ fn write_repr(value: &Value, out: &mut String) {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
         Value::Bool(false) => out.push_str("False"),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => out.push_str(&i.to_string()),
-            (_, Some(u), _) => out.push_str(&u.to_string()),
-            (_, _, Some(f)) => out.push_str(&float_repr(f)),
-            _ => out.push_str(&n.to_string()),
-        },
+        Value::Number(n) => {
+            // Numbers keep their JSON text, so integers of any size print exactly, as
+            // Python's arbitrary-precision ints do.
+            let text = n.to_string();
+            if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                out.push_str(&text);
+            } else {
+                out.push_str(&float_repr(n.as_f64().unwrap_or(f64::NAN)));
+            }
+        }
         Value::String(s) => out.push_str(&str_repr(s)),
         Value::Array(items) => {
             out.push('[');
@@ -110,14 +114,61 @@ pub fn str_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
+            c if !is_printable(c) => {
+                let n = c as u32;
+                if n < 0x100 {
+                    out.push_str(&format!("\\x{n:02x}"));
+                } else if n < 0x10000 {
+                    out.push_str(&format!("\\u{n:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{n:08x}"));
+                }
             }
             c => out.push(c),
         }
     }
     out.push(quote);
     out
+}
+
+/// Python's `str.isprintable` for one character: false for controls (Cc), format
+/// characters (Cf), line and paragraph separators (Zl, Zp), spaces other than ' ' (Zs),
+/// surrogates and private use (Co). Unassigned code points (Cn) are treated as printable,
+/// which is where this can differ from the Python a producer runs.
+fn is_printable(c: char) -> bool {
+    const NOT_PRINTABLE: &[(u32, u32)] = &[
+        (0x00, 0x1f),
+        (0x7f, 0xa0),
+        (0xad, 0xad),
+        (0x600, 0x605),
+        (0x61c, 0x61c),
+        (0x6dd, 0x6dd),
+        (0x70f, 0x70f),
+        (0x890, 0x891),
+        (0x8e2, 0x8e2),
+        (0x1680, 0x1680),
+        (0x180e, 0x180e),
+        (0x2000, 0x200f),
+        (0x2028, 0x202f),
+        (0x205f, 0x2064),
+        (0x2066, 0x206f),
+        (0x3000, 0x3000),
+        (0xd800, 0xf8ff),
+        (0xfeff, 0xfeff),
+        (0xfff9, 0xfffb),
+        (0x110bd, 0x110bd),
+        (0x110cd, 0x110cd),
+        (0x13430, 0x1343f),
+        (0x1bca0, 0x1bca3),
+        (0x1d173, 0x1d17a),
+        (0xe0001, 0xe0001),
+        (0xe0020, 0xe007f),
+        (0xf0000, 0x10ffff),
+    ];
+    let n = c as u32;
+    !NOT_PRINTABLE
+        .iter()
+        .any(|(lo, hi)| (*lo..=*hi).contains(&n))
 }
 
 #[cfg(test)]
@@ -142,6 +193,16 @@ mod tests {
         assert_eq!(float_repr(1e16), "1e+16");
         assert_eq!(float_repr(1.5e-5), "1.5e-05");
         assert_eq!(float_repr(0.1), "0.1");
+        assert_eq!(
+            repr(&serde_json::from_str("1180591620717411303424").unwrap()),
+            "1180591620717411303424"
+        );
+        assert_eq!(repr(&serde_json::from_str("-3").unwrap()), "-3");
+        assert_eq!(repr(&serde_json::from_str("2.5").unwrap()), "2.5");
+        assert_eq!(
+            str_repr("a\u{85}b\u{a0}c\u{200b}d\u{2028}é"),
+            "'a\\x85b\\xa0c\\u200bd\\u2028é'"
+        );
     }
 
     #[test]
