@@ -17,6 +17,7 @@ use super::state::Registration;
 /// A dead worker whose death is not yet recorded in Redis.
 #[derive(Debug, Clone)]
 pub struct PendingCleanup {
+    pub pool: String,
     pub name: String,
     pub how: String,
 }
@@ -80,8 +81,8 @@ impl Bookkeeping {
     }
 
     /// Queues a cleanup and tries every queued one now (unless backing off).
-    pub fn cleanup(&mut self, name: String, how: String) -> Vec<Outcome> {
-        self.pending.push_back(PendingCleanup { name, how });
+    pub fn cleanup(&mut self, pool: String, name: String, how: String) -> Vec<Outcome> {
+        self.pending.push_back(PendingCleanup { pool, name, how });
         self.flush(false)
     }
 

@@ -198,8 +198,8 @@ impl Runtime {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
             Action::Kill { pid, .. } => kill_tree(pid),
-            Action::Cleanup { name, how } => {
-                let outcomes = self.books.cleanup(name, how);
+            Action::Cleanup { pool, name, how } => {
+                let outcomes = self.books.cleanup(pool, name, how);
                 self.log_cleanups(outcomes);
             }
             Action::Log {
@@ -340,14 +340,14 @@ impl Runtime {
                     };
                     log_as(
                         Level::Info,
-                        None,
+                        Some(job.pool),
                         Some(job.name),
                         &format!("crash cleanup done: death registered in Redis; {what}"),
                     );
                 }
                 Outcome::Deferred(job, why) => log_as(
                     Level::Warn,
-                    None,
+                    Some(job.pool),
                     Some(job.name),
                     &format!(
                         "crash cleanup deferred ({why}); {} cleanup(s) queued, none is dropped",
@@ -393,24 +393,25 @@ pub fn kill_tree(pid: u32) {
 }
 
 /// Logs one line as `pool/worker` (or the supervisor), then restores the supervisor's own
-/// context.
+/// context. Lines about a worker start with `supervisor:` so they are not mistaken for the
+/// worker's own.
 pub fn log_as(level: Level, pool: Option<String>, worker: Option<String>, msg: &str) {
-    let named = pool.is_some() || worker.is_some();
-    if named {
-        logging::set_context(LogContext {
-            pool,
-            name: worker.unwrap_or_else(|| SUPERVISOR_NAME.to_string()),
-        });
+    if pool.is_none() && worker.is_none() {
+        log::log!(level, "{msg}");
+        return;
     }
-    if named {
+    let about_worker = worker.is_some();
+    logging::set_context(LogContext {
+        pool,
+        name: worker.unwrap_or_else(|| SUPERVISOR_NAME.to_string()),
+    });
+    if about_worker {
         log::log!(level, "supervisor: {msg}");
     } else {
         log::log!(level, "{msg}");
     }
-    if named {
-        logging::set_context(LogContext {
-            pool: None,
-            name: SUPERVISOR_NAME.to_string(),
-        });
-    }
+    logging::set_context(LogContext {
+        pool: None,
+        name: SUPERVISOR_NAME.to_string(),
+    });
 }

@@ -130,6 +130,7 @@ pub enum Action {
     },
     /// Register the death in Redis and settle the in-flight job.
     Cleanup {
+        pool: String,
         name: String,
         how: String,
     },
@@ -653,15 +654,22 @@ impl State {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-        let clean = how.clean();
-        if let Some(name) = &w.name
-            && !clean
-        {
-            out.0.push(Action::Cleanup {
+        let cleanup = match &w.name {
+            Some(name) if !how.clean() => Some(Action::Cleanup {
+                pool: w.pool.clone(),
                 name: name.clone(),
                 how: how.describe(),
-            });
-        }
+            }),
+            _ => None,
+        };
+        self.after_exit(now, w, how, out);
+        // After the lines that explain it, so the log reads in order.
+        out.0.extend(cleanup);
+    }
+
+    fn after_exit(&mut self, now: Instant, w: Worker, how: ExitKind, out: &mut Out) {
+        let id = w.id;
+        let clean = how.clean();
         let pid = w.pid.unwrap_or_default();
         if let Some(pool) = self.pools.get_mut(&w.pool)
             && pool.roll.is_some_and(|s| s.new == id)

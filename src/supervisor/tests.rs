@@ -192,7 +192,7 @@ fn crash_is_cleaned_up_and_restarted_with_growing_capped_backoff() {
         let acts = h.exit(pid, sigkill());
         assert!(
             acts.iter()
-                .any(|a| matches!(a, Action::Cleanup { name, how }
+                .any(|a| matches!(a, Action::Cleanup { name, how, .. }
                 if *name == format!("host.{pid}") && how.contains("signal 9"))),
             "{acts:?}"
         );
