@@ -262,3 +262,29 @@ queues = ["default"]
     let log = sup.log();
     assert!(log.contains("after the stuck-worker kill"), "{log}");
 }
+
+#[test]
+fn a_program_that_vanished_fails_to_spawn_and_backs_off() {
+    let redis = RedisServer::start();
+    let file = PoolFile::new("");
+    let prog = file.script("vanishing.sh", "#!/bin/sh\nwhile :; do sleep 0.05; done\n");
+    file.rewrite(&format!(
+        "[pools.v]\nqueues = [\"q\"]\nprogram = \"{}\"\n[pools.v.restart]\nbackoff_initial = \"50ms\"\n",
+        prog.display()
+    ));
+    let mut sup = start(&redis, &file);
+    wait_until("the worker", WAIT, || {
+        spawned_pids(&sup.log(), "v").len() == 1
+    });
+    let pid = spawned_pids(&sup.log(), "v")[0];
+    std::fs::remove_file(&prog).unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    sup.wait_for_log("cannot start a worker");
+    wait_until("two spawn failures", WAIT, || {
+        lines_with(&sup.log(), "cannot start a worker").len() >= 2
+    });
+    let log = sup.log();
+    assert!(lines_with(&log, "restart in").len() >= 2, "{log}");
+    sup.signal(Signal::SIGTERM);
+    assert!(sup.wait_exit(WAIT).success(), "{}", sup.log());
+}
