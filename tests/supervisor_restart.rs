@@ -288,3 +288,45 @@ fn a_program_that_vanished_fails_to_spawn_and_backs_off() {
     sup.signal(Signal::SIGTERM);
     assert!(sup.wait_exit(WAIT).success(), "{}", sup.log());
 }
+
+#[test]
+fn a_crash_cleanup_waits_out_a_redis_outage_and_is_never_lost() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let file = PoolFile::new(
+        r#"
+[worker]
+builtin_handlers = true
+[pools.main]
+queues = ["default"]
+[pools.main.restart]
+backoff_initial = "50ms"
+backoff_max = "300ms"
+failure_threshold = 1000
+"#,
+    );
+    let sup = start(&redis, &file);
+    let mut con = redis.con();
+    let (name, pid) = wait_workers(&mut con, 1)[0].clone();
+    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    wait_status(&mut con, &id, "started", WAIT);
+    drop(con);
+    redis.stop();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    sup.wait_for_log("crash cleanup deferred");
+    // Replacements cannot start without Redis either; the supervisor keeps trying.
+    wait_until("a failed restart", WAIT, || {
+        lines_with(&sup.log(), "exited with status 1").len() >= 2
+    });
+    redis.restart();
+    let mut con = redis.con();
+    wait_status(&mut con, &id, "failed", WAIT);
+    wait_until("old registration gone", WAIT, || {
+        !workers(&mut con).iter().any(|(n, _)| *n == name)
+    });
+    wait_until("a replacement", WAIT, || workers(&mut con).len() == 1);
+    let log = sup.log();
+    assert!(
+        log.contains(&format!("[main/{name}] supervisor: crash cleanup done")),
+        "{log}"
+    );
+}

@@ -253,3 +253,33 @@ burst = true
     );
     assert!(workers(&mut con).is_empty());
 }
+
+#[test]
+fn a_supervised_worker_whose_supervisor_died_stops_cold_on_one_term() {
+    let redis = RedisServer::start();
+    // A stand-in supervisor: a shell that names itself in RQ_SUPERVISOR_PID.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "RQ_SUPERVISOR_PID=$$ {} --builtin-handlers --name orphan default & wait",
+            env!("CARGO_BIN_EXE_rqworker")
+        ))
+        .env("RQ_REDIS_URL", redis.url());
+    let shell = Proc::spawn(cmd);
+    let mut con = redis.con();
+    let (_, worker) = wait_workers(&mut con, 1)[0].clone();
+    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let horse = {
+        runner(&mut con, &id);
+        wait_horse(worker)
+    };
+    shell.signal(Signal::SIGKILL);
+    // One SIGTERM (what the parent-death signal delivers) is enough: no job left running.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
+    wait_status(&mut con, &id, "failed", Duration::from_secs(5));
+    assert!(exc_string(&mut con, &id).contains("its rq-supervisor died"));
+    wait_until("worker and horse gone", Duration::from_secs(5), || {
+        !alive(worker) && !alive(horse)
+    });
+    assert!(workers(&mut con).is_empty());
+}
