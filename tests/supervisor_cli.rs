@@ -177,3 +177,55 @@ workers = 2
                 .starts_with("shutdown: warm stage")
     }));
 }
+
+#[test]
+fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("supervisor.toml.example");
+    let out = bin("rq-supervisor")
+        .env_remove("RQ_REDIS_URL")
+        .args(["check", "-c"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("redis://127.0.0.1:6379/0"), "{stdout}");
+    assert!(
+        stdout.contains("send_newsletter.py (timeout 30s)"),
+        "{stdout}"
+    );
+    // Run it against the test redis ($RQ_REDIS_URL wins over the file's url).
+    let redis = RedisServer::start();
+    let mut sup = Proc::spawn(supervisor_cmd(&redis, &example));
+    let mut con = redis.con();
+    wait_workers(&mut con, 3);
+    let mail = rq_supervisor::producer::enqueue(
+        &mut con,
+        "mail",
+        "tasks.send_newsletter",
+        vec!["me@nvie.com".into()],
+        serde_json::from_str(r#"{"subject": "Hello"}"#).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let echo = enqueue(
+        &mut con,
+        "low",
+        "rq.builtin.echo",
+        serde_json::json!(["hi"]),
+    );
+    wait_status(&mut con, &mail, "finished", WAIT);
+    wait_status(&mut con, &echo, "finished", WAIT);
+    let result = rq_supervisor::producer::latest_result(&mut con, &mail)
+        .unwrap()
+        .and_then(|r| r.return_value)
+        .unwrap();
+    assert_eq!(result["sent_to"], "me@nvie.com");
+    assert_eq!(result["subject"], "Hello");
+    sup.signal(Signal::SIGTERM);
+    assert!(sup.wait_exit(WAIT).success(), "{}", sup.log());
+}
