@@ -330,3 +330,45 @@ failure_threshold = 1000
         "{log}"
     );
 }
+
+#[test]
+fn what_a_dead_workers_horse_started_is_killed_too() {
+    let redis = RedisServer::start();
+    let file = PoolFile::new("");
+    let handler = file.script(
+        "spawner.sh",
+        "#!/bin/sh\nsleep 60 &\necho $! > \"$(dirname \"$0\")/bg.pid\"\nsleep 60\n",
+    );
+    file.rewrite(&format!(
+        r#"
+[pools.main]
+queues = ["default"]
+[handlers."tasks.spawner"]
+command = ["{}"]
+"#,
+        handler.display()
+    ));
+    let sup = start(&redis, &file);
+    let mut con = redis.con();
+    let (_, worker) = wait_workers(&mut con, 1)[0].clone();
+    let id = enqueue(&mut con, "default", "tasks.spawner", json!([]));
+    wait_status(&mut con, &id, "started", WAIT);
+    let horse = wait_horse(worker);
+    let bg_file = file.dir.path().join("bg.pid");
+    wait_until("the background process", WAIT, || {
+        std::fs::read_to_string(&bg_file).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    });
+    let bg: u32 = std::fs::read_to_string(&bg_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
+    wait_status(&mut con, &id, "failed", Duration::from_secs(2));
+    wait_until(
+        "horse and its children gone",
+        Duration::from_secs(2),
+        || !alive(horse) && !alive(bg),
+    );
+    assert!(sup.log().contains("killed orphan pid"), "{}", sup.log());
+}

@@ -126,12 +126,17 @@ impl Runtime {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            events.extend(self.reap());
+            let exits = self.reap();
+            if !exits.is_empty() {
+                self.reap_orphans();
+            }
+            events.extend(exits);
             if self.books.next_retry().is_some_and(|t| Instant::now() >= t) {
                 let outcomes = self.books.flush(false);
                 self.log_cleanups(outcomes);
             }
             if Instant::now() >= self.next_health {
+                self.reap_orphans();
                 events.push(self.health(true));
             }
             events.push(Event::Tick);
@@ -284,15 +289,29 @@ impl Runtime {
         events
     }
 
-    /// Reaps children that are not workers: work horses and their children re-parented to
-    /// the supervisor when their worker died.
+    /// Kills and reaps children that are not workers. The supervisor starts nothing but
+    /// workers, so any other child is an orphan re-parented to it (it is a subreaper): a work
+    /// horse, or something a horse started, whose worker died. Its job was settled as failed
+    /// by the crash cleanup, so it must not keep running.
     fn reap_orphans(&mut self) {
         let known: HashSet<u32> = self.children.values().map(Child::id).collect();
+        let own_group = nix::unistd::getpgrp();
         for pid in procfs::children(self.me.as_raw() as u32) {
             if known.contains(&pid) {
                 continue;
             }
             let p = Pid::from_raw(pid as i32);
+            if procfs::stat(pid).is_some_and(|s| s.state != 'Z') {
+                if let Ok(group) = nix::unistd::getpgid(Some(p))
+                    && group != own_group
+                {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let _ = kill(p, Signal::SIGKILL);
+                log::warn!(
+                    "killed orphan pid {pid}: left behind by a worker that died (its job was settled)"
+                );
+            }
             if let Ok(status) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {
                 log::debug!("reaped orphan pid {pid}: {status:?}");
             }
