@@ -149,9 +149,7 @@ fn a_changed_pool_is_rolled_one_worker_at_a_time() {
         log.contains("reload: definition changed (queues a -> a,b); rolling 2 worker(s)"),
         "{log}"
     );
-    assert_eq!(
-        lines_with(&log, "(retired: rolling restart)").len(),
-        2,
-        "{log}"
-    );
+    wait_until("both old workers' exits logged", WAIT, || {
+        lines_with(&sup.log(), "(retired: rolling restart)").len() == 2
+    });
 }

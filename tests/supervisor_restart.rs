@@ -324,11 +324,7 @@ failure_threshold = 1000
         !workers(&mut con).iter().any(|(n, _)| *n == name)
     });
     wait_until("a replacement", WAIT, || workers(&mut con).len() == 1);
-    let log = sup.log();
-    assert!(
-        log.contains(&format!("[main/{name}] supervisor: crash cleanup done")),
-        "{log}"
-    );
+    sup.wait_for_log(&format!("[main/{name}] supervisor: crash cleanup done"));
 }
 
 #[test]

@@ -274,6 +274,17 @@ fn a_supervised_worker_whose_supervisor_died_stops_cold_on_one_term() {
         wait_horse(worker)
     };
     shell.signal(Signal::SIGKILL);
+    // The kernel re-parents before it delivers a parent-death signal; wait for the same.
+    wait_until("worker re-parented", WAIT, || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| {
+            let ppid = s[s.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_string();
+            ppid != shell.pid().to_string()
+        })
+    });
     // One SIGTERM (what the parent-death signal delivers) is enough: no job left running.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
     wait_status(&mut con, &id, "failed", Duration::from_secs(5));
