@@ -125,7 +125,15 @@ fn a_worker_that_ignores_term_is_sigkilled_after_cold_timeout() {
     let file = PoolFile::new("");
     let script = file.script(
         "stubborn.sh",
-        "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n",
+        // Registers itself like a worker (so the cleanup after SIGKILL is visible), then
+        // ignores TERM.
+        r#"#!/bin/sh
+trap '' TERM
+name="$(cat /proc/sys/kernel/hostname).$$"
+redis-cli -s "${RQ_REDIS_URL#unix://}" SADD rq:workers "rq:worker:$name" >/dev/null
+redis-cli -s "${RQ_REDIS_URL#unix://}" HSET "rq:worker:$name" pid $$ queues default >/dev/null
+while :; do sleep 0.05; done
+"#,
     );
     file.rewrite(&format!(
         r#"
@@ -143,6 +151,8 @@ program = "{}"
     wait_until("two stubborn workers", WAIT, || {
         lines_with(&sup.log(), "supervisor: spawned pid").len() == 2
     });
+    let mut con = redis.con();
+    wait_workers(&mut con, 2);
     let pids: Vec<u32> = lines_with(&sup.log(), "supervisor: spawned pid")
         .iter()
         .map(|l| {
@@ -180,6 +190,29 @@ program = "{}"
         let left = group_members(pid);
         assert!(left.is_empty(), "group {pid} survived: {left:?}");
     }
+    // Killed workers cannot register their deaths: the supervisor did it for them.
+    assert!(workers(&mut con).is_empty(), "{log}");
+    assert_eq!(lines_with(&log, "crash cleanup done").len(), 2, "{log}");
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_reaches_only_the_supervisor() {
+    let redis = RedisServer::start();
+    let file = PoolFile::new(&pool("30s", "5s", 1));
+    let mut sup = start(&redis, &file);
+    let mut con = redis.con();
+    wait_workers(&mut con, 1);
+    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([1]));
+    runner(&mut con, &id);
+    // A terminal's Ctrl-C signals the whole foreground process group: the supervisor's.
+    nix::sys::signal::killpg(sup.pid(), Signal::SIGINT).unwrap();
+    let code = sup.wait_exit(WAIT);
+    let log = sup.log();
+    // Had the worker received it too, the supervisor's TERM would have been its second
+    // signal (cold) and the job would have failed.
+    assert!(code.success(), "{log}");
+    assert_eq!(status(&mut con, &id).as_deref(), Some("finished"), "{log}");
+    assert!(!log.contains("shutdown: cold stage"), "{log}");
 }
 
 #[test]
