@@ -80,6 +80,20 @@ workers = 2
     );
     assert!(hget(&mut con, &format!("rq:worker:{name}"), "death").is_some());
     wait_until("horse gone", Duration::from_secs(1), || !alive(horse));
+    // What Python RQ (and so `rq info`) sees: no ghost, and the job failed.
+    let seen: serde_json::Value =
+        serde_json::from_str(&python(&redis, "rqtool.py", &["workers"])).unwrap();
+    let names: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.contains(&name.as_str()), "{names:?}");
+    let st: Vec<String> =
+        serde_json::from_str(&python(&redis, "rqtool.py", &["status", &id])).unwrap();
+    assert_eq!(st, ["failed"]);
     let log = sup.log();
     assert!(log.contains("was killed by signal 9 (SIGKILL)"), "{log}");
     assert!(log.contains("crash cleanup done"), "{log}");

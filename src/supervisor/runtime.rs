@@ -71,7 +71,7 @@ impl Runtime {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".to_string());
         Runtime {
-            state: State::new(cfg, now, fastrand::u64(..)),
+            state: State::new(cfg, fastrand::u64(..)),
             config_path,
             default_program,
             redis_url,

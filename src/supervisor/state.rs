@@ -342,8 +342,8 @@ impl Out {
 }
 
 impl State {
-    pub fn new(cfg: &Config, now: Instant, seed: u64) -> State {
-        let _ = now;
+    /// A fresh state for `cfg`; `seed` drives the jitter (fixed in tests).
+    pub fn new(cfg: &Config, seed: u64) -> State {
         State {
             settings: Settings::from_config(cfg),
             pools: cfg
@@ -474,7 +474,7 @@ impl State {
             }
             Event::Exited { id, how } => self.on_exit(now, id, how, out),
             Event::Health { redis_ok, samples } => self.on_health(now, redis_ok, samples, out),
-            Event::Reload(cfg) => self.on_reload(now, &cfg, out),
+            Event::Reload(cfg) => self.on_reload(&cfg, out),
             Event::ReloadFailed(reason) => out.log(
                 Level::Error,
                 None,
@@ -844,7 +844,7 @@ impl State {
         }
     }
 
-    fn on_reload(&mut self, now: Instant, cfg: &Config, out: &mut Out) {
+    fn on_reload(&mut self, cfg: &Config, out: &mut Out) {
         if self.phase != Phase::Running {
             out.info("shutting down: reload ignored".into());
             return;
@@ -945,7 +945,6 @@ impl State {
         for (pool, change) in changes {
             out.pool(Level::Info, &pool, format!("reload: {change}"));
         }
-        let _ = now;
     }
 
     /// Time-driven work: shutdown deadlines, spawns, rolls, scale-downs, recovery, exit.

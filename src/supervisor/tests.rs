@@ -42,7 +42,7 @@ impl Harness {
         let cfg = config(text);
         let now = Instant::now();
         Harness {
-            st: State::new(&cfg, now, 42),
+            st: State::new(&cfg, 42),
             now,
             next_pid: 1000,
             log: Vec::new(),
