@@ -83,10 +83,25 @@ timeout = "30s"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
     assert!(
-        stderr.contains("contains a Redis password") && stderr.contains("chmod 600"),
+        stderr.contains("contains a Redis password in [redis] url") && stderr.contains("chmod 600"),
         "{stderr}"
     );
     assert!(!stderr.contains("s3cret"), "{stderr}");
+    // A secret in a handler's env counts too.
+    let text = std::fs::read_to_string(&file.path).unwrap();
+    let text = text.replace("app:s3cret@", "").replace(
+        "timeout = \"30s\"",
+        "timeout = \"30s\"\nenv = { SMTP_PASSWORD = \"hunter2\" }",
+    );
+    file.rewrite(&text);
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(
+        stderr.contains("a secret in a handler's env (SMTP_PASSWORD)"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }
 
 #[test]

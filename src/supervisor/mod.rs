@@ -182,20 +182,34 @@ pub fn default_program() -> Option<PathBuf> {
     Some(exe.parent()?.join("rqworker"))
 }
 
-/// A warning when the file holds a Redis password and other users can read it.
+/// A warning when the file holds a secret (a password in `[redis] url`, or a handler `env`
+/// variable named like a password, secret or token) and other users can read it.
 pub fn exposure_warning(cfg: &Config) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let url = cfg.redis_url.as_deref()?;
-    let has_password = redis::parse_redis_url(url).is_some_and(|u| u.password().is_some());
-    if !has_password {
-        return None;
-    }
+    let in_url = cfg
+        .redis_url
+        .as_deref()
+        .and_then(redis::parse_redis_url)
+        .is_some_and(|u| u.password().is_some());
+    let in_env = cfg.handlers.iter().find_map(|h| {
+        h.env.keys().find(|k| {
+            let k = k.to_ascii_uppercase();
+            ["PASSWORD", "PASSWD", "SECRET", "TOKEN"]
+                .iter()
+                .any(|w| k.contains(w))
+        })
+    });
+    let what = match (in_url, in_env) {
+        (true, _) => "a Redis password in [redis] url".to_string(),
+        (false, Some(key)) => format!("a secret in a handler's env ({key})"),
+        (false, None) => return None,
+    };
     let mode = std::fs::metadata(&cfg.path).ok()?.permissions().mode();
     if mode & 0o077 == 0 {
         return None;
     }
     Some(format!(
-        "{} contains a Redis password in [redis] url and is readable by other users (mode {:o}); run chmod 600 {}, or pass the URL in ${REDIS_URL_ENV} instead",
+        "{} contains {what} and is readable by other users (mode {:o}); run chmod 600 {}, or pass secrets through the environment (${REDIS_URL_ENV} for the Redis URL)",
         cfg.path.display(),
         mode & 0o777,
         cfg.path.display()
