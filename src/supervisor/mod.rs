@@ -4,6 +4,8 @@
 //!
 //! - [`state`]: the pure state machine (`handle(&mut State, now, Event) -> Vec<Action>`).
 //! - [`restart`]: the per-pool crash-loop policy (backoff, window, degraded).
+//! - [`health`]: what memory and heartbeat readings mean (recycle, stuck).
+//! - [`reload`]: the diff between a reloaded file and the running pools.
 //! - [`runtime`]: the event loop that performs actions on real processes.
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
 //! - [`procfs`]: children and memory from `/proc`.
@@ -11,7 +13,9 @@
 
 pub mod bookkeeping;
 pub mod check;
+pub mod health;
 pub mod procfs;
+pub mod reload;
 pub mod restart;
 pub mod runtime;
 pub mod state;

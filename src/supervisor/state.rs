@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
+pub use super::health::{MEMORY_STRIKES, Registration, Sample};
+use super::reload::fingerprint;
 use super::restart::RestartTracker;
 use crate::config::{Config, PoolSpec};
 
@@ -48,28 +50,6 @@ impl ExitKind {
             ExitKind::Signal(n, name) => format!("was killed by signal {n} ({name})"),
         }
     }
-}
-
-/// What the runtime read about one worker at a health check.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub id: WorkerId,
-    /// Worker plus descendants' resident memory, bytes; `None` if unreadable.
-    pub rss: Option<u64>,
-    /// The worker's Redis registration; `None` when Redis could not be asked.
-    pub registration: Option<Registration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Registration {
-    /// `rq:worker:<name>` exists.
-    pub present: bool,
-    /// Time since its `last_heartbeat`, by the supervisor's clock.
-    pub heartbeat_age: Option<Duration>,
-    /// The `state` field: `started`, `idle`, `busy`, `suspended`.
-    pub state: Option<String>,
-    /// It runs a job that is still within its timeout (so silence may be a long job).
-    pub busy_within_timeout: bool,
 }
 
 #[derive(Debug)]
@@ -165,9 +145,6 @@ impl Settings {
     }
 }
 
-/// Consecutive memory readings over the limit before a worker is recycled.
-pub const MEMORY_STRIKES: u32 = 3;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Running,
@@ -202,7 +179,7 @@ pub enum Retire {
 
 impl Retire {
     /// Whether the worker still holds its pool slot until it exits (no surge).
-    fn holds_slot(self) -> bool {
+    pub(super) fn holds_slot(self) -> bool {
         matches!(self, Retire::Memory | Retire::Stuck)
     }
 }
@@ -231,7 +208,7 @@ pub struct Worker {
 
 /// A rolling restart's step in progress: the new worker, and when it was started.
 #[derive(Debug, Clone, Copy)]
-struct RollStep {
+pub(super) struct RollStep {
     new: WorkerId,
     since: Instant,
 }
@@ -242,7 +219,7 @@ pub struct Pool {
     /// `worker_ttl` of the pool's workers, for the stuck check.
     pub worker_ttl: Duration,
     /// What the workers' command line and config depend on; a change means a roll.
-    fingerprint: String,
+    pub(super) fingerprint: String,
     pub generation: u64,
     /// Target number of workers.
     pub desired: u32,
@@ -255,7 +232,7 @@ pub struct Pool {
     pub restart: RestartTracker,
     /// No start before this instant (crash backoff).
     pub next_start: Option<Instant>,
-    roll: Option<RollStep>,
+    pub(super) roll: Option<RollStep>,
 }
 
 #[derive(Debug)]
@@ -270,20 +247,10 @@ pub struct State {
     /// Something had to be escalated or killed, or crashed, during shutdown: exit 1.
     unclean: bool,
     /// The last health reading could not reach Redis.
-    redis_down: bool,
+    pub(super) redis_down: bool,
 }
 
-/// A pool's identity for reloads: everything a running worker was started with.
-fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
-    let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
-    let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
-    format!(
-        "queues={:?} burst={} program={:?} max_jobs={:?} worker={spec} handlers={handlers} redis={:?}",
-        pool.queues, pool.burst, pool.program, pool.max_jobs, cfg.redis_url
-    )
-}
-
-fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
+pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
     Pool {
         worker_ttl: cfg.worker_for_pool(spec).worker_ttl.0,
         fingerprint: fingerprint(cfg, spec),
@@ -299,7 +266,7 @@ fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
     }
 }
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     if d < Duration::from_secs(10) {
         format!("{:.2}s", d.as_secs_f64())
     } else {
@@ -318,10 +285,16 @@ pub fn handle(state: &mut State, now: Instant, event: Event) -> Vec<Action> {
 }
 
 /// Collects actions, with logging helpers.
-struct Out(Vec<Action>);
+pub(super) struct Out(pub(super) Vec<Action>);
 
 impl Out {
-    fn log(&mut self, level: Level, pool: Option<&str>, worker: Option<&str>, msg: String) {
+    pub(super) fn log(
+        &mut self,
+        level: Level,
+        pool: Option<&str>,
+        worker: Option<&str>,
+        msg: String,
+    ) {
         self.0.push(Action::Log {
             level,
             pool: pool.map(str::to_string),
@@ -329,13 +302,13 @@ impl Out {
             msg,
         });
     }
-    fn info(&mut self, msg: String) {
+    pub(super) fn info(&mut self, msg: String) {
         self.log(Level::Info, None, None, msg);
     }
-    fn pool(&mut self, level: Level, pool: &str, msg: String) {
+    pub(super) fn pool(&mut self, level: Level, pool: &str, msg: String) {
         self.log(level, Some(pool), None, msg);
     }
-    fn worker(&mut self, level: Level, w: &Worker, msg: String) {
+    pub(super) fn worker(&mut self, level: Level, w: &Worker, msg: String) {
         let name = w.name.clone().unwrap_or_else(|| format!("worker-{}", w.id));
         self.log(level, Some(&w.pool), Some(&name), msg);
     }
@@ -755,198 +728,6 @@ impl State {
         }
     }
 
-    fn on_health(&mut self, now: Instant, redis_ok: bool, samples: Vec<Sample>, out: &mut Out) {
-        if redis_ok && self.redis_down {
-            // Nobody could see heartbeats while Redis was away: restart the clocks.
-            for w in self.workers.values_mut() {
-                w.last_alive = now;
-            }
-        }
-        self.redis_down = !redis_ok;
-        for s in samples {
-            let Some(w) = self.workers.get_mut(&s.id) else {
-                continue;
-            };
-            let Some(pool) = self.pools.get(&w.pool) else {
-                continue;
-            };
-            if let Some(reg) = &s.registration
-                && redis_ok
-            {
-                if reg.present {
-                    w.registered = true;
-                    w.redis_state = reg.state.clone();
-                }
-                if let Some(age) = reg.heartbeat_age
-                    && let Some(at) = now.checked_sub(age)
-                {
-                    w.last_alive = w.last_alive.max(at);
-                }
-            }
-            if self.phase != Phase::Running || w.killed {
-                continue;
-            }
-            if let (Some(rss), Some(limit)) = (s.rss, pool.spec.memory_limit)
-                && w.retire.is_none()
-            {
-                if rss > limit {
-                    w.mem_strikes += 1;
-                    if w.mem_strikes >= MEMORY_STRIKES {
-                        w.retire = Some(Retire::Memory);
-                        if let Some(pid) = w.pid
-                            && w.terms_sent == 0
-                        {
-                            w.terms_sent = 1;
-                            out.0.push(Action::Term { id: w.id, pid });
-                        }
-                        let w = w.clone();
-                        out.worker(
-                            Level::Warn,
-                            &w,
-                            format!(
-                                "memory: worker and horse use {} MiB, over memory_limit {} MiB for {MEMORY_STRIKES} readings; recycling warm (finishes its job first), replaced when it exits",
-                                rss / (1024 * 1024),
-                                limit / (1024 * 1024)
-                            ),
-                        );
-                        continue;
-                    }
-                } else {
-                    w.mem_strikes = 0;
-                }
-            }
-            let Some(reg) = s.registration.filter(|_| redis_ok) else {
-                continue;
-            };
-            let silent = now.saturating_duration_since(w.last_alive);
-            if silent > pool.worker_ttl && !reg.busy_within_timeout {
-                w.killed = true;
-                w.retire = Some(Retire::Stuck);
-                let w = w.clone();
-                if let Some(pid) = w.pid {
-                    out.0.push(Action::Kill { id: w.id, pid });
-                }
-                let what = if reg.present {
-                    "its last_heartbeat in Redis is"
-                } else {
-                    "its Redis registration is missing, last seen"
-                };
-                out.worker(
-                    Level::Warn,
-                    &w,
-                    format!(
-                        "stuck: {what} {} old (worker_ttl {}) and it is not busy on a job within its timeout; SIGKILL to its process group, then restart",
-                        secs(silent),
-                        secs(pool.worker_ttl)
-                    ),
-                );
-            }
-        }
-    }
-
-    fn on_reload(&mut self, cfg: &Config, out: &mut Out) {
-        if self.phase != Phase::Running {
-            out.info("shutting down: reload ignored".into());
-            return;
-        }
-        self.settings = Settings {
-            roll_delay: self.settings.roll_delay,
-            ..Settings::from_config(cfg)
-        };
-        let mut changes = Vec::new();
-        for spec in &cfg.pools {
-            let fresh = new_pool(cfg, spec);
-            match self.pools.get_mut(&spec.name) {
-                None => {
-                    changes.push((
-                        spec.name.clone(),
-                        format!("added with {} worker(s)", spec.workers),
-                    ));
-                    self.pools.insert(spec.name.clone(), fresh);
-                }
-                Some(pool) => {
-                    let name = spec.name.clone();
-                    if pool.removed {
-                        pool.removed = false;
-                        changes.push((name.clone(), "back in the file".to_string()));
-                    }
-                    if pool.spec.workers != spec.workers {
-                        changes.push((
-                            name.clone(),
-                            format!("workers {} -> {}", pool.desired, spec.workers),
-                        ));
-                        pool.desired = spec.workers;
-                        pool.scale_override = None;
-                    } else if let Some(n) = pool.scale_override {
-                        pool.desired = n;
-                    }
-                    if pool.fingerprint != fresh.fingerprint {
-                        pool.generation += 1;
-                        pool.burst_finished = 0;
-                        pool.roll = None;
-                        let old = self
-                            .workers
-                            .values()
-                            .filter(|w| w.pool == name && w.retire.is_none())
-                            .count();
-                        changes.push((
-                            name.clone(),
-                            format!(
-                                "definition changed ({}); rolling {old} worker(s) one at a time",
-                                describe_change(&pool.spec, spec)
-                            ),
-                        ));
-                    } else if pool.spec.memory_limit != spec.memory_limit
-                        || pool.spec.restart != spec.restart
-                    {
-                        changes.push((
-                            name.clone(),
-                            "memory_limit or restart policy changed (applies at once)".into(),
-                        ));
-                    }
-                    pool.fingerprint = fresh.fingerprint;
-                    pool.worker_ttl = fresh.worker_ttl;
-                    pool.spec = spec.clone();
-                }
-            }
-        }
-        let gone: Vec<String> = self
-            .pools
-            .iter()
-            .filter(|(n, p)| !p.removed && !cfg.pools.iter().any(|s| &s.name == *n))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in gone {
-            if let Some(p) = self.pools.get_mut(&name) {
-                p.removed = true;
-                p.roll = None;
-            }
-            let mut n = 0;
-            for w in self.workers.values_mut().filter(|w| w.pool == name) {
-                if w.retire.is_none() {
-                    w.retire = Some(Retire::PoolRemoved);
-                }
-                if w.terms_sent == 0
-                    && let Some(pid) = w.pid
-                {
-                    w.terms_sent = 1;
-                    out.0.push(Action::Term { id: w.id, pid });
-                }
-                n += 1;
-            }
-            changes.push((
-                name,
-                format!("removed from the file; draining {n} worker(s) warm"),
-            ));
-        }
-        if changes.is_empty() {
-            out.info("reload: no changes".into());
-        }
-        for (pool, change) in changes {
-            out.pool(Level::Info, &pool, format!("reload: {change}"));
-        }
-    }
-
     /// Time-driven work: shutdown deadlines, spawns, rolls, scale-downs, recovery, exit.
     fn tick(&mut self, now: Instant, out: &mut Out) {
         match self.phase {
@@ -1233,31 +1014,4 @@ impl State {
         let spec = self.spawn_spec(id);
         out.0.push(Action::Spawn(spec));
     }
-}
-
-fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
-    let mut what = Vec::new();
-    if old.queues != new.queues {
-        what.push(format!(
-            "queues {} -> {}",
-            old.queues.join(","),
-            new.queues.join(",")
-        ));
-    }
-    if old.burst != new.burst {
-        what.push(format!("burst {} -> {}", old.burst, new.burst));
-    }
-    if old.program != new.program {
-        what.push("program".to_string());
-    }
-    if old.max_jobs != new.max_jobs {
-        what.push("max_jobs".to_string());
-    }
-    if old.worker_overrides != new.worker_overrides {
-        what.push("[worker] overrides".to_string());
-    }
-    if what.is_empty() {
-        what.push("[worker], [handlers] or [redis]".to_string());
-    }
-    what.join(", ")
 }
