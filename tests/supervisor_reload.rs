@@ -153,3 +153,27 @@ fn a_changed_pool_is_rolled_one_worker_at_a_time() {
         lines_with(&sup.log(), "(retired: rolling restart)").len() == 2
     });
 }
+
+#[test]
+fn hup_that_moves_to_another_redis_is_refused() {
+    let redis = RedisServer::start();
+    let body = format!(
+        "[redis]\nurl = \"{}\"\n{}",
+        redis.url(),
+        pool(1, "\"default\"")
+    );
+    let file = PoolFile::new(&body);
+    let mut cmd = bin("rq-supervisor");
+    cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&file.path);
+    let sup = Proc::spawn(cmd);
+    let mut con = redis.con();
+    let before = wait_workers(&mut con, 1);
+    file.rewrite(&body.replace(&redis.url(), "redis://:pw@127.0.0.1:1/0"));
+    sup.signal(Signal::SIGHUP);
+    sup.wait_for_log("reload refused, running pools untouched");
+    let log = sup.log();
+    assert!(log.contains("restart rq-supervisor to switch"), "{log}");
+    assert!(!log.contains(":pw@"), "password masked:\n{log}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(workers(&mut con), before);
+}

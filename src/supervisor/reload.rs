@@ -14,8 +14,8 @@ pub(super) fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
     let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
     let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
     format!(
-        "queues={:?} burst={} program={:?} max_jobs={:?} worker={spec} handlers={handlers} redis={:?}",
-        pool.queues, pool.burst, pool.program, pool.max_jobs, cfg.redis_url
+        "queues={:?} burst={} program={:?} max_jobs={:?} worker={spec} handlers={handlers}",
+        pool.queues, pool.burst, pool.program, pool.max_jobs
     )
 }
 
@@ -146,7 +146,7 @@ fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
         what.push("[worker] overrides".to_string());
     }
     if what.is_empty() {
-        what.push("[worker], [handlers] or [redis]".to_string());
+        what.push("[worker] or [handlers]".to_string());
     }
     what.join(", ")
 }

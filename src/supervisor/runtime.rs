@@ -164,6 +164,20 @@ impl Runtime {
                 log::info!("SIGHUP: reloading {}", self.config_path.display());
                 let fresh = self.health(false);
                 let reload = match Config::load(&self.config_path) {
+                    Ok(cfg)
+                        if Config::resolve_redis_url(None, cfg.redis_url.as_deref())
+                            != self.redis_url =>
+                    {
+                        Event::ReloadFailed(format!(
+                            "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
+                            self.config_path.display(),
+                            crate::conn::mask_url(&Config::resolve_redis_url(
+                                None,
+                                cfg.redis_url.as_deref()
+                            )),
+                            crate::conn::mask_url(&self.redis_url)
+                        ))
+                    }
                     Ok(cfg) => {
                         self.health_interval = cfg.supervisor.health_interval.0;
                         logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
