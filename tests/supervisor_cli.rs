@@ -146,7 +146,6 @@ fn json_logs_name_pool_and_worker_on_every_line() {
 log_format = "json"
 [worker]
 builtin_handlers = true
-log_format = "json"
 [pools.jp]
 queues = ["default"]
 workers = 2

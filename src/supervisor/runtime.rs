@@ -22,7 +22,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 use super::bookkeeping::{Bookkeeping, Outcome};
 use super::procfs;
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
-use crate::config::{Config, REDIS_URL_ENV};
+use crate::config::{Config, LogFormat, REDIS_URL_ENV};
 use crate::conn::RedisTarget;
 use crate::logging::{self, LogContext};
 
@@ -51,6 +51,9 @@ pub struct Runtime {
     children: BTreeMap<WorkerId, Child>,
     books: Bookkeeping,
     health_interval: Duration,
+    /// `[supervisor] log_format = "json"`: workers are told to log JSON too, so the shared
+    /// stream stays one format.
+    json_logs: bool,
     next_health: Instant,
     signals: Receiver<i32>,
     exit: Option<i32>,
@@ -80,6 +83,7 @@ impl Runtime {
             children: BTreeMap::new(),
             books: Bookkeeping::new(target),
             health_interval: cfg.supervisor.health_interval.0,
+            json_logs: cfg.supervisor.log_format == LogFormat::Json,
             next_health: now + cfg.supervisor.health_interval.0,
             signals,
             exit: None,
@@ -180,6 +184,7 @@ impl Runtime {
                     }
                     Ok(cfg) => {
                         self.health_interval = cfg.supervisor.health_interval.0;
+                        self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
                         logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
                         super::warn_if_exposed(&cfg);
                         Event::Reload(Box::new(cfg))
@@ -243,6 +248,9 @@ impl Runtime {
         }
         if let Some(n) = spec.max_jobs {
             cmd.arg("--max-jobs").arg(n.to_string());
+        }
+        if self.json_logs {
+            cmd.arg("--log-format").arg("json");
         }
         cmd.arg("--").args(&spec.queues);
         // The URL (and its password) goes through the environment, never argv.
