@@ -25,8 +25,13 @@
 //!   the Redis bookkeeping.
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
+//! - [`cleanup`]: what only a supervisor can do: settle a dead worker's job and record its death.
+//! - [`supervisor`]: `rq-supervisor`: a pure state machine (events in, actions out), the
+//!   event loop that performs its actions on real processes, restart policy, health checks
+//!   from `/proc` and Redis, reload diffs, and the `check` report.
 //!
-//! Data flows one way: queue -> claim -> horse -> outcome -> settle.
+//! Data flows one way: queue -> claim -> horse -> outcome -> settle; and config -> spec ->
+//! supervisor state -> actions -> processes.
 
 pub mod cleanup;
 pub mod config;
@@ -36,6 +41,7 @@ pub mod listener;
 pub mod logging;
 pub mod producer;
 pub mod protocol;
+pub mod supervisor;
 pub mod worker;
 
 pub use handler::{JobCall, JobError, Registry};

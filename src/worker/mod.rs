@@ -736,6 +736,12 @@ impl Worker {
             }
             let stops = self.signals.stop_count();
             if stops >= 2 {
+                if self.signals.orphaned() && ctl.kill.is_none() {
+                    log::warn!(
+                        "Worker {}: rq-supervisor died; cold shutdown: killing the work horse and failing its job",
+                        self.name
+                    );
+                }
                 ctl.kill = Some(Kill::Cold);
             } else if stops == 1 && !self.warm_noted {
                 self.warm_noted = true;
@@ -764,8 +770,13 @@ impl Worker {
                     },
                     Kill::Cold => Ending::Failed {
                         exc: format!(
-                            "ShutDownImminentException: worker {} was stopped by a cold shutdown (second SIGINT/SIGTERM) and killed the work horse; {}\n",
+                            "ShutDownImminentException: worker {} was stopped by a cold shutdown ({}) and killed the work horse; {}\n",
                             self.name,
+                            if self.signals.orphaned() {
+                                "its rq-supervisor died"
+                            } else {
+                                "second SIGINT/SIGTERM"
+                            },
                             horse::crash_message(status)
                         ),
                         retry: true,

@@ -1,6 +1,11 @@
 //! Signal intake for the single-threaded worker: handlers only bump counters and write a
 //! byte to a self-pipe, which the worker polls together with its sockets. No thread is
 //! started (the worker forks), and nothing is ignored with `SIG_IGN` (ignores survive exec).
+//!
+//! A worker started by rq-supervisor (which names itself in `RQ_SUPERVISOR_PID`) treats the
+//! death of its supervisor as a cold shutdown: the supervisor's parent-death signal is only
+//! a SIGTERM, and a warm stop could leave a long job running unsupervised for its whole
+//! duration, so the job is failed and settled at once instead.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -9,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::unistd::{Pid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 
 /// Signals the worker handles; the horse resets exactly these to their defaults.
@@ -18,7 +24,12 @@ pub struct Signals {
     read: UnixStream,
     stops: Arc<AtomicUsize>,
     child: Arc<AtomicBool>,
+    /// The supervisor that started this worker, if it is still the parent at start.
+    supervisor: Option<Pid>,
 }
+
+/// Set by rq-supervisor to its own pid in every worker's environment.
+pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
@@ -40,7 +51,23 @@ impl Signals {
         }
         signal_hook::flag::register(SIGCHLD, Arc::clone(&child))?;
         signal_hook::low_level::pipe::register(SIGCHLD, write)?;
-        Ok(Signals { read, stops, child })
+        let supervisor = std::env::var(SUPERVISOR_PID_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Pid::from_raw)
+            .filter(|p| *p == getppid());
+        Ok(Signals {
+            read,
+            stops,
+            child,
+            supervisor,
+        })
+    }
+
+    /// True when the worker was started by rq-supervisor and that supervisor has died
+    /// (the worker was re-parented).
+    pub fn orphaned(&self) -> bool {
+        self.supervisor.is_some_and(|p| getppid() != p)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -57,9 +84,11 @@ impl Signals {
         }
     }
 
-    /// How many INT/TERM signals arrived so far: 1 = warm shutdown, 2+ = cold.
+    /// How many INT/TERM signals arrived so far: 1 = warm shutdown, 2+ = cold. An orphaned
+    /// supervised worker counts as cold.
     pub fn stop_count(&self) -> usize {
-        self.stops.load(Ordering::SeqCst)
+        let n = self.stops.load(Ordering::SeqCst);
+        if self.orphaned() { n.max(2) } else { n }
     }
 
     /// Asks for a warm shutdown from inside the worker (e.g. a `shutdown` command).

@@ -3,6 +3,8 @@
 //! polling, and Drop guards that kill whatever a failed test leaves behind.
 #![allow(dead_code)]
 
+pub mod supervisor;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -222,6 +224,7 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "rqworker" => env!("CARGO_BIN_EXE_rqworker"),
+        "rq-supervisor" => env!("CARGO_BIN_EXE_rq-supervisor"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path)

@@ -1,0 +1,177 @@
+//! `rq-supervisor check -c pool.toml`: the effective configuration as the supervisor will
+//! run it, every default filled in, the Redis password masked, and the shutdown budget the
+//! platform must allow before it kills the supervisor.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::config::{Config, LogFormat, LogLevel, PoolSpec};
+use crate::conn::RedisTarget;
+
+/// Says what is wrong when a pool's program cannot be run (the default `rqworker` missing
+/// next to `rq-supervisor`; a pool's own program is checked when the file is loaded).
+pub fn program_problem(cfg: &Config, default_program: Option<&Path>) -> Option<String> {
+    if cfg.pools.iter().all(|p| p.program.is_some()) {
+        return None;
+    }
+    match default_program {
+        Some(p) if p.is_file() => None,
+        Some(p) => Some(format!(
+            "{} is missing: the pools without `program` run the rqworker installed next to rq-supervisor; install both binaries together, or set program = \"/path/to/rqworker\" in each [pools.NAME]",
+            p.display()
+        )),
+        None => Some("cannot find the rq-supervisor executable's directory to locate rqworker; set program in each [pools.NAME]".into()),
+    }
+}
+
+fn level(l: LogLevel) -> &'static str {
+    match l {
+        LogLevel::Error => "error",
+        LogLevel::Warning => "warning",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+    }
+}
+
+fn format(f: LogFormat) -> &'static str {
+    match f {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    }
+}
+
+fn d(x: std::time::Duration) -> String {
+    humantime::format_duration(x).to_string()
+}
+
+fn mib(b: u64) -> String {
+    if b.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", b / (1024 * 1024))
+    } else {
+        format!("{b} bytes")
+    }
+}
+
+/// The report `check` prints.
+pub fn render(cfg: &Config, target: &RedisTarget, default_program: Option<&Path>) -> String {
+    let mut o = String::new();
+    let s = &cfg.supervisor;
+    let budget = cfg.shutdown_budget();
+    let _ = writeln!(o, "config: {} is valid", cfg.path.display());
+    let source = if std::env::var(crate::config::REDIS_URL_ENV).is_ok_and(|v| !v.is_empty()) {
+        "from $RQ_REDIS_URL"
+    } else if cfg.redis_url.is_some() {
+        "from [redis] url"
+    } else {
+        "default"
+    };
+    let _ = writeln!(o, "redis: {} ({source})", target.masked());
+    let _ = writeln!(o, "[supervisor]");
+    let _ = writeln!(o, "  warm_timeout = {}", d(s.warm_timeout.0));
+    let _ = writeln!(o, "  cold_timeout = {}", d(s.cold_timeout.0));
+    let _ = writeln!(o, "  spawn_stagger = {}", d(s.spawn_stagger.0));
+    let _ = writeln!(o, "  health_interval = {}", d(s.health_interval.0));
+    let _ = writeln!(o, "  log_format = {}", format(s.log_format));
+    let _ = writeln!(o, "  log_level = {}", level(s.log_level));
+    let _ = writeln!(
+        o,
+        "shutdown budget: {} (warm_timeout {} + cold_timeout {} + 5s margin)",
+        d(budget),
+        d(s.warm_timeout.0),
+        d(s.cold_timeout.0)
+    );
+    let secs = budget.as_secs() + u64::from(budget.subsec_nanos() > 0);
+    let _ = writeln!(
+        o,
+        "  systemd: TimeoutStopSec={secs} (with KillMode=mixed)\n  kubernetes: terminationGracePeriodSeconds: {secs}"
+    );
+    let total: u32 = cfg.pools.iter().map(|p| p.workers).sum();
+    let _ = writeln!(o, "pools: {} ({} workers in all)", cfg.pools.len(), total);
+    for p in &cfg.pools {
+        pool(&mut o, cfg, p, default_program);
+    }
+    if cfg.handlers.is_empty() {
+        let _ = writeln!(o, "handlers: none declared");
+    } else {
+        let _ = writeln!(o, "handlers:");
+        for h in &cfg.handlers {
+            let _ = write!(o, "  {:?}: {}", h.name, h.command.join(" "));
+            if let Some(t) = h.timeout {
+                let _ = write!(o, " (timeout {t})");
+            }
+            if let Some(c) = &h.cwd {
+                let _ = write!(o, " (cwd {})", c.display());
+            }
+            if !h.env.is_empty() {
+                let keys: Vec<&str> = h.env.keys().map(String::as_str).collect();
+                let _ = write!(o, " (env {})", keys.join(", "));
+            }
+            let _ = writeln!(o);
+        }
+    }
+    o
+}
+
+fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Path>) {
+    let _ = writeln!(o, "[pools.{}]", p.name);
+    let _ = writeln!(o, "  queues = {}", p.queues.join(", "));
+    let _ = writeln!(o, "  workers = {}", p.workers);
+    let _ = writeln!(o, "  burst = {}", p.burst);
+    let program = match (&p.program, default_program) {
+        (Some(prog), _) => prog.display().to_string(),
+        (None, Some(def)) => format!("{} (default)", def.display()),
+        (None, None) => "rqworker (default)".to_string(),
+    };
+    let _ = writeln!(o, "  program = {program}");
+    match p.max_jobs {
+        Some((lo, hi)) if lo == hi => {
+            let _ = writeln!(o, "  max_jobs = {lo}");
+        }
+        Some((lo, hi)) => {
+            let _ = writeln!(
+                o,
+                "  max_jobs = {lo}..={hi} (each worker draws its own --max-jobs)"
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  max_jobs = unlimited");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "  memory_limit = {}",
+        p.memory_limit
+            .map(mib)
+            .unwrap_or_else(|| "none".to_string())
+    );
+    let r = &p.restart;
+    let _ = writeln!(
+        o,
+        "  restart: backoff {} doubling up to {} (full jitter); degraded after {} failures within {}, then a try every {}",
+        d(r.backoff_initial.0),
+        d(r.backoff_max.0),
+        r.failure_threshold,
+        d(r.failure_window.0),
+        d(r.degraded_interval.0)
+    );
+    let w = cfg.worker_for_pool(p);
+    let _ = writeln!(
+        o,
+        "  worker: builtin_handlers={} results_ttl={} worker_ttl={} job_monitoring_interval={} maintenance_interval={} max_jobs={} max_idle_time={} dequeue_strategy={} with_scheduler={} log_level={} log_format={}",
+        w.builtin_handlers,
+        w.results_ttl,
+        w.worker_ttl,
+        w.job_monitoring_interval,
+        w.maintenance_interval,
+        w.max_jobs
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "none".into()),
+        w.max_idle_time
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "none".into()),
+        w.dequeue_strategy,
+        w.with_scheduler,
+        level(w.log_level),
+        format(w.log_format)
+    );
+}

@@ -1,0 +1,227 @@
+//! `rq-supervisor`: runs pools of `rqworker` processes from a `pool.toml`, restarts crashed
+//! ones with backoff, cleans up after them in Redis, recycles unhealthy ones, reloads on
+//! SIGHUP, scales on TTIN/TTOU and shuts down in two stages. See `docs/supervisor.md`.
+//!
+//! - [`state`]: the pure state machine (`handle(&mut State, now, Event) -> Vec<Action>`).
+//! - [`restart`]: the per-pool crash-loop policy (backoff, window, degraded).
+//! - [`health`]: what memory and heartbeat readings mean (recycle, stuck).
+//! - [`reload`]: the diff between a reloaded file and the running pools.
+//! - [`runtime`]: the event loop that performs actions on real processes.
+//! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
+//! - [`procfs`]: children and memory from `/proc`.
+//! - [`check`]: `rq-supervisor check`, the effective configuration.
+
+pub mod bookkeeping;
+pub mod check;
+pub mod health;
+pub mod procfs;
+pub mod reload;
+pub mod restart;
+pub mod runtime;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, REDIS_URL_ENV};
+use crate::conn::RedisTarget;
+use crate::logging::{self, LogContext};
+
+/// Exit status for a config or usage error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when shutdown had to escalate or kill, or startup failed.
+pub const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rq-supervisor",
+    version,
+    about = "Run pools of RQ workers (rqworker) from a pool.toml: restart crashed workers with \
+             backoff, clean up after them in Redis, recycle unhealthy ones, reload on SIGHUP, \
+             and shut down in two stages.",
+    after_help = "Signals: INT/TERM once = warm shutdown (every worker finishes its job); twice \
+                  or after warm_timeout = cold (workers kill their horses, jobs fail); \
+                  cold_timeout later every process group is SIGKILLed. HUP reloads pool.toml, \
+                  TTIN/TTOU add/remove a worker in the first pool (by name).\n\
+                  Exit codes: 0 every worker stopped warm (or every burst pool finished), \
+                  1 something was escalated or killed, or a runtime error, 2 bad usage or config."
+)]
+pub struct Cli {
+    /// The pool file (see supervisor.toml.example).
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the file and print the effective configuration, including the shutdown
+    /// budget to give systemd (TimeoutStopSec) or Kubernetes (terminationGracePeriodSeconds).
+    Check,
+}
+
+/// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
+pub fn main() -> Result<(), i32> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Err(EXIT_USAGE)
+            } else {
+                Ok(())
+            };
+        }
+    };
+    let Some(path) = cli.config else {
+        eprintln!(
+            "rq-supervisor: no config file; pass -c pool.toml (supervisor.toml.example shows every key)"
+        );
+        return Err(EXIT_USAGE);
+    };
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let cfg = match Config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("rq-supervisor: {e}");
+            return Err(EXIT_USAGE);
+        }
+    };
+    let redis_url = Config::resolve_redis_url(None, cfg.redis_url.as_deref());
+    let target = match RedisTarget::parse(&redis_url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rq-supervisor: {e}; check ${REDIS_URL_ENV} or [redis] url");
+            return Err(EXIT_USAGE);
+        }
+    };
+    let default_program = default_program();
+    match cli.command {
+        Some(Command::Check) => {
+            let text = check::render(&cfg, &target, default_program.as_deref());
+            print!("{text}");
+            if let Some(w) = exposure_warning(&cfg) {
+                eprintln!("rq-supervisor: warning: {w}");
+            }
+            match check::program_problem(&cfg, default_program.as_deref()) {
+                Some(problem) => {
+                    eprintln!("rq-supervisor: {problem}");
+                    Err(EXIT_USAGE)
+                }
+                None => Ok(()),
+            }
+        }
+        None => run(cfg, path, redis_url, target, default_program),
+    }
+}
+
+fn run(
+    cfg: Config,
+    path: PathBuf,
+    redis_url: String,
+    target: RedisTarget,
+    default_program: Option<PathBuf>,
+) -> Result<(), i32> {
+    logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
+    logging::set_context(LogContext {
+        pool: None,
+        name: runtime::SUPERVISOR_NAME.to_string(),
+    });
+    if let Some(problem) = check::program_problem(&cfg, default_program.as_deref()) {
+        log::error!("{problem}");
+        return Err(EXIT_USAGE);
+    }
+    warn_if_exposed(&cfg);
+    // Signals are registered before any other thread exists (signal-hook documents a race
+    // in first-time registration otherwise).
+    let mut signals = match signal_hook::iterator::Signals::new(runtime::HANDLED) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return Err(EXIT_FAILURE);
+        }
+    };
+    let handle = signals.handle();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = thread {
+        log::error!("cannot start the signal thread: {e}");
+        return Err(EXIT_FAILURE);
+    }
+    // Orphaned work horses re-parent to us (not to init), so we can reap and account them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("cannot become a child subreaper ({e}); orphaned horses go to init");
+    }
+    log::info!(
+        "rq-supervisor {} starting: {} pool(s) from {}, Redis {}; shutdown budget {} (warm_timeout + cold_timeout + margin)",
+        env!("CARGO_PKG_VERSION"),
+        cfg.pools.len(),
+        path.display(),
+        target.masked(),
+        humantime::format_duration(cfg.shutdown_budget())
+    );
+    let program = default_program.unwrap_or_else(|| PathBuf::from("rqworker"));
+    let rt = runtime::Runtime::new(&cfg, path, program, redis_url, target, rx);
+    let code = rt.run();
+    handle.close();
+    if code == 0 { Ok(()) } else { Err(code) }
+}
+
+/// The `rqworker` binary installed next to this executable.
+pub fn default_program() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join("rqworker"))
+}
+
+/// A warning when the file holds a secret (a password in `[redis] url`, or a handler `env`
+/// variable named like a password, secret or token) and other users can read it.
+pub fn exposure_warning(cfg: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let in_url = cfg
+        .redis_url
+        .as_deref()
+        .and_then(redis::parse_redis_url)
+        .is_some_and(|u| u.password().is_some());
+    let in_env = cfg.handlers.iter().find_map(|h| {
+        h.env.keys().find(|k| {
+            let k = k.to_ascii_uppercase();
+            ["PASSWORD", "PASSWD", "SECRET", "TOKEN"]
+                .iter()
+                .any(|w| k.contains(w))
+        })
+    });
+    let what = match (in_url, in_env) {
+        (true, _) => "a Redis password in [redis] url".to_string(),
+        (false, Some(key)) => format!("a secret in a handler's env ({key})"),
+        (false, None) => return None,
+    };
+    let mode = std::fs::metadata(&cfg.path).ok()?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    Some(format!(
+        "{} contains {what} and is readable by other users (mode {:o}); run chmod 600 {}, or pass secrets through the environment (${REDIS_URL_ENV} for the Redis URL)",
+        cfg.path.display(),
+        mode & 0o777,
+        cfg.path.display()
+    ))
+}
+
+pub(crate) fn warn_if_exposed(cfg: &Config) {
+    if let Some(w) = exposure_warning(cfg) {
+        log::warn!("{w}");
+    }
+}

@@ -1,0 +1,112 @@
+//! What Linux's `/proc` tells the supervisor: a process's children (the worker's horses,
+//! orphans re-parented to the supervisor as subreaper) and resident memory.
+
+use std::fs;
+
+/// The direct children of `pid`. Reads `/proc/PID/task/*/children` (every thread, since a
+/// child belongs to the thread that forked it, and re-parented orphans to any live thread);
+/// falls back to scanning every `/proc/*/stat` when that file is not available.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut found_file = false;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                found_file = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|s| s.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    if !found_file {
+        out = scan_children(pid);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn scan_children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == parent))
+        .collect()
+}
+
+/// `pid` and all its descendants, parents before children.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() && out.len() < 4096 {
+        let kids = children(out[i]);
+        out.extend(kids);
+        i += 1;
+    }
+    out
+}
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `R`, `S`, `D`, `Z`, `T`...
+    pub state: char,
+    pub ppid: u32,
+}
+
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; fields follow the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid })
+}
+
+/// Resident memory of one process in bytes (`VmRSS`), `None` if it is gone or a zombie.
+pub fn rss(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resident memory of `pid` plus every descendant (the worker and its work horse).
+pub fn tree_rss(pid: u32) -> Option<u64> {
+    let own = rss(pid)?;
+    Some(
+        own + tree(pid)
+            .iter()
+            .skip(1)
+            .filter_map(|p| rss(*p))
+            .sum::<u64>(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let s = stat(me).expect("own stat");
+        assert_eq!(s.ppid, nix::unistd::getppid().as_raw() as u32);
+        assert!(rss(me).unwrap() > 0);
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let kids = children(me);
+        assert!(kids.contains(&child.id()), "{kids:?}");
+        assert!(scan_children(me).contains(&child.id()));
+        assert!(tree_rss(me).unwrap() > rss(me).unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,458 @@
+//! The thin shell around [`super::state`]: one event loop on the main thread over a
+//! crossbeam channel fed by one signal thread, performing the state machine's actions with
+//! real processes. Workers are spawned only from this thread (the parent-death signal
+//! fires when the *thread* that forked exits), reaped with `Child::try_wait` per known
+//! worker, and orphans re-parented to the supervisor (it is a child subreaper) are reaped
+//! by pid after a scan of its children, never with `waitpid(-1)`.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::Level;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::{Pid, getpid, getppid};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+
+use super::bookkeeping::{Bookkeeping, Outcome};
+use super::procfs;
+use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
+use crate::config::{Config, LogFormat, REDIS_URL_ENV};
+use crate::conn::RedisTarget;
+use crate::logging::{self, LogContext};
+
+/// Names the supervisor's pid to the workers it starts, so a worker can tell that its
+/// supervisor died (its parent pid changed) and stop cold.
+pub use crate::worker::signals::SUPERVISOR_PID_ENV;
+/// The name on the supervisor's own log lines.
+pub const SUPERVISOR_NAME: &str = "rq-supervisor";
+/// Health readings while a rolling restart waits for a new worker to register.
+const ROLL_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the exit path keeps retrying queued crash cleanups.
+const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
+
+/// Signals the supervisor handles. Never ignored with SIG_IGN: ignored dispositions would
+/// leak through exec into the workers.
+pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU];
+
+pub struct Runtime {
+    state: State,
+    config_path: PathBuf,
+    /// `rqworker` next to the `rq-supervisor` executable.
+    default_program: PathBuf,
+    redis_url: String,
+    hostname: String,
+    me: Pid,
+    children: BTreeMap<WorkerId, Child>,
+    books: Bookkeeping,
+    health_interval: Duration,
+    /// `[supervisor] log_format = "json"`: workers are told to log JSON too, so the shared
+    /// stream stays one format.
+    json_logs: bool,
+    next_health: Instant,
+    signals: Receiver<i32>,
+    exit: Option<i32>,
+}
+
+impl Runtime {
+    pub fn new(
+        cfg: &Config,
+        config_path: PathBuf,
+        default_program: PathBuf,
+        redis_url: String,
+        target: RedisTarget,
+        signals: Receiver<i32>,
+    ) -> Runtime {
+        let now = Instant::now();
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string());
+        Runtime {
+            state: State::new(cfg, fastrand::u64(..)),
+            config_path,
+            default_program,
+            redis_url,
+            hostname,
+            me: getpid(),
+            children: BTreeMap::new(),
+            books: Bookkeeping::new(target),
+            health_interval: cfg.supervisor.health_interval.0,
+            json_logs: cfg.supervisor.log_format == LogFormat::Json,
+            next_health: now + cfg.supervisor.health_interval.0,
+            signals,
+            exit: None,
+        }
+    }
+
+    /// Runs until the state machine says to exit; returns the exit status.
+    pub fn run(mut self) -> i32 {
+        let mut pending: VecDeque<Action> = self.handle(Event::Tick).into();
+        loop {
+            while let Some(action) = pending.pop_front() {
+                self.perform(action, &mut pending);
+            }
+            if let Some(code) = self.exit {
+                self.finish_cleanups();
+                return code;
+            }
+            let mut events = Vec::new();
+            let now = Instant::now();
+            let mut wake = now + Duration::from_secs(1);
+            for t in [
+                self.state.next_deadline(now),
+                Some(self.next_health),
+                self.books.next_retry(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                wake = wake.min(t);
+            }
+            // Never spin: something due "now" is handled by the tick below anyway.
+            wake = wake.max(now + Duration::from_millis(2));
+            match self.signals.recv_deadline(wake) {
+                Ok(sig) => {
+                    let mut sigs = vec![sig];
+                    sigs.extend(self.signals.try_iter());
+                    for s in sigs {
+                        events.extend(self.on_signal(s));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    log::error!("the signal thread ended; signals are no longer handled");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let exits = self.reap();
+            if !exits.is_empty() {
+                self.reap_orphans();
+            }
+            events.extend(exits);
+            if self.books.next_retry().is_some_and(|t| Instant::now() >= t) {
+                let outcomes = self.books.flush(false);
+                self.log_cleanups(outcomes);
+            }
+            if Instant::now() >= self.next_health {
+                self.reap_orphans();
+                events.push(self.health(true));
+            }
+            events.push(Event::Tick);
+            for ev in events {
+                pending.extend(self.handle(ev));
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        state::handle(&mut self.state, Instant::now(), event)
+    }
+
+    fn on_signal(&mut self, sig: i32) -> Vec<Event> {
+        match sig {
+            SIGCHLD => {
+                self.reap_orphans();
+                Vec::new()
+            }
+            SIGTERM | SIGINT => vec![Event::Signal(Sig::Stop)],
+            SIGTTIN => vec![Event::Signal(Sig::More)],
+            // Scaling down picks idle workers: read their states first.
+            SIGTTOU => vec![self.health(false), Event::Signal(Sig::Fewer)],
+            SIGHUP => {
+                log::info!("SIGHUP: reloading {}", self.config_path.display());
+                let fresh = self.health(false);
+                let reload = match Config::load(&self.config_path) {
+                    Ok(cfg)
+                        if Config::resolve_redis_url(None, cfg.redis_url.as_deref())
+                            != self.redis_url =>
+                    {
+                        Event::ReloadFailed(format!(
+                            "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
+                            self.config_path.display(),
+                            crate::conn::mask_url(&Config::resolve_redis_url(
+                                None,
+                                cfg.redis_url.as_deref()
+                            )),
+                            crate::conn::mask_url(&self.redis_url)
+                        ))
+                    }
+                    Ok(cfg) => {
+                        self.health_interval = cfg.supervisor.health_interval.0;
+                        self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
+                        logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
+                        super::warn_if_exposed(&cfg);
+                        Event::Reload(Box::new(cfg))
+                    }
+                    Err(e) => Event::ReloadFailed(e.to_string()),
+                };
+                vec![fresh, reload]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn perform(&mut self, action: Action, pending: &mut VecDeque<Action>) {
+        match action {
+            Action::Spawn(spec) => {
+                let event = match self.spawn(&spec) {
+                    Ok(child) => {
+                        let pid = child.id();
+                        self.children.insert(spec.id, child);
+                        Event::Spawned {
+                            id: spec.id,
+                            pid,
+                            name: format!("{}.{pid}", self.hostname),
+                        }
+                    }
+                    Err(e) => Event::SpawnFailed {
+                        id: spec.id,
+                        error: e.to_string(),
+                    },
+                };
+                pending.extend(self.handle(event));
+            }
+            Action::Term { pid, .. } => {
+                // The worker is our child and not yet reaped, so the pid is still its own.
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            Action::Kill { pid, .. } => kill_tree(pid),
+            Action::Cleanup { pool, name, how } => {
+                let outcomes = self.books.cleanup(pool, name, how);
+                self.log_cleanups(outcomes);
+            }
+            Action::Log {
+                level,
+                pool,
+                worker,
+                msg,
+            } => log_as(level, pool, worker, &msg),
+            Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
+        let program = spec.program.as_ref().unwrap_or(&self.default_program);
+        let mut cmd = Command::new(program);
+        cmd.arg("-c")
+            .arg(&self.config_path)
+            .arg("--pool")
+            .arg(&spec.pool);
+        if spec.burst {
+            cmd.arg("--burst");
+        }
+        if let Some(n) = spec.max_jobs {
+            cmd.arg("--max-jobs").arg(n.to_string());
+        }
+        if self.json_logs {
+            cmd.arg("--log-format").arg("json");
+        }
+        cmd.arg("--").args(&spec.queues);
+        // The URL (and its password) goes through the environment, never argv.
+        cmd.env(REDIS_URL_ENV, &self.redis_url)
+            .env(SUPERVISOR_PID_ENV, self.me.as_raw().to_string())
+            .stdin(Stdio::null())
+            .process_group(0);
+        let me = self.me;
+        // SAFETY: prctl and getppid are async-signal-safe; the error paths build
+        // `io::Error`s from raw codes, which does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                if getppid() != me {
+                    // The supervisor died between fork and prctl: do not start orphaned.
+                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+
+    /// Collects every worker that exited since the last look.
+    fn reap(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut gone = Vec::new();
+        for (id, child) in self.children.iter_mut() {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let how = match (status.code(), status.signal()) {
+                        (Some(c), _) => ExitKind::Code(c),
+                        (None, Some(n)) => ExitKind::Signal(
+                            n,
+                            Signal::try_from(n)
+                                .map(|s| s.as_str().to_string())
+                                .unwrap_or_else(|_| format!("signal {n}")),
+                        ),
+                        (None, None) => ExitKind::Code(-1),
+                    };
+                    gone.push(*id);
+                    events.push(Event::Exited { id: *id, how });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("cannot wait for worker pid {}: {e}", child.id());
+                    gone.push(*id);
+                    events.push(Event::Exited {
+                        id: *id,
+                        how: ExitKind::Code(-1),
+                    });
+                }
+            }
+        }
+        for id in gone {
+            self.children.remove(&id);
+        }
+        events
+    }
+
+    /// Kills and reaps children that are not workers. The supervisor starts nothing but
+    /// workers, so any other child is an orphan re-parented to it (it is a subreaper): a work
+    /// horse, or something a horse started, whose worker died. Its job was settled as failed
+    /// by the crash cleanup, so it must not keep running.
+    fn reap_orphans(&mut self) {
+        let known: HashSet<u32> = self.children.values().map(Child::id).collect();
+        let own_group = nix::unistd::getpgrp();
+        for pid in procfs::children(self.me.as_raw() as u32) {
+            if known.contains(&pid) {
+                continue;
+            }
+            let p = Pid::from_raw(pid as i32);
+            if procfs::stat(pid).is_some_and(|s| s.state != 'Z') {
+                if let Ok(group) = nix::unistd::getpgid(Some(p))
+                    && group != own_group
+                {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let _ = kill(p, Signal::SIGKILL);
+                log::warn!(
+                    "killed orphan pid {pid}: left behind by a worker that died (its job was settled)"
+                );
+            }
+            if let Ok(status) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+                log::debug!("reaped orphan pid {pid}: {status:?}");
+            }
+        }
+    }
+
+    /// Reads memory from /proc and (if `full` or needed) registrations from Redis.
+    fn health(&mut self, scheduled: bool) -> Event {
+        let now = Instant::now();
+        if scheduled {
+            let every = if self.state.rolling() {
+                self.health_interval.min(ROLL_HEALTH_INTERVAL)
+            } else {
+                self.health_interval
+            };
+            self.next_health = now + every;
+        }
+        let workers: Vec<(WorkerId, u32, String)> = self
+            .state
+            .live_workers()
+            .filter_map(|w| Some((w.id, w.pid?, w.name.clone()?)))
+            .collect();
+        let names: Vec<String> = workers.iter().map(|(_, _, n)| n.clone()).collect();
+        let regs = self.books.registrations(&names);
+        let redis_ok = regs.is_some();
+        let mut regs = regs.map(Vec::into_iter);
+        let samples = workers
+            .iter()
+            .map(|(id, pid, _)| Sample {
+                id: *id,
+                rss: procfs::tree_rss(*pid),
+                registration: regs.as_mut().and_then(Iterator::next),
+            })
+            .collect();
+        Event::Health { redis_ok, samples }
+    }
+
+    fn log_cleanups(&self, outcomes: Vec<Outcome>) {
+        for o in outcomes {
+            match o {
+                Outcome::Done(job, c) => {
+                    let what = match &c.job {
+                        Some((id, verdict)) => format!("its job {id} was settled: {verdict}"),
+                        None => "it had no job in flight".to_string(),
+                    };
+                    log_as(
+                        Level::Info,
+                        Some(job.pool),
+                        Some(job.name),
+                        &format!("crash cleanup done: death registered in Redis; {what}"),
+                    );
+                }
+                Outcome::Deferred(job, why) => log_as(
+                    Level::Warn,
+                    Some(job.pool),
+                    Some(job.name),
+                    &format!(
+                        "crash cleanup deferred ({why}); {} cleanup(s) queued, none is dropped",
+                        self.books.pending()
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// At exit: one last bounded effort for cleanups still queued.
+    fn finish_cleanups(&mut self) {
+        let deadline = Instant::now() + EXIT_CLEANUP_BUDGET;
+        while self.books.pending() > 0 && Instant::now() < deadline {
+            let outcomes = self.books.flush(true);
+            let failed = outcomes.iter().any(|o| matches!(o, Outcome::Deferred(..)));
+            self.log_cleanups(outcomes);
+            if failed {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        if self.books.pending() > 0 {
+            log::error!(
+                "exiting with {} crash cleanup(s) not written: Redis at {} stayed unreachable; RQ's own abandoned-job cleanup will settle those jobs",
+                self.books.pending(),
+                self.books.target().masked()
+            );
+        }
+    }
+}
+
+/// SIGKILLs a worker's process group and the groups of its children (work horses lead
+/// their own sessions, so the worker's group does not contain them). Children are found
+/// before anything is killed, while they are still the worker's.
+pub fn kill_tree(pid: u32) {
+    for child in procfs::children(pid) {
+        let p = Pid::from_raw(child as i32);
+        let _ = killpg(p, Signal::SIGKILL);
+        let _ = kill(p, Signal::SIGKILL);
+    }
+    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// Logs one line as `pool/worker` (or the supervisor), then restores the supervisor's own
+/// context. Lines about a worker start with `supervisor:` so they are not mistaken for the
+/// worker's own.
+pub fn log_as(level: Level, pool: Option<String>, worker: Option<String>, msg: &str) {
+    if pool.is_none() && worker.is_none() {
+        log::log!(level, "{msg}");
+        return;
+    }
+    let about_worker = worker.is_some();
+    logging::set_context(LogContext {
+        pool,
+        name: worker.unwrap_or_else(|| SUPERVISOR_NAME.to_string()),
+    });
+    if about_worker {
+        log::log!(level, "supervisor: {msg}");
+    } else {
+        log::log!(level, "{msg}");
+    }
+    logging::set_context(LogContext {
+        pool: None,
+        name: SUPERVISOR_NAME.to_string(),
+    });
+}

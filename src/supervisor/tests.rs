@@ -1,0 +1,547 @@
+//! The state machine driven without processes: made-up events at made-up instants.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::state::*;
+use crate::config::Config;
+
+fn config(text: &str) -> Config {
+    Config::parse(Path::new("/tmp/pool.toml"), text).expect("valid config")
+}
+
+const TWO_POOLS: &str = r#"
+[supervisor]
+warm_timeout = "10s"
+cold_timeout = "5s"
+spawn_stagger = "10ms"
+[pools.a]
+queues = ["qa"]
+workers = 2
+[pools.a.restart]
+backoff_initial = "1s"
+backoff_max = "8s"
+failure_window = "60s"
+failure_threshold = 4
+degraded_interval = "30s"
+[pools.b]
+queues = ["qb"]
+workers = 1
+"#;
+
+/// A state machine plus a fake clock and pid source that answers spawns.
+struct Harness {
+    st: State,
+    now: Instant,
+    next_pid: u32,
+    log: Vec<String>,
+}
+
+impl Harness {
+    fn new(text: &str) -> Harness {
+        let cfg = config(text);
+        let now = Instant::now();
+        Harness {
+            st: State::new(&cfg, 42),
+            now,
+            next_pid: 1000,
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds an event; answers every spawn at once; returns the non-log actions.
+    fn feed(&mut self, ev: Event) -> Vec<Action> {
+        let mut queue = handle(&mut self.st, self.now, ev);
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            let a = queue.remove(0);
+            match a {
+                Action::Log { msg, pool, .. } => self
+                    .log
+                    .push(format!("{}: {msg}", pool.unwrap_or_default())),
+                Action::Spawn(ref s) => {
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    out.push(a.clone());
+                    let more = handle(
+                        &mut self.st,
+                        self.now,
+                        Event::Spawned {
+                            id: s.id,
+                            pid,
+                            name: format!("host.{pid}"),
+                        },
+                    );
+                    queue.extend(more);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.feed(Event::Tick)
+    }
+
+    /// Ticks through the spawn stagger until nothing more is started.
+    fn settle(&mut self) -> Vec<Action> {
+        let mut all = self.feed(Event::Tick);
+        for _ in 0..100 {
+            let more = self.advance(Duration::from_millis(10));
+            all.extend(more);
+        }
+        all
+    }
+
+    fn pids(&self, pool: &str) -> Vec<u32> {
+        self.st
+            .workers
+            .values()
+            .filter(|w| w.pool == pool && w.retire.is_none())
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
+    fn id_of(&self, pid: u32) -> WorkerId {
+        self.st
+            .workers
+            .values()
+            .find(|w| w.pid == Some(pid))
+            .map(|w| w.id)
+            .expect("known pid")
+    }
+
+    fn exit(&mut self, pid: u32, how: ExitKind) -> Vec<Action> {
+        let id = self.id_of(pid);
+        self.feed(Event::Exited { id, how })
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.log.iter().any(|l| l.contains(text))
+    }
+}
+
+fn spawns(actions: &[Action]) -> Vec<SpawnSpec> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn terms(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Term { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kills(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Kill { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exit_code(actions: &[Action]) -> Option<i32> {
+    actions.iter().find_map(|a| match a {
+        Action::Exit(c) => Some(*c),
+        _ => None,
+    })
+}
+
+fn sigkill() -> ExitKind {
+    ExitKind::Signal(9, "SIGKILL".into())
+}
+
+#[test]
+fn starts_every_pool_with_a_stagger() {
+    let mut h = Harness::new(TWO_POOLS);
+    let first = h.feed(Event::Tick);
+    assert_eq!(spawns(&first).len(), 1, "one spawn per stagger interval");
+    let rest = h.settle();
+    let all: Vec<SpawnSpec> = spawns(&first).into_iter().chain(spawns(&rest)).collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.iter().filter(|s| s.pool == "a").count(), 2);
+    assert_eq!(all.iter().filter(|s| s.pool == "b").count(), 1);
+    assert!(all.iter().all(|s| !s.burst && s.max_jobs.is_none()));
+    assert!(
+        h.settle().is_empty(),
+        "nothing more once the pools are full"
+    );
+}
+
+#[test]
+fn crash_is_cleaned_up_and_restarted_with_growing_capped_backoff() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    let b_pid = h.pids("b")[0];
+    let mut ceilings = Vec::new();
+    for round in 0..3 {
+        let pid = h.pids("a")[0];
+        let acts = h.exit(pid, sigkill());
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Cleanup { name, how, .. }
+                if *name == format!("host.{pid}") && how.contains("signal 9"))),
+            "{acts:?}"
+        );
+        assert!(spawns(&acts).is_empty(), "restart waits for the backoff");
+        let line = h
+            .log
+            .iter()
+            .rev()
+            .find(|l| l.contains("restart in"))
+            .unwrap();
+        let ceiling = line
+            .split("ceiling ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        ceilings.push(ceiling.to_string());
+        // The delay is at most the ceiling (1s, 2s, 4s): by then the replacement starts.
+        let limit = Duration::from_secs(1 << round);
+        let deadline = h.now + limit + Duration::from_millis(20);
+        let mut respawned = false;
+        while h.now < deadline {
+            if !spawns(&h.advance(Duration::from_millis(20))).is_empty() {
+                respawned = true;
+                break;
+            }
+        }
+        assert!(respawned, "round {round}: no restart within {limit:?}");
+    }
+    assert_eq!(ceilings, ["1.00s", "2.00s", "4.00s"]);
+    assert_eq!(h.pids("b"), [b_pid], "the other pool is untouched");
+    // The cap: many more failures never wait longer than backoff_max (8s).
+    let mut t = super::restart::RestartTracker::default();
+    let policy = h.st.pools["a"].spec.restart.clone();
+    let mut rng = fastrand::Rng::with_seed(3);
+    for i in 0..3u64 {
+        let v = t.record_failure(h.now + Duration::from_secs(i * 100), &policy, &mut rng);
+        assert!(v.delay <= Duration::from_secs(8));
+    }
+}
+
+#[test]
+fn degraded_after_threshold_within_window_keeps_retrying_and_recovers() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    // Four failures (failure_threshold) inside the 60s window.
+    for _ in 0..4 {
+        let pid = h.pids("a")[0];
+        h.exit(pid, ExitKind::Code(1));
+        // Wait until the replacement starts (at most the 8s cap).
+        for _ in 0..1000 {
+            if h.pids("a").len() == 2 {
+                break;
+            }
+            h.advance(Duration::from_millis(10));
+        }
+    }
+    assert!(h.logged("pool DEGRADED"), "{:#?}", h.log);
+    assert!(h.st.pools["a"].restart.is_degraded());
+    // While degraded, retries come every degraded_interval (30s) and say so.
+    let pid = h.pids("a")[0];
+    h.exit(pid, ExitKind::Code(1));
+    assert!(h.logged("pool degraded: still failing"));
+    assert!(spawns(&h.advance(Duration::from_secs(29))).is_empty());
+    let acts = h.advance(Duration::from_secs(2));
+    assert_eq!(spawns(&acts).len(), 1);
+    assert!(h.logged("pool degraded: trying to start a worker again"));
+    assert_eq!(h.pids("b").len(), 1, "pool b never disturbed");
+    // Recovery: the new worker survives the whole window.
+    h.advance(Duration::from_secs(61));
+    assert!(!h.st.pools["a"].restart.is_degraded());
+    assert!(h.logged("pool back to normal"));
+}
+
+#[test]
+fn warm_then_cold_then_kill_and_no_restarts_during_shutdown() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    let all: Vec<u32> = h.st.workers.values().filter_map(|w| w.pid).collect();
+    let acts = h.feed(Event::Signal(Sig::Stop));
+    let mut warm = terms(&acts);
+    warm.sort();
+    assert_eq!(warm, all, "exactly one warm SIGTERM per worker");
+    // A worker crashing now is cleaned up but not restarted.
+    let acts = h.exit(all[0], sigkill());
+    assert!(acts.iter().any(|a| matches!(a, Action::Cleanup { .. })));
+    assert!(spawns(&acts).is_empty());
+    assert!(spawns(&h.advance(Duration::from_secs(5))).is_empty());
+    // Second signal: one more SIGTERM to each remaining worker (cold), never a third.
+    let acts = h.feed(Event::Signal(Sig::Stop));
+    assert_eq!(terms(&acts).len(), 2);
+    assert!(terms(&h.advance(Duration::from_secs(1))).is_empty());
+    // cold_timeout (5s) later: SIGKILL for every remaining group.
+    let acts = h.advance(Duration::from_secs(5));
+    assert_eq!(kills(&acts).len(), 2);
+    h.exit(all[1], sigkill());
+    let acts = h.exit(all[2], sigkill());
+    assert_eq!(exit_code(&acts), Some(1), "escalated shutdown exits 1");
+}
+
+#[test]
+fn warm_timeout_escalates_by_itself_and_all_warm_exits_zero() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    h.feed(Event::Signal(Sig::Stop));
+    assert!(terms(&h.advance(Duration::from_secs(9))).is_empty());
+    let acts = h.advance(Duration::from_millis(1100));
+    assert_eq!(terms(&acts).len(), 3, "warm_timeout sends the cold signal");
+    assert!(h.logged("cold stage after warm_timeout"));
+
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    h.feed(Event::Signal(Sig::Stop));
+    let pids: Vec<u32> = h.st.workers.values().filter_map(|w| w.pid).collect();
+    let mut last = Vec::new();
+    for pid in pids {
+        last = h.exit(pid, ExitKind::Code(0));
+    }
+    assert_eq!(exit_code(&last), Some(0));
+}
+
+#[test]
+fn retired_workers_get_no_second_warm_signal() {
+    let mut h = Harness::new(&TWO_POOLS.replace("workers = 2", "workers = 3"));
+    h.settle();
+    // TTOU retires one worker of the first pool with a warm TERM...
+    let acts = h.feed(Event::Signal(Sig::Fewer));
+    let retired = terms(&acts);
+    assert_eq!(retired.len(), 1);
+    // ...and the shutdown's warm stage does not signal it again (that would be cold).
+    let acts = h.feed(Event::Signal(Sig::Stop));
+    assert!(!terms(&acts).contains(&retired[0]));
+    assert_eq!(terms(&acts).len(), 3);
+}
+
+#[test]
+fn reload_diff_scales_in_place_rolls_changed_pools_adds_and_drains() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    let a_before = h.pids("a");
+    let b_before = h.pids("b");
+    // a: 2 -> 4 workers; b: queues changed; c: new; (nothing removed yet).
+    let text = TWO_POOLS
+        .replace("workers = 2", "workers = 4")
+        .replace("queues = [\"qb\"]", "queues = [\"qb\", \"qb2\"]")
+        + "[pools.c]\nqueues = [\"qc\"]\n";
+    let acts = h.feed(Event::Reload(Box::new(config(&text))));
+    assert!(terms(&acts).is_empty());
+    assert!(h.logged("a: reload: workers 2 -> 4"), "{:#?}", h.log);
+    assert!(h.logged("b: reload: definition changed (queues qb -> qb,qb2)"));
+    assert!(h.logged("c: reload: added"));
+    let acts = h.settle();
+    let a_after = h.pids("a");
+    assert_eq!(a_after.len(), 4);
+    assert!(
+        a_before.iter().all(|p| a_after.contains(p)),
+        "old pids kept"
+    );
+    assert_eq!(h.pids("c").len(), 1);
+    // b rolled: a new worker, then (after the roll delay) the old one retired warm.
+    let b_spawns: Vec<_> = spawns(&acts)
+        .into_iter()
+        .filter(|s| s.pool == "b")
+        .collect();
+    assert_eq!(b_spawns.len(), 1);
+    assert_eq!(b_spawns[0].queues, ["qb", "qb2"]);
+    assert!(
+        !terms(&acts).contains(&b_before[0]),
+        "old one waits for the new"
+    );
+    let acts = h.advance(Duration::from_secs(3));
+    assert_eq!(terms(&acts), b_before);
+
+    // Scale down retires idle workers first, with a warm TERM.
+    let busy = h.pids("a");
+    let samples = busy
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| Sample {
+            id: h.id_of(*pid),
+            rss: None,
+            registration: Some(Registration {
+                present: true,
+                heartbeat_age: Some(Duration::ZERO),
+                state: Some(if i == 1 { "idle" } else { "busy" }.into()),
+                busy_within_timeout: i != 1,
+            }),
+        })
+        .collect();
+    h.feed(Event::Health {
+        redis_ok: true,
+        samples,
+    });
+    let text2 = text.replace("workers = 4", "workers = 3");
+    let acts = h.feed(Event::Reload(Box::new(config(&text2))));
+    assert_eq!(terms(&acts), [busy[1]], "the idle one goes");
+
+    // A removed pool drains warm and is forgotten once empty.
+    let c = h.pids("c");
+    let text3 = text2.replace("[pools.c]\nqueues = [\"qc\"]\n", "");
+    let acts = h.feed(Event::Reload(Box::new(config(&text3))));
+    assert_eq!(terms(&acts), c);
+    assert!(h.logged("c: reload: removed from the file"));
+    h.exit(c[0], ExitKind::Code(0));
+    assert!(!h.st.pools.contains_key("c"));
+    // Nothing changed: said so.
+    h.feed(Event::Reload(Box::new(config(&text3))));
+    assert!(h.logged("reload: no changes"));
+}
+
+#[test]
+fn runtime_scale_survives_reload_unless_the_file_changes_the_count() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    h.feed(Event::Signal(Sig::More));
+    h.settle();
+    assert_eq!(h.pids("a").len(), 3, "TTIN adds to the first pool by name");
+    h.feed(Event::Reload(Box::new(config(TWO_POOLS))));
+    h.settle();
+    assert_eq!(h.pids("a").len(), 3, "file count unchanged: override kept");
+    let acts = h.feed(Event::Reload(Box::new(config(
+        &TWO_POOLS.replace("workers = 2", "workers = 1"),
+    ))));
+    assert_eq!(terms(&acts).len(), 2, "file changed the count: 3 -> 1");
+    h.feed(Event::Signal(Sig::Fewer));
+    assert!(h.logged("the minimum"), "TTOU never goes below one worker");
+}
+
+#[test]
+fn memory_over_limit_three_times_recycles_warm_and_replaces_after_exit() {
+    let text = TWO_POOLS.replace("workers = 1\n", "workers = 1\nmemory_limit = \"100MiB\"\n");
+    let mut h = Harness::new(&text);
+    h.settle();
+    let pid = h.pids("b")[0];
+    let id = h.id_of(pid);
+    let reading = |rss: u64| Event::Health {
+        redis_ok: true,
+        samples: vec![Sample {
+            id,
+            rss: Some(rss << 20),
+            registration: None,
+        }],
+    };
+    h.feed(reading(150));
+    h.feed(reading(150));
+    h.feed(reading(50)); // a dip resets the count
+    h.feed(reading(150));
+    assert!(terms(&h.feed(reading(150))).is_empty());
+    let acts = h.feed(reading(150));
+    assert_eq!(terms(&acts), [pid]);
+    assert!(h.logged("over memory_limit 100 MiB for 3 readings"));
+    assert!(
+        spawns(&h.settle()).is_empty(),
+        "replaced only when it exits"
+    );
+    let acts = h.exit(pid, ExitKind::Code(0));
+    assert_eq!(spawns(&acts).len(), 1);
+}
+
+#[test]
+fn stuck_worker_is_killed_but_not_a_long_job_nor_during_a_redis_outage() {
+    let text = format!("{TWO_POOLS}[pools.b.worker]\nworker_ttl = \"20s\"\n");
+    let mut h = Harness::new(&text);
+    h.settle();
+    let pid = h.pids("b")[0];
+    let id = h.id_of(pid);
+    let reg = |age: u64, busy: bool| Registration {
+        present: true,
+        heartbeat_age: Some(Duration::from_secs(age)),
+        state: Some(if busy { "busy" } else { "idle" }.into()),
+        busy_within_timeout: busy,
+    };
+    let health = |ok: bool, r: Option<Registration>| Event::Health {
+        redis_ok: ok,
+        samples: vec![Sample {
+            id,
+            rss: None,
+            registration: r,
+        }],
+    };
+    h.now += Duration::from_secs(30);
+    // Busy on a job within its timeout: silence is a long job, not a hang.
+    assert!(kills(&h.feed(health(true, Some(reg(25, true))))).is_empty());
+    // Redis unreachable: nothing can be concluded.
+    assert!(kills(&h.feed(health(false, None))).is_empty());
+    // Redis back: the clocks restart, so no kill at once...
+    assert!(kills(&h.feed(health(true, Some(reg(25, false))))).is_empty());
+    // ...but a worker that stays silent past worker_ttl is killed and replaced.
+    h.now += Duration::from_secs(21);
+    let acts = h.feed(health(true, Some(reg(46, false))));
+    assert_eq!(kills(&acts), [pid]);
+    assert!(h.logged("stuck:"));
+    let acts = h.exit(pid, sigkill());
+    assert!(acts.iter().any(|a| matches!(a, Action::Cleanup { .. })));
+    assert_eq!(spawns(&acts).len(), 1, "replaced at once");
+}
+
+#[test]
+fn burst_pools_finish_and_the_supervisor_exits_zero() {
+    let mut h = Harness::new(
+        "[pools.x]\nqueues = [\"q\"]\nworkers = 2\nburst = true\n[pools.y]\nqueues = [\"r\"]\nburst = true\n",
+    );
+    let acts = h.settle();
+    assert!(spawns(&acts).iter().all(|s| s.burst));
+    let x = h.pids("x");
+    let y = h.pids("y");
+    // A crash is restarted even in burst mode...
+    h.exit(x[0], ExitKind::Code(1));
+    let acts = h.advance(Duration::from_millis(200));
+    assert_eq!(spawns(&acts).len(), 1);
+    // ...a clean exit is not.
+    let acts = h.exit(x[1], ExitKind::Code(0));
+    assert!(spawns(&acts).is_empty());
+    let x2 = h.pids("x");
+    assert_eq!(x2.len(), 1);
+    h.exit(y[0], ExitKind::Code(0));
+    let acts = h.exit(x2[0], ExitKind::Code(0));
+    assert_eq!(exit_code(&acts), Some(0));
+}
+
+#[test]
+fn job_limit_is_drawn_per_worker_within_the_jitter_range() {
+    let mut h = Harness::new(
+        "[supervisor]\nspawn_stagger = 0\n[pools.m]\nqueues = [\"q\"]\nworkers = 40\nmax_jobs = 10\nmax_jobs_jitter = 5\n",
+    );
+    let acts = h.feed(Event::Tick);
+    let limits: Vec<u64> = spawns(&acts).iter().filter_map(|s| s.max_jobs).collect();
+    assert_eq!(limits.len(), 40);
+    assert!(limits.iter().all(|n| (10..=15).contains(n)), "{limits:?}");
+    let distinct: std::collections::BTreeSet<_> = limits.iter().collect();
+    assert!(distinct.len() > 2, "workers must not recycle in lockstep");
+    // A worker that reached its limit (clean exit) is replaced at once.
+    let pid = h.pids("m")[0];
+    let acts = h.exit(pid, ExitKind::Code(0));
+    assert_eq!(spawns(&acts).len(), 1);
+}
+
+#[test]
+fn spawn_failure_counts_as_a_failure() {
+    let mut h = Harness::new(TWO_POOLS);
+    let acts = handle(&mut h.st, h.now, Event::Tick);
+    let Some(Action::Spawn(s)) = acts.into_iter().find(|a| matches!(a, Action::Spawn(_))) else {
+        panic!("no spawn");
+    };
+    h.feed(Event::SpawnFailed {
+        id: s.id,
+        error: "No such file or directory".into(),
+    });
+    assert!(h.logged("cannot start a worker: No such file"));
+    assert!(h.logged("restart in"));
+}

@@ -1,0 +1,194 @@
+//! Helpers for the `rq-supervisor` tests: a pool file in a temp dir, the supervisor pointed
+//! at a test redis through the environment, and what Redis and /proc say about its workers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Proc, RedisServer, WAIT, bin, hget, wait_until};
+
+/// A pool file plus the directory it lives in (kept alive with it).
+pub struct PoolFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl PoolFile {
+    pub fn new(body: &str) -> PoolFile {
+        let dir = tempfile::Builder::new()
+            .prefix("rqs-pool-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("pool.toml");
+        std::fs::write(&path, body).expect("write pool file");
+        PoolFile { dir, path }
+    }
+
+    pub fn rewrite(&self, body: &str) {
+        std::fs::write(&self.path, body).expect("rewrite pool file");
+    }
+
+    /// Writes an executable script next to the pool file; returns its path.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, body).expect("write script");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    }
+}
+
+/// `rq-supervisor -c FILE` with the test redis in `RQ_REDIS_URL`.
+pub fn supervisor_cmd(redis: &RedisServer, config: &Path) -> Command {
+    let mut cmd = bin("rq-supervisor");
+    cmd.env("RQ_REDIS_URL", redis.url()).arg("-c").arg(config);
+    cmd
+}
+
+pub fn start(redis: &RedisServer, pool: &PoolFile) -> Proc {
+    Proc::spawn(supervisor_cmd(redis, &pool.path))
+}
+
+/// Registered workers (from `rq:workers`) with their pids, sorted by pid.
+pub fn workers(con: &mut redis::Connection) -> Vec<(String, u32)> {
+    let keys: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("rq:workers")
+        .query(con)
+        .expect("SMEMBERS");
+    let mut out: Vec<(String, u32)> = keys
+        .iter()
+        .filter_map(|k| {
+            let name = k.strip_prefix("rq:worker:")?.to_string();
+            let pid = hget(con, k, "pid")?.parse().ok()?;
+            Some((name, pid))
+        })
+        .collect();
+    out.sort_by_key(|(_, p)| *p);
+    out
+}
+
+/// Registered worker pids listening on `queue`.
+pub fn workers_on(con: &mut redis::Connection, queue: &str) -> Vec<u32> {
+    let keys: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("rq:workers:{queue}"))
+        .query(con)
+        .expect("SMEMBERS");
+    let mut pids: Vec<u32> = keys
+        .iter()
+        .filter_map(|k| hget(con, k, "pid")?.parse().ok())
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// Waits until exactly `n` workers are registered; returns them.
+pub fn wait_workers(con: &mut redis::Connection, n: usize) -> Vec<(String, u32)> {
+    let mut last = Vec::new();
+    wait_until(&format!("{n} registered workers"), WAIT, || {
+        last = workers(con);
+        last.len() == n
+    });
+    last
+}
+
+/// True while the process exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Direct children of `pid` (its work horse, for a worker).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|s| s.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Enqueues with the Rust producer (as Python RQ writes jobs); returns the job id.
+pub fn enqueue(
+    con: &mut redis::Connection,
+    queue: &str,
+    func: &str,
+    args: serde_json::Value,
+) -> String {
+    let args = match args {
+        serde_json::Value::Array(a) => a,
+        other => vec![other],
+    };
+    rq_supervisor::producer::enqueue(
+        con,
+        queue,
+        func,
+        args,
+        Default::default(),
+        &Default::default(),
+    )
+    .expect("enqueue")
+}
+
+pub fn status(con: &mut redis::Connection, id: &str) -> Option<String> {
+    hget(con, &format!("rq:job:{id}"), "status")
+}
+
+pub fn wait_job_status(con: &mut redis::Connection, id: &str, want: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let last = status(con, id);
+        if last.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id}: wanted status {want}, last saw {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Lines of a log that contain `text`.
+pub fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(text)).collect()
+}
+
+/// Live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(i) = s.rfind(')') else { return false };
+            let f: Vec<&str> = s[i + 1..].split_whitespace().collect();
+            // state, ppid, pgrp
+            f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
+        })
+        .collect()
+}
+
+/// Waits for the worker's work horse to exist; returns its pid.
+pub fn wait_horse_pid(worker: u32) -> u32 {
+    let mut horse = Vec::new();
+    wait_until("a work horse", WAIT, || {
+        horse = child_pids(worker);
+        horse.len() == 1
+    });
+    horse[0]
+}
