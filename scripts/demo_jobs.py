@@ -13,7 +13,11 @@ jobs = [
     Queue("default", connection=redis, serializer=JSONSerializer).enqueue("rq.builtin.sleep", 0.2),
     Queue("low", connection=redis, serializer=JSONSerializer).enqueue("rq.builtin.fail", "this job fails on purpose"),
 ]
-print("workers seen by Python RQ:", [w.name for w in Worker.all(connection=redis)], flush=True)
+import time
+deadline = time.time() + 30
+while len(Worker.all(connection=redis)) < 3 and time.time() < deadline:
+    time.sleep(0.05)
+print("workers seen by Python RQ:", sorted(w.name for w in Worker.all(connection=redis)), flush=True)
 failed = False
 for job in jobs:
     result = job.latest_result(timeout=30)
