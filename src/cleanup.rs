@@ -52,7 +52,7 @@ pub fn settle_dead_worker(
                 working_secs: 0.0,
                 default_result_ttl: crate::protocol::defaults::RESULT_TTL,
                 payload: result::encode_exc_string(&exc),
-                idle_ttl: None,
+                alive: false,
                 allow_retry: true,
             })?;
             cleanup.job = Some((job_id, verdict));

@@ -173,6 +173,9 @@ pub struct RawWorkerOverrides(pub Vec<(String, String)>);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestartPolicy {
+    /// A worker that dies after running at least this long is replaced at once; one that
+    /// dies sooner counts as a failure to start, which backs off and can degrade the pool.
+    pub min_uptime: Secs,
     /// First delay after a crash; doubles per consecutive crash.
     pub backoff_initial: Secs,
     pub backoff_max: Secs,
@@ -187,6 +190,7 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
+            min_uptime: Secs::from_secs(1),
             backoff_initial: Secs(Duration::from_millis(100)),
             backoff_max: Secs::from_secs(30),
             failure_window: Secs::from_secs(60),
@@ -597,6 +601,7 @@ impl Validator {
     fn restart(&self, table: &str, r: RawRestart) -> Result<RestartPolicy, ConfigError> {
         let d = RestartPolicy::default();
         let policy = RestartPolicy {
+            min_uptime: r.min_uptime.unwrap_or(d.min_uptime),
             backoff_initial: r.backoff_initial.unwrap_or(d.backoff_initial),
             backoff_max: r.backoff_max.unwrap_or(d.backoff_max),
             failure_window: r.failure_window.unwrap_or(d.failure_window),

@@ -76,6 +76,7 @@ pub struct RawPool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRestart {
+    pub min_uptime: Option<Secs>,
     pub backoff_initial: Option<Secs>,
     pub backoff_max: Option<Secs>,
     pub failure_window: Option<Secs>,

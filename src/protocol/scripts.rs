@@ -7,10 +7,12 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// Pops the first job id from the queues in priority order and records it as started by this
-/// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions.
+/// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions. When there is
+/// nothing to take it records the worker `idle` (or `suspended`), so the worker never spends a
+/// round trip of its own on state changes.
 ///
 /// ARGV: worker name, execution id, now (ISO), now (Unix float), now (Unix int),
-/// job monitoring interval, then the queue names in priority order.
+/// job monitoring interval, the worker's idle TTL, then the queue names in priority order.
 /// Returns `{queue, job id, HGETALL of the job, dropped ids, broken queues}`,
 /// `{false, false, {}, dropped, broken}` when every queue is empty, or
 /// `{false, 'suspended', {}, {}, {}}` while `rq suspend` is in force (checked here so it
@@ -21,11 +23,23 @@ pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 
 const CLAIM_LUA: &str = r#"
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local inow, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
+local inow, interval, idle_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local wkey = 'rq:worker:' .. worker
-if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}, {}} end
+-- Between back-to-back jobs the worker stays `busy`; it turns idle only when a claim finds
+-- nothing, and only then is its record written.
+local function rest(state)
+  if redis.call('HGET', wkey, 'state') ~= state then
+    redis.call('HSET', wkey, 'state', state, 'current_job_working_time', '0')
+    redis.call('HDEL', wkey, 'current_job')
+    redis.call('EXPIRE', wkey, idle_ttl)
+  end
+end
+if redis.call('EXISTS', 'rq:suspended') == 1 then
+  rest('suspended')
+  return {false, 'suspended', {}, {}, {}}
+end
 local dropped, broken = {}, {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local q = ARGV[i]
   while true do
     -- A queue key of the wrong type must not stop the other queues from being served.
@@ -36,10 +50,15 @@ for i = 7, #ARGV do
     end
     if not id then break end
     local jkey = 'rq:job:' .. id
-    if redis.call('TYPE', jkey).ok == 'hash' then
+    local job = redis.pcall('HGETALL', jkey)
+    if type(job) == 'table' and not job.err and #job > 0 then
       -- RQ's heartbeat TTL: min(timeout, interval) + 60, where a missing timeout is 180
       -- and -1 means no limit.
-      local timeout = tonumber(redis.call('HGET', jkey, 'timeout'))
+      local timeout, job_ttl = nil, nil
+      for k = 1, #job, 2 do
+        if job[k] == 'timeout' then timeout = tonumber(job[k + 1])
+        elseif job[k] == 'ttl' then job_ttl = job[k + 1] end
+      end
       if not timeout or timeout == 0 then timeout = 180 end
       local ttl = interval + 60
       if timeout > 0 and timeout < interval then ttl = math.floor(timeout) + 60 end
@@ -55,12 +74,14 @@ for i = 7, #ARGV do
       redis.call('EXPIRE', wkey, ttl)
       redis.call('HSET', jkey, 'status', 'started', 'started_at', iso, 'last_heartbeat', iso,
         'worker_name', worker)
-      redis.call('PERSIST', jkey)
-      return {q, id, redis.call('HGETALL', jkey), dropped, broken}
+      -- The queued-job TTL no longer applies once the job runs (RQ persists the key).
+      if job_ttl and job_ttl ~= '' then redis.call('PERSIST', jkey) end
+      return {q, id, job, dropped, broken}
     end
     table.insert(dropped, q .. ':' .. id)
   end
 end
+rest('idle')
 return {false, false, {}, dropped, broken}
 "#;
 
@@ -72,12 +93,12 @@ return {false, false, {}, dropped, broken}
 /// outcome (`finished`, `failed` or `stopped`), now (ISO), now (Unix float), now (Unix int),
 /// execution start (Unix float), working seconds, the worker's default result TTL,
 /// payload (base64 return value, empty for None; or base64 zlib exc_string),
-/// the worker's idle TTL (empty: leave the worker hash alone, the worker is dead),
-/// `1` if a failure may be retried.
+/// `1` when the worker is alive and its counters are to be updated (empty: the worker is dead
+/// and its record must not be touched), `1` if a failure may be retried.
 ///
-/// Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`, `gone`
-/// when the job hash no longer exists, or `unknown` when the execution is not (or no longer)
-/// in `rq:wip:Q`, which makes the script safe to repeat.
+/// Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`,
+/// `gone` when the job hash no longer exists, or `unknown` when the execution is not (or no
+/// longer) in `rq:wip:Q`, which makes the script safe to repeat.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 
 const SETTLE_LUA: &str = r#"
@@ -85,7 +106,7 @@ local id, q, eid, worker, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local iso, fnow, inow = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local started, working = ARGV[9], ARGV[10]
 local default_result_ttl = tonumber(ARGV[11])
-local payload, idle_ttl, allow_retry = ARGV[12], ARGV[13], ARGV[14] == '1'
+local payload, alive, allow_retry = ARGV[12], ARGV[13] ~= '', ARGV[14] == '1'
 local jkey = 'rq:job:' .. id
 local wkey = 'rq:worker:' .. worker
 local wip = 'rq:wip:' .. q
@@ -97,21 +118,13 @@ if eid == '' then
     end
   end
 end
-if idle_ttl ~= '' then
-  redis.call('HDEL', wkey, 'current_job')
-  redis.call('HSET', wkey, 'state', 'idle', 'current_job_working_time', '0',
-    'last_heartbeat', iso)
-  redis.call('EXPIRE', wkey, tonumber(idle_ttl))
-end
-
 -- Settling twice (a retry after a lost reply) or after someone else settled the execution
--- (abandoned-job cleanup) must change nothing.
-if eid == '' or not redis.call('ZSCORE', wip, id .. ':' .. eid) then return 'unknown' end
+-- (abandoned-job cleanup) must change nothing: leaving rq:wip is the claim on the ending.
+if eid == '' or redis.call('ZREM', wip, id .. ':' .. eid) == 0 then return 'unknown' end
 redis.call('DEL', 'rq:execution:' .. id .. ':' .. eid)
-redis.call('ZREM', wip, id .. ':' .. eid)
 redis.call('ZREM', 'rq:executions:' .. id, eid)
 
-if idle_ttl ~= '' then
+if alive then
   if outcome == 'finished' then
     redis.call('HINCRBY', wkey, 'successful_job_count', 1)
   else
@@ -120,16 +133,23 @@ if idle_ttl ~= '' then
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', working)
 end
 
-if redis.call('EXISTS', jkey) == 0 then return 'gone' end
+local job = redis.call('HMGET', jkey, 'status', 'result_ttl', 'failure_ttl', 'retries_left',
+  'retry_intervals', 'enqueue_at_front_on_retry', 'repeats_left', 'repeat_intervals',
+  'dependency_ids')
+-- Every RQ job has a status; without one the hash is gone (deleted or expired meanwhile).
+if not job[1] then return 'gone' end
+local dependents_key = 'rq:job:' .. id .. ':dependents'
+local has_dependents = false
+local has_dependencies = job[9] and job[9] ~= '' and job[9] ~= '[]'
 
 local function apply_ttl(ttl)
   if ttl == 0 then
-    redis.call('DEL', jkey, 'rq:job:' .. id .. ':dependents', 'rq:job::' .. id .. ':dependencies',
+    redis.call('DEL', jkey, dependents_key, 'rq:job::' .. id .. ':dependencies',
       'rq:executions:' .. id)
   elseif ttl > 0 then
     redis.call('EXPIRE', jkey, ttl)
-    redis.call('EXPIRE', 'rq:job:' .. id .. ':dependents', ttl)
-    redis.call('EXPIRE', 'rq:job::' .. id .. ':dependencies', ttl)
+    if has_dependents then redis.call('EXPIRE', dependents_key, ttl) end
+    if has_dependencies then redis.call('EXPIRE', 'rq:job::' .. id .. ':dependencies', ttl) end
   end
 end
 
@@ -149,8 +169,7 @@ end
 -- RQ's enqueue_dependents (§7.11): children whose dependencies are all met leave
 -- rq:deferred and join their queue. `parent` is this job's terminal status.
 local function enqueue_dependents(parent)
-  local dkey = 'rq:job:' .. id .. ':dependents'
-  local children = redis.call('SMEMBERS', dkey)
+  local children = redis.call('SMEMBERS', dependents_key)
   if #children == 0 then return end
   local enqueued = {}
   for _, child in ipairs(children) do
@@ -189,21 +208,32 @@ local function enqueue_dependents(parent)
     end
   end
   if #enqueued == #children then
-    redis.call('DEL', dkey)
-  elseif #enqueued > 0 then
-    redis.call('SREM', dkey, unpack(enqueued))
+    redis.call('DEL', dependents_key)
+  else
+    has_dependents = true
+    if #enqueued > 0 then redis.call('SREM', dependents_key, unpack(enqueued)) end
   end
 end
 
-local function set_ended(status)
-  redis.call('HSET', jkey, 'status', status, 'ended_at', iso, 'last_heartbeat', iso)
-  if worker ~= '' then redis.call('HSET', jkey, 'worker_name', worker) end
+local function set_ended(status, ...)
+  if worker ~= '' then
+    redis.call('HSET', jkey, 'status', status, 'ended_at', iso, 'last_heartbeat', iso,
+      'worker_name', worker, ...)
+  else
+    redis.call('HSET', jkey, 'status', status, 'ended_at', iso, 'last_heartbeat', iso, ...)
+  end
+end
+
+local function intervals(json)
+  local ok, list = pcall(cjson.decode, json or '[]')
+  if ok and type(list) == 'table' then return list end
+  return {}
 end
 
 if outcome == 'finished' then
-  local ttl = tonumber(redis.call('HGET', jkey, 'result_ttl')) or default_result_ttl
-  set_ended('finished')
+  local ttl = tonumber(job[2]) or default_result_ttl
   enqueue_dependents('finished')
+  local repeats = tonumber(job[7])
   if ttl ~= 0 then
     add_result('1', 'return_value')
     local rkey = 'rq:results:' .. id
@@ -216,46 +246,40 @@ if outcome == 'finished' then
     end
   end
   -- Repeat (RQ 2.x): run the job again now or after its interval, instead of expiring it.
-  local repeats = tonumber(redis.call('HGET', jkey, 'repeats_left'))
   if repeats and repeats > 0 then
-    local ok, intervals = pcall(cjson.decode, redis.call('HGET', jkey, 'repeat_intervals') or '[]')
+    local list = intervals(job[8])
     local interval = 0
-    if ok and type(intervals) == 'table' and #intervals > 0 then
-      interval = tonumber(intervals[math.min(repeats, #intervals)]) or 0
-    end
-    redis.call('HSET', jkey, 'repeats_left', repeats - 1)
+    if #list > 0 then interval = tonumber(list[math.min(repeats, #list)]) or 0 end
     if interval > 0 then
-      redis.call('HSET', jkey, 'status', 'scheduled')
+      set_ended('scheduled', 'repeats_left', repeats - 1)
       redis.call('ZADD', 'rq:scheduled:' .. q, inow + interval, id)
     else
-      redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', iso)
+      set_ended('queued', 'repeats_left', repeats - 1, 'enqueued_at', iso)
       redis.call('RPUSH', 'rq:queue:' .. q, id)
     end
     return 'repeated'
   end
+  set_ended('finished')
   apply_ttl(ttl)
   return 'finished'
 end
 
-local retries_left = tonumber(redis.call('HGET', jkey, 'retries_left')) or 0
+local retries_left = tonumber(job[4]) or 0
 if outcome == 'failed' and allow_retry and retries_left > 0 then
-  local ok, intervals = pcall(cjson.decode, redis.call('HGET', jkey, 'retry_intervals') or '[]')
+  local list = intervals(job[5])
   local interval = 0
-  if ok and type(intervals) == 'table' and #intervals > 0 then
-    local index = math.max(#intervals - retries_left, 0)
-    interval = tonumber(intervals[math.min(index, #intervals - 1) + 1]) or 0
+  if #list > 0 then
+    local index = math.max(#list - retries_left, 0)
+    interval = tonumber(list[math.min(index, #list - 1) + 1]) or 0
   end
-  redis.call('HSET', jkey, 'retries_left', retries_left - 1, 'ended_at', iso,
-    'last_heartbeat', iso)
-  if worker ~= '' then redis.call('HSET', jkey, 'worker_name', worker) end
   redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
   if interval > 0 then
-    redis.call('HSET', jkey, 'status', 'scheduled')
+    set_ended('scheduled', 'retries_left', retries_left - 1)
     redis.call('ZADD', 'rq:scheduled:' .. q, inow + interval, id)
     return 'scheduled'
   end
-  redis.call('HSET', jkey, 'status', 'queued', 'enqueued_at', iso)
-  if redis.call('HGET', jkey, 'enqueue_at_front_on_retry') == '1' then
+  set_ended('queued', 'retries_left', retries_left - 1, 'enqueued_at', iso)
+  if job[6] == '1' then
     redis.call('LPUSH', 'rq:queue:' .. q, id)
   else
     redis.call('RPUSH', 'rq:queue:' .. q, id)
@@ -264,7 +288,7 @@ if outcome == 'failed' and allow_retry and retries_left > 0 then
 end
 
 -- A terminal failure: FailedJobRegistry.add and Result.create_failure.
-local failure_ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl'))
+local failure_ttl = tonumber(job[3])
 local ttl = failure_ttl or 31536000
 set_ended(outcome)
 if outcome == 'failed' then enqueue_dependents('failed') end

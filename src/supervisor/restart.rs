@@ -125,6 +125,7 @@ mod tests {
 
     fn policy() -> RestartPolicy {
         RestartPolicy {
+            min_uptime: Secs::from_secs(1),
             backoff_initial: Secs(Duration::from_millis(100)),
             backoff_max: Secs(Duration::from_secs(2)),
             failure_window: Secs::from_secs(60),

@@ -715,15 +715,28 @@ impl State {
                 ),
             ),
             (false, _) => {
+                let uptime = now.saturating_duration_since(w.spawned_at);
+                let min_uptime = self
+                    .pools
+                    .get(&w.pool)
+                    .map(|p| p.spec.restart.min_uptime.0)
+                    .unwrap_or_default();
+                // A worker that had been up for a while was killed or crashed on a job, not
+                // failing to start: replace it at once. Only early deaths are a crash loop.
+                let healthy = uptime >= min_uptime;
                 out.worker(
                     Level::Warn,
                     &w,
                     format!(
-                        "pid {pid} {}; crash cleanup in Redis (death registered, job settled)",
-                        how.describe()
+                        "pid {pid} {} after {}; crash cleanup in Redis (death registered, job settled){}",
+                        how.describe(),
+                        secs(uptime),
+                        if healthy { "; replacing it now" } else { "" }
                     ),
                 );
-                self.failure(now, &w.pool, out);
+                if !healthy {
+                    self.failure(now, &w.pool, out);
+                }
             }
         }
     }

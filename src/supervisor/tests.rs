@@ -19,6 +19,8 @@ spawn_stagger = "10ms"
 queues = ["qa"]
 workers = 2
 [pools.a.restart]
+# Every death counts as a failure to start, so the backoff shows.
+min_uptime = "1h"
 backoff_initial = "1s"
 backoff_max = "8s"
 failure_window = "60s"
@@ -233,6 +235,29 @@ fn crash_is_cleaned_up_and_restarted_with_growing_capped_backoff() {
         let v = t.record_failure(h.now + Duration::from_secs(i * 100), &policy, &mut rng);
         assert!(v.delay <= Duration::from_secs(8));
     }
+}
+
+#[test]
+fn a_worker_that_had_been_up_is_replaced_at_once_and_an_early_death_backs_off() {
+    let mut h = Harness::new(
+        "[pools.p]\nqueues = [\"q\"]\nworkers = 1\n[pools.p.restart]\nmin_uptime = \"2s\"\nbackoff_initial = \"1s\"\n",
+    );
+    h.settle();
+    // Up for 5 s, then SIGKILLed: not a crash loop.
+    h.advance(Duration::from_secs(5));
+    let pid = h.pids("p")[0];
+    let acts = h.exit(pid, sigkill());
+    assert!(acts.iter().any(|a| matches!(a, Action::Cleanup { .. })));
+    assert_eq!(spawns(&acts).len(), 1, "replaced at once: {:#?}", h.log);
+    assert!(h.logged("replacing it now"));
+    assert_eq!(h.st.pools["p"].restart.consecutive(), 0);
+    // The replacement dies after 0.5 s: a failure to start, which waits for the backoff.
+    h.advance(Duration::from_millis(500));
+    let pid = h.pids("p")[0];
+    let acts = h.exit(pid, ExitKind::Code(1));
+    assert!(spawns(&acts).is_empty(), "early death backs off");
+    assert!(h.logged("restart in"));
+    assert_eq!(h.st.pools["p"].restart.consecutive(), 1);
 }
 
 #[test]
@@ -501,8 +526,8 @@ fn burst_pools_finish_and_the_supervisor_exits_zero() {
     let x = h.pids("x");
     let y = h.pids("y");
     // A crash is restarted even in burst mode...
-    h.exit(x[0], ExitKind::Code(1));
-    let acts = h.advance(Duration::from_millis(200));
+    let mut acts = h.exit(x[0], ExitKind::Code(1));
+    acts.extend(h.advance(Duration::from_millis(200)));
     assert_eq!(spawns(&acts).len(), 1);
     // ...a clean exit is not.
     let acts = h.exit(x[1], ExitKind::Code(0));

@@ -88,7 +88,7 @@ fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), St
             working_secs: 0.0,
             default_result_ttl: crate::protocol::defaults::RESULT_TTL,
             payload: result::encode_exc_string(&exc),
-            idle_ttl: None,
+            alive: false,
             allow_retry: true,
         })?;
         report.abandoned.push((job.to_string(), verdict));

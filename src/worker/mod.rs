@@ -277,7 +277,6 @@ impl Worker {
 
     fn work(&mut self) -> Stop {
         let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut state_idle = false;
         let mut seen_connects = self.store.connects();
         loop {
             if self.signals.stop_count() > 0 {
@@ -321,22 +320,20 @@ impl Worker {
                             "the worker's registration had expired in Redis; registering again"
                         );
                         let _ = self.register(true);
-                        state_idle = false;
                     }
                     Err(_) => {}
                 }
-            }
-            if !state_idle && self.store.set_state(&self.name, "idle").is_ok() {
-                state_idle = true;
             }
             self.maintenance_due();
             self.scheduler_due();
             // Drain notices before claiming: any change after this point wakes the wait.
             self.drain_listener(None);
-            match self
-                .store
-                .claim(&self.name, &self.order, self.monitoring_secs())
-            {
+            match self.store.claim(
+                &self.name,
+                &self.order,
+                self.monitoring_secs(),
+                self.idle_ttl(),
+            ) {
                 Ok((claim, notes)) => {
                     redis_backoff.reset();
                     for d in notes.dropped {
@@ -354,7 +351,6 @@ impl Worker {
                             self.execute(*c);
                             self.jobs_done += 1;
                             self.idle_since = std::time::Instant::now();
-                            state_idle = true;
                         }
                         ClaimResult::Empty => {
                             if self.burst {
@@ -376,8 +372,6 @@ impl Worker {
                                     "Worker {}: suspended, run `rq resume` to resume",
                                     self.name
                                 );
-                                let _ = self.store.set_state(&self.name, "suspended");
-                                state_idle = false;
                                 self.suspended = true;
                             }
                             // Suspension changes are notified too; poll once a second as RQ
@@ -391,7 +385,6 @@ impl Worker {
                     if redis_backoff.attempts() == 1 || e.is_refusal() {
                         log::error!("cannot take a job: {e}; retrying in {delay:.1?}");
                     }
-                    state_idle = false;
                     self.listener = None;
                     self.sleep(delay);
                 }
@@ -874,7 +867,7 @@ impl Worker {
             working_secs: working.as_secs_f64(),
             default_result_ttl: self.spec.results_ttl,
             payload,
-            idle_ttl: Some(self.idle_ttl()),
+            alive: true,
             allow_retry,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));

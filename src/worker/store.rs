@@ -70,8 +70,8 @@ pub struct Settlement<'a> {
     pub default_result_ttl: i64,
     /// Encoded return value (finished) or exc_string (failed, stopped).
     pub payload: String,
-    /// `None` when the worker is dead and its hash must not be touched.
-    pub idle_ttl: Option<u64>,
+    /// False when the worker is dead and its record must not be touched.
+    pub alive: bool,
     pub allow_retry: bool,
 }
 
@@ -168,16 +168,6 @@ impl Store {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
-    pub fn set_state(&mut self, name: &str, state: &str) -> Result<(), StoreError> {
-        self.run(|con| {
-            redis::cmd("HSET")
-                .arg(keys::worker(name))
-                .arg("state")
-                .arg(state)
-                .exec(con)
-        })
-    }
-
     /// The idle heartbeat. Returns true when the worker's record was lost (a long outage, a
     /// Redis restart without persistence; a claim or settle may since have recreated a bare
     /// hash), so the caller registers again.
@@ -261,6 +251,7 @@ impl Store {
         name: &str,
         queues: &[String],
         monitoring_interval: u64,
+        idle_ttl: u64,
     ) -> Result<(ClaimResult, ClaimNotes), StoreError> {
         let execution_id = new_execution_id();
         let now = Instant::now();
@@ -271,7 +262,8 @@ impl Store {
                 .arg(now.iso())
                 .arg(now.unix_float())
                 .arg(now.unix_secs())
-                .arg(monitoring_interval);
+                .arg(monitoring_interval)
+                .arg(idle_ttl);
             for q in queues {
                 inv.arg(q);
             }
@@ -298,7 +290,7 @@ impl Store {
                 .arg(format!("{:.6}", s.working_secs))
                 .arg(s.default_result_ttl)
                 .arg(&s.payload)
-                .arg(s.idle_ttl.map(|t| t.to_string()).unwrap_or_default())
+                .arg(if s.alive { "1" } else { "" })
                 .arg(if s.allow_retry { "1" } else { "0" })
                 .invoke(con)
         })

@@ -1,0 +1,1067 @@
+//! The benchmark command (`scripts/bench`, see `docs/performance.md`): rq-supervisor's
+//! workers beside Python RQ 2.12's, measured in one run against one private redis-server.
+//! Not part of `cargo test`; it writes its table into `docs/performance.md`.
+//!
+//! `cargo bench --bench rq_bench -- [--quick] [--no-rq] [--no-write]`
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rq_supervisor::producer::{self, EnqueueOptions};
+
+const RQWORKER: &str = env!("CARGO_BIN_EXE_rqworker");
+const SUPERVISOR: &str = env!("CARGO_BIN_EXE_rq-supervisor");
+
+struct Opts {
+    quick: bool,
+    rq: bool,
+    write: bool,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: the benchmark
+    // takes minutes and belongs to `scripts/bench`, so do nothing then.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let opts = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+        rq: !args.iter().any(|a| a == "--no-rq"),
+        write: !args.iter().any(|a| a == "--no-write"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("rq-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let py = Python::detect(opts.rq);
+    let mut b = Bench {
+        opts,
+        redis,
+        py,
+        dir: dir.path().to_path_buf(),
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    eprintln!("redis-server {} on {}", b.redis.version(), b.redis.url);
+    b.throughput();
+    b.command_handler();
+    b.latency();
+    b.idle_rss();
+    b.restart_latency();
+    b.warm_shutdown();
+    b.scale();
+    let report = b.report();
+    println!("{report}");
+    if b.opts.write {
+        write_report(&report);
+    }
+}
+
+/// One line of the results table.
+struct Row {
+    what: String,
+    ours: String,
+    rq: String,
+    ratio: String,
+    target: String,
+    met: String,
+}
+
+struct Bench {
+    opts: Opts,
+    redis: Redis,
+    py: Python,
+    dir: PathBuf,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Bench {
+    fn n_jobs(&self) -> usize {
+        if self.opts.quick { 2_000 } else { 10_000 }
+    }
+
+    fn row(
+        &mut self,
+        what: &str,
+        ours: String,
+        rq: String,
+        ratio: String,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        eprintln!("  {what}: ours {ours}, RQ {rq}, ratio {ratio}");
+        self.rows.push(Row {
+            what: what.into(),
+            ours,
+            rq,
+            ratio,
+            target: target.into(),
+            met: match met {
+                Some(true) => "yes".into(),
+                Some(false) => "**no**".into(),
+                None => "".into(),
+            },
+        });
+    }
+
+    fn config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// 10,000 no-op jobs, fork per job: one worker, then a pool of two, ours and RQ's.
+    fn throughput(&mut self) {
+        let n = self.n_jobs();
+        eprintln!("throughput: {n} no-op jobs");
+        // One worker.
+        self.redis.flush();
+        self.enqueue_ours("default", "rq.builtin.noop", n);
+        let before = self.redis.stats();
+        let t = Instant::now();
+        let status = self
+            .ours_worker(&["--burst", "--builtin-handlers", "-q"])
+            .wait()
+            .expect("wait");
+        let ours1 = n as f64 / t.elapsed().as_secs_f64();
+        let after = self.redis.stats();
+        assert!(status.success(), "rqworker failed");
+        self.redis.expect_finished("default", n);
+        let per_job = (after.0 - before.0) as f64 / n as f64;
+        let trips = (after.1 - before.1) as f64 / n as f64;
+        // A burst pool of two under rq-supervisor.
+        self.redis.flush();
+        self.enqueue_ours("default", "rq.builtin.noop", n);
+        let cfg = self.config(
+            "burst2.toml",
+            "[supervisor]\nlog_level = \"warning\"\n[worker]\nbuiltin_handlers = true\nlog_level = \"warning\"\n[pools.bench]\nqueues = [\"default\"]\nworkers = 2\nburst = true\n",
+        );
+        let t = Instant::now();
+        let status = self.supervisor(&cfg).wait().expect("wait");
+        let ours2 = n as f64 / t.elapsed().as_secs_f64();
+        assert!(status.success(), "rq-supervisor burst pool failed");
+        self.redis.expect_finished("default", n);
+
+        let (mut rq1, mut rq2, mut rq_per_job, mut rq_trips) = (None, None, None, None);
+        if self.py.ok {
+            self.redis.flush();
+            self.py
+                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
+            let before = self.redis.stats();
+            let t = Instant::now();
+            let ok = self
+                .py
+                .rq(
+                    &self.redis,
+                    &[
+                        "worker",
+                        "--burst",
+                        "-q",
+                        "-S",
+                        "rq.serializers.JSONSerializer",
+                        "default",
+                    ],
+                )
+                .wait()
+                .expect("wait")
+                .success();
+            let dt = t.elapsed().as_secs_f64();
+            let after = self.redis.stats();
+            if ok && self.redis.finished("default") == n {
+                rq1 = Some(n as f64 / dt);
+                rq_per_job = Some((after.0 - before.0) as f64 / n as f64);
+                rq_trips = Some((after.1 - before.1) as f64 / n as f64);
+            }
+            self.redis.flush();
+            self.py
+                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
+            let t = Instant::now();
+            let ok = self
+                .py
+                .rq(
+                    &self.redis,
+                    &[
+                        "worker-pool",
+                        "-n",
+                        "2",
+                        "--burst",
+                        "-q",
+                        "-S",
+                        "rq.serializers.JSONSerializer",
+                        "default",
+                    ],
+                )
+                .wait()
+                .expect("wait")
+                .success();
+            let dt = t.elapsed().as_secs_f64();
+            if ok && self.redis.finished("default") == n {
+                rq2 = Some(n as f64 / dt);
+            }
+        }
+        self.row(
+            "throughput, 1 worker, fork per job (jobs/s)",
+            f0(ours1),
+            opt(rq1, f0),
+            ratio(Some(ours1), rq1),
+            "",
+            None,
+        );
+        let r2 = rq2.map(|r| ours2 / r);
+        self.row(
+            "throughput, pool of 2 workers, fork per job (jobs/s)",
+            f0(ours2),
+            opt(rq2, f0),
+            ratio(Some(ours2), rq2),
+            "≥ 20× `rq worker-pool -n 2`",
+            r2.map(|r| r >= 20.0),
+        );
+        self.row(
+            "Redis commands per job (INFO commandstats)",
+            f1(per_job),
+            opt(rq_per_job, f1),
+            opt(rq_per_job.map(|r| per_job / r), |x| format!("{x:.2}")),
+            "≤ ½ of RQ's",
+            rq_per_job.map(|r| per_job <= r / 2.0),
+        );
+        self.row(
+            "round trips per job (INFO stats total_reads_processed)",
+            f1(trips),
+            opt(rq_trips, f1),
+            "".into(),
+            "≤ 4",
+            Some(trips <= 4.0),
+        );
+    }
+
+    /// A command handler running `true`, fork + exec per job.
+    fn command_handler(&mut self) {
+        let n = self.n_jobs() / 2;
+        eprintln!("command handler: {n} jobs running `true`");
+        self.redis.flush();
+        self.enqueue_ours("default", "bench.true", n);
+        let cfg = self.config(
+            "true.toml",
+            "[handlers.\"bench.true\"]\ncommand = [\"true\"]\n[worker]\nlog_level = \"warning\"\n",
+        );
+        let t = Instant::now();
+        let status = self
+            .ours_worker(&["--burst", "-c", cfg.to_str().unwrap()])
+            .wait()
+            .expect("wait");
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        assert!(status.success());
+        self.redis.expect_finished("default", n);
+        self.row(
+            "throughput, command handler `true`, 1 worker (jobs/s)",
+            f0(rate),
+            "—".into(),
+            "".into(),
+            "",
+            None,
+        );
+        self.notes.push(
+            "There is no no-fork path: every job runs in a work horse, native or command.".into(),
+        );
+    }
+
+    /// Enqueue → started and enqueue → finished with an idle worker, jobs spaced out.
+    fn latency(&mut self) {
+        let n = if self.opts.quick { 200 } else { 1_000 };
+        eprintln!("latency: {n} jobs spaced out to an idle worker");
+        self.redis.flush();
+        let mut worker = self.ours_worker(&["--builtin-handlers", "-q"]);
+        self.redis.wait_workers(1);
+        let mut con = self.redis.con();
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(
+                producer::enqueue(
+                    &mut con,
+                    "default",
+                    "rq.builtin.noop",
+                    vec![],
+                    Default::default(),
+                    &EnqueueOptions::default(),
+                )
+                .expect("enqueue"),
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.redis.wait_finished("default", n);
+        stop(&mut worker);
+        let mut started = Vec::new();
+        let mut finished = Vec::new();
+        for id in &ids {
+            let f = producer::job_fields(&mut con, id).expect("job");
+            let t = |k: &str| {
+                rq_supervisor::protocol::time::parse_iso(&f[k])
+                    .expect("timestamp")
+                    .secs_f64()
+            };
+            started.push(t("started_at") - t("enqueued_at"));
+            finished.push(t("ended_at") - t("enqueued_at"));
+        }
+        let (mut rq_started, mut rq_finished) = (Vec::new(), Vec::new());
+        if self.py.ok {
+            self.redis.flush();
+            let mut w = self.py.rq(
+                &self.redis,
+                &[
+                    "worker",
+                    "-q",
+                    "-S",
+                    "rq.serializers.JSONSerializer",
+                    "default",
+                ],
+            );
+            self.redis.wait_workers(1);
+            let rq_n = n / 5;
+            self.py
+                .enqueue(&self.redis, "default", "benchjobs.noop", rq_n, 25);
+            self.redis.wait_finished("default", rq_n);
+            stop(&mut w);
+            for [e, s, f] in self.py.times(&self.redis, "default") {
+                rq_started.push(s - e);
+                rq_finished.push(f - e);
+            }
+        }
+        for (label, ours, rq, target) in [
+            (
+                "enqueue → started",
+                &mut started,
+                &mut rq_started,
+                Some(0.001),
+            ),
+            ("enqueue → finished", &mut finished, &mut rq_finished, None),
+        ] {
+            for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+                let o = percentile(ours, p);
+                let r = if rq.is_empty() {
+                    None
+                } else {
+                    Some(percentile(rq, p))
+                };
+                let t = target.filter(|_| p == 0.5);
+                self.row(
+                    &format!("latency {label} {name}, idle worker (ms)"),
+                    f2(o * 1e3),
+                    opt(r.map(|x| x * 1e3), f2),
+                    opt(r.map(|x| x / o), |x| format!("{x:.0}×")),
+                    if t.is_some() { "< 1 ms" } else { "" },
+                    t.map(|t| o < t),
+                );
+            }
+        }
+        self.notes.push(format!(
+            "Latency: {n} jobs one every 5 ms for ours; RQ: {} jobs one every 25 ms (it handles about 90 jobs/s). Times come from the jobs' own `enqueued_at`, `started_at` and `ended_at`.",
+            n / 5
+        ));
+    }
+
+    fn idle_rss(&mut self) {
+        eprintln!("idle RSS");
+        self.redis.flush();
+        let mut w = self.ours_worker(&["--builtin-handlers"]);
+        self.redis.wait_workers(1);
+        let ours = rss_kib(w.id());
+        stop(&mut w);
+        let cfg = self.config("idle2.toml", "[supervisor]\nlog_level = \"warning\"\n[pools.p]\nqueues = [\"default\"]\nworkers = 2\n");
+        let mut s = self.supervisor(&cfg);
+        self.redis.wait_workers(2);
+        let sup = rss_kib(s.id());
+        stop(&mut s);
+        let mut rq = None;
+        if self.py.ok {
+            self.redis.flush();
+            let mut w = self.py.rq(
+                &self.redis,
+                &[
+                    "worker",
+                    "-q",
+                    "-S",
+                    "rq.serializers.JSONSerializer",
+                    "default",
+                ],
+            );
+            self.redis.wait_workers(1);
+            rq = Some(rss_kib(w.id()));
+            stop(&mut w);
+        }
+        let r = rq.map(|r| r as f64 / ours as f64);
+        self.row(
+            "idle worker RSS (MiB)",
+            mib(ours),
+            rq.map(mib).unwrap_or_else(|| "not measured".into()),
+            opt(r, |x| format!("1/{x:.0}")),
+            "≤ ⅛ of RQ's",
+            r.map(|x| x >= 8.0),
+        );
+        self.row(
+            "idle supervisor RSS, 2 workers (MiB)",
+            mib(sup),
+            "—".into(),
+            "".into(),
+            "",
+            None,
+        );
+    }
+
+    /// SIGKILL a worker → its replacement registered, p50 over 20 kills.
+    fn restart_latency(&mut self) {
+        let kills = if self.opts.quick { 6 } else { 20 };
+        eprintln!("restart latency: {kills} kills");
+        self.redis.flush();
+        let cfg = self.config("restart.toml", "[supervisor]\nlog_level = \"warning\"\n[pools.p]\nqueues = [\"default\"]\nworkers = 4\n");
+        let mut s = self.supervisor(&cfg);
+        let ours = self.kill_and_time(4, kills);
+        stop(&mut s);
+        let mut rq = None;
+        if self.py.ok {
+            self.redis.flush();
+            let mut pool = self.py.rq(
+                &self.redis,
+                &[
+                    "worker-pool",
+                    "-n",
+                    "4",
+                    "-q",
+                    "-S",
+                    "rq.serializers.JSONSerializer",
+                    "default",
+                ],
+            );
+            rq = Some(self.kill_and_time(4, kills));
+            stop(&mut pool);
+        }
+        let r = rq.map(|r| r / ours);
+        self.row(
+            "restart latency: SIGKILL → replacement registered, p50 (ms)",
+            f1(ours * 1e3),
+            opt(rq.map(|x| x * 1e3), f1),
+            opt(r, |x| format!("1/{x:.0}")),
+            "≤ 1/10 of RQ's and < 50 ms",
+            Some(ours < 0.05 && r.is_none_or(|x| x >= 10.0)),
+        );
+    }
+
+    fn kill_and_time(&self, n: usize, kills: usize) -> f64 {
+        let mut times = Vec::new();
+        let mut con = self.redis.con();
+        let mut current = self.redis.wait_workers(n);
+        for _ in 0..kills {
+            // Kill workers that have been up past min_uptime (1 s): a killed healthy worker,
+            // not a crash loop, which would rightly back off.
+            std::thread::sleep(Duration::from_millis(1_200));
+            let victim = current.iter().next().cloned().expect("a worker");
+            let pid: i32 = redis::cmd("HGET")
+                .arg(&victim)
+                .arg("pid")
+                .query::<String>(&mut con)
+                .expect("pid")
+                .parse()
+                .expect("pid");
+            let t = Instant::now();
+            kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+            let replacement = loop {
+                let now: HashSet<String> = members(&mut con);
+                if let Some(new) = now.iter().find(|w| !current.contains(*w)) {
+                    break new.clone();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "no replacement after 30 s"
+                );
+                std::thread::sleep(Duration::from_micros(500));
+            };
+            times.push(t.elapsed().as_secs_f64());
+            let _ = replacement;
+            current = self.redis.wait_workers(n);
+            // A Python pool leaves the dead worker registered; count only live ones.
+            current.retain(|w| {
+                redis::cmd("HGET")
+                    .arg(w)
+                    .arg("pid")
+                    .query::<Option<String>>(&mut con)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+            });
+        }
+        percentile(&mut times, 0.5)
+    }
+
+    /// SIGTERM to an idle pool of 16 → the supervisor (or pool) has exited.
+    fn warm_shutdown(&mut self) {
+        eprintln!("idle warm shutdown, 16 workers");
+        self.redis.flush();
+        let cfg = self.config("idle16.toml", "[supervisor]\nlog_level = \"warning\"\n[pools.p]\nqueues = [\"default\"]\nworkers = 16\n");
+        let mut s = self.supervisor(&cfg);
+        self.redis.wait_workers(16);
+        let ours = time_exit(&mut s, Signal::SIGTERM);
+        let mut rq = None;
+        if self.py.ok {
+            self.redis.flush();
+            let mut pool = self.py.rq(
+                &self.redis,
+                &[
+                    "worker-pool",
+                    "-n",
+                    "16",
+                    "-q",
+                    "-S",
+                    "rq.serializers.JSONSerializer",
+                    "default",
+                ],
+            );
+            self.redis.wait_workers(16);
+            rq = Some(time_exit(&mut pool, Signal::SIGTERM));
+        }
+        self.row(
+            "idle warm shutdown, 16 workers: SIGTERM → exit (ms)",
+            f1(ours * 1e3),
+            opt(rq.map(|x| x * 1e3), f1),
+            opt(rq.map(|r| r / ours), |x| format!("1/{x:.0}")),
+            "< 200 ms",
+            Some(ours < 0.2),
+        );
+    }
+
+    /// 64 and 256 idle workers under one supervisor.
+    fn scale(&mut self) {
+        let idle = if self.opts.quick { 10 } else { 60 };
+        for n in [64usize, 256] {
+            eprintln!("scale: {n} workers, {idle} s idle");
+            self.redis.flush();
+            let cfg = self.config(
+                "scale.toml",
+                &format!("[supervisor]\nlog_level = \"warning\"\n[pools.p]\nqueues = [\"default\"]\nworkers = {n}\n"),
+            );
+            let t = Instant::now();
+            let mut s = self.supervisor(&cfg);
+            self.redis.wait_workers(n);
+            let up = t.elapsed().as_secs_f64();
+            let workers = descendants(s.id());
+            let total_rss: u64 = rss_kib(s.id()) + workers.iter().map(|p| rss_kib(*p)).sum::<u64>();
+            let cpu0 = cpu_ticks(s.id());
+            let stats0 = self.redis.stats();
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs(idle));
+            let cpu =
+                (cpu_ticks(s.id()) - cpu0) as f64 / ticks_per_sec() / t0.elapsed().as_secs_f64();
+            let commands = (self.redis.stats().0 - stats0.0) as f64 / t0.elapsed().as_secs_f64();
+            stop(&mut s);
+            self.row(
+                &format!("{n} idle workers: time until all registered (s)"),
+                f2(up),
+                "—".into(),
+                "".into(),
+                "",
+                None,
+            );
+            self.row(
+                &format!("{n} idle workers: total RSS, supervisor + workers (MiB)"),
+                mib(total_rss),
+                "—".into(),
+                "".into(),
+                "",
+                None,
+            );
+            let target = if n == 64 { "< 1% of a core" } else { "" };
+            self.row(
+                &format!("{n} idle workers: supervisor CPU over {idle} s idle (% of a core)"),
+                format!("{:.2}%", cpu * 100.0),
+                "—".into(),
+                "".into(),
+                target,
+                (n == 64).then_some(cpu < 0.01),
+            );
+            self.row(
+                &format!("{n} idle workers: their Redis traffic (commands/s)"),
+                f1(commands),
+                "—".into(),
+                "".into(),
+                "small",
+                None,
+            );
+        }
+    }
+
+    fn report(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} by `scripts/bench`{} on this machine: {}.",
+            date(),
+            if self.opts.quick { " --quick" } else { "" },
+            machine()
+        );
+        let _ = writeln!(
+            out,
+            "Redis {} on loopback TCP; {}.\n",
+            self.redis.version(),
+            self.py.describe()
+        );
+        let _ = writeln!(out, "| measure | ours | RQ 2.12 | ratio | target | met? |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.what, r.ours, r.rq, r.ratio, r.target, r.met
+            );
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for n in &self.notes {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        out
+    }
+
+    fn enqueue_ours(&self, queue: &str, func: &str, n: usize) {
+        let mut con = self.redis.con();
+        for _ in 0..n {
+            producer::enqueue(
+                &mut con,
+                queue,
+                func,
+                vec![],
+                Default::default(),
+                &EnqueueOptions::default(),
+            )
+            .expect("enqueue");
+        }
+    }
+
+    fn ours_worker(&self, args: &[&str]) -> Child {
+        Command::new(RQWORKER)
+            .args(args)
+            .env("RQ_REDIS_URL", &self.redis.url)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn rqworker")
+    }
+
+    fn supervisor(&self, cfg: &Path) -> Child {
+        Command::new(SUPERVISOR)
+            .arg("-c")
+            .arg(cfg)
+            .env("RQ_REDIS_URL", &self.redis.url)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn rq-supervisor")
+    }
+}
+
+/// The docs page keeps the generated table between these markers.
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+fn write_report(report: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/performance.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
+        eprintln!(
+            "{} has no {BEGIN} ... {END} markers; not written",
+            path.display()
+        );
+        return;
+    };
+    let new = format!("{}{BEGIN}\n{report}{}", &text[..b], &text[e..]);
+    std::fs::write(&path, new).expect("write docs/performance.md");
+    eprintln!("wrote {}", path.display());
+}
+
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "10000",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let r = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let t = Instant::now();
+        while redis::Client::open(r.url.as_str())
+            .and_then(|c| c.get_connection())
+            .is_err()
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r
+    }
+
+    fn con(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    }
+
+    fn version(&self) -> String {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.con())
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    }
+
+    fn flush(&self) {
+        redis::cmd("FLUSHALL")
+            .exec(&mut self.con())
+            .expect("FLUSHALL");
+    }
+
+    /// (commands executed, read events processed): every command, and every request the
+    /// server read from a client (one per round trip when the client waits for replies).
+    fn stats(&self) -> (u64, u64) {
+        let mut con = self.con();
+        let cs: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut con)
+            .expect("INFO");
+        let calls = cs
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        let st: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut con)
+            .expect("INFO");
+        let reads = st
+            .lines()
+            .find_map(|l| l.strip_prefix("total_reads_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (calls, reads)
+    }
+
+    fn finished(&self, queue: &str) -> usize {
+        redis::cmd("ZCARD")
+            .arg(format!("rq:finished:{queue}"))
+            .query(&mut self.con())
+            .expect("ZCARD")
+    }
+
+    fn expect_finished(&self, queue: &str, n: usize) {
+        let got = self.finished(queue);
+        assert_eq!(got, n, "expected {n} finished jobs, found {got}");
+    }
+
+    fn wait_finished(&self, queue: &str, n: usize) {
+        let t = Instant::now();
+        while self.finished(queue) < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "jobs did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_workers(&self, n: usize) -> HashSet<String> {
+        let mut con = self.con();
+        let t = Instant::now();
+        loop {
+            let m = members(&mut con);
+            let live = m
+                .iter()
+                .filter(|w| {
+                    redis::cmd("HEXISTS")
+                        .arg(*w)
+                        .arg("death")
+                        .query::<bool>(&mut con)
+                        .map(|d| !d)
+                        .unwrap_or(false)
+                })
+                .count();
+            if live >= n && m.len() >= n {
+                return m;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "only {live} of {n} workers registered"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn members(con: &mut redis::Connection) -> HashSet<String> {
+    redis::cmd("SMEMBERS")
+        .arg("rq:workers")
+        .query(con)
+        .expect("SMEMBERS")
+}
+
+struct Python {
+    exe: String,
+    ok: bool,
+    version: String,
+}
+
+impl Python {
+    fn detect(wanted: bool) -> Python {
+        let exe = std::env::var("RQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = Command::new(&exe)
+            .args(["-c", "import rq; print(rq.__version__)"])
+            .output();
+        let version = out
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Python {
+            ok: wanted && version.starts_with("2.12"),
+            exe,
+            version,
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.ok {
+            format!(
+                "Python RQ {} with the JSON serializer (RQ columns)",
+                self.version
+            )
+        } else {
+            "Python RQ 2.12 not available: RQ columns not measured".into()
+        }
+    }
+
+    fn bench_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches")
+    }
+
+    fn cmd(&self, redis: &Redis) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.env("RQ_REDIS_URL", &redis.url)
+            .env("PYTHONPATH", Self::bench_dir())
+            .current_dir(Self::bench_dir())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn enqueue(&self, redis: &Redis, queue: &str, func: &str, n: usize, spacing_ms: u64) {
+        let ok = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args([
+                "enqueue",
+                queue,
+                func,
+                &n.to_string(),
+                &spacing_ms.to_string(),
+            ])
+            .status()
+            .expect("python")
+            .success();
+        assert!(ok, "Python enqueue failed");
+    }
+
+    fn times(&self, redis: &Redis, queue: &str) -> Vec<[f64; 3]> {
+        let out = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args(["times", queue])
+            .output()
+            .expect("python");
+        serde_json::from_slice(&out.stdout).expect("times JSON")
+    }
+
+    /// `rq <args> --url URL` with RQ's own CLI, in its own process group.
+    fn rq(&self, redis: &Redis, args: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut c = self.cmd(redis);
+        c.args(["-c", "from rq.cli import main; main()"])
+            .args(&args[..1])
+            .args(["--url", &redis.url])
+            .args(&args[1..]);
+        c.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().expect("spawn rq")
+    }
+}
+
+fn stop(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let t = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn time_exit(child: &mut Child, sig: Signal) -> f64 {
+    let t = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), sig).expect("signal");
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(120), "did not exit");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ticks_per_sec() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// Direct children of `pid` (the supervisor's workers).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in entries.flatten() {
+            let mut s = String::new();
+            if let Ok(mut f) = std::fs::File::open(e.path().join("children")) {
+                let _ = f.read_to_string(&mut s);
+            }
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ratio(ours: Option<f64>, rq: Option<f64>) -> String {
+    match (ours, rq) {
+        (Some(o), Some(r)) if r > 0.0 => format!("{:.1}×", o / r),
+        _ => "".into(),
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "not measured".into())
+}
+
+fn f0(x: f64) -> String {
+    format!("{x:.0}")
+}
+fn f1(x: f64) -> String {
+    format!("{x:.1}")
+}
+fn f2(x: f64) -> String {
+    format!("{x:.2}")
+}
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {:.0} GiB RAM, Linux {}",
+        total as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn date() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
