@@ -262,7 +262,9 @@ impl Worker {
 
     fn work(&mut self) -> Stop {
         let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut state_idle = false;
+        // Whether the worker hash's `state` already shows where the loop is: `idle`, or
+        // `suspended` while `rq suspend` holds.
+        let mut state_shown = false;
         loop {
             if self.signals.stop_count() > 0 {
                 return Stop::Signal;
@@ -300,13 +302,14 @@ impl Worker {
                             "the worker's registration had expired in Redis; registering again"
                         );
                         let _ = self.register_birth();
-                        state_idle = false;
+                        state_shown = false;
                     }
                     Err(_) => {}
                 }
             }
-            if !state_idle && self.store.set_state(&self.name, "idle").is_ok() {
-                state_idle = true;
+            if !state_shown {
+                let state = if self.suspended { "suspended" } else { "idle" };
+                state_shown = self.store.set_state(&self.name, state).is_ok();
             }
             self.maintenance_due();
             self.scheduler_due();
@@ -326,16 +329,22 @@ impl Worker {
                     self.report_broken_queues(notes.broken);
                     match claim {
                         ClaimResult::Job(c) => {
-                            if self.suspended {
-                                self.suspended = false;
-                            }
+                            self.suspended = false;
                             self.rotate_order(&c.queue);
                             self.execute(*c);
                             self.jobs_done += 1;
                             self.idle_since = std::time::Instant::now();
-                            state_idle = true;
+                            // Settling the job set the state back to idle.
+                            state_shown = true;
                         }
                         ClaimResult::Empty => {
+                            if self.suspended {
+                                // `rq resume` (or the suspension expired): RQ restores the
+                                // state the worker had before.
+                                log::info!("Worker {}: resumed", self.name);
+                                self.suspended = false;
+                                state_shown = self.store.set_state(&self.name, "idle").is_ok();
+                            }
                             if self.burst {
                                 log::info!("No more work, burst finished.");
                                 return Stop::BurstDone;
@@ -355,9 +364,8 @@ impl Worker {
                                     "Worker {}: suspended, run `rq resume` to resume",
                                     self.name
                                 );
-                                let _ = self.store.set_state(&self.name, "suspended");
-                                state_idle = false;
                                 self.suspended = true;
+                                state_shown = self.store.set_state(&self.name, "suspended").is_ok();
                             }
                             // Suspension changes are notified too; poll once a second as RQ
                             // does in case the notification connection is down.
@@ -370,7 +378,7 @@ impl Worker {
                     if redis_backoff.attempts() == 1 || e.is_refusal() {
                         log::error!("cannot take a job: {e}; retrying in {delay:.1?}");
                     }
-                    state_idle = false;
+                    state_shown = false;
                     self.listener = None;
                     self.sleep(delay);
                 }
