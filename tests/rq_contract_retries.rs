@@ -1,7 +1,8 @@
-//! RQ 2.12 retries (§7.7) with jobs enqueued by Python's `Retry`: requeue (interval 0, also at
-//! the front), scheduling (interval > 0) with RQ's interval index, no result entry and no failed
-//! registry entry until the last try, `failed_job_count`, and the same for jobs that fail by
-//! timeout, by a horse crash and by a cold shutdown.
+//! RQ 2.12 retries (§7.7) and repeats with jobs enqueued by Python's `Retry` / `Repeat`:
+//! requeue (interval 0, also at the front), scheduling (interval > 0) with RQ's interval index,
+//! no result entry and no failed registry entry until the last try, `failed_job_count`, the
+//! same for jobs that fail by timeout, by a horse crash and by a cold shutdown; and `Repeat`
+//! with RQ's (reversed) interval order.
 
 mod contract;
 mod support;
@@ -328,4 +329,70 @@ fn retries_left_zero_or_absent_fails_at_once() {
     let doc = job(&redis, &id);
     assert_eq!(doc["status"], "failed", "{doc}");
     assert_eq!(results(&doc).len(), 1, "{doc}");
+}
+
+#[test]
+fn repeat_runs_the_job_again_with_rqs_interval_order() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    // Interval 0: requeued at once after each success, every run leaving a result.
+    let id = enqueue(
+        &redis,
+        "q",
+        "rq.builtin.echo",
+        "[7]",
+        r#"{"repeat": {"times": 2}}"#,
+    );
+    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    assert_exit_ok(&mut w, WAIT);
+    assert_eq!(got_from(&w.log()).len(), 3, "{}", w.log());
+    let doc = job(&redis, &id);
+    assert_eq!(doc["status"], "finished", "{doc}");
+    assert_eq!(doc["repeats_left"], 0, "{doc}");
+    let res = results(&doc);
+    assert_eq!(res.len(), 3, "{doc}");
+    assert!(res.iter().all(|r| r["type"] == "SUCCESSFUL"), "{doc}");
+
+    // Intervals: RQ indexes them by repeats_left - 1 (from the end), so [30, 600] waits
+    // 600 s first, then 30 s.
+    let id = enqueue(
+        &redis,
+        "q",
+        "rq.builtin.echo",
+        "[8]",
+        r#"{"repeat": {"times": 2, "interval": [30, 600]}}"#,
+    );
+    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    assert_exit_ok(&mut w, WAIT);
+    let now = redis_now(&mut con);
+    let score = zscore(&mut con, "rq:scheduled:q", &id).expect("scheduled repeat");
+    assert!(
+        (score - (now + 600.0)).abs() <= 3.0,
+        "score {score}, now {now}"
+    );
+    let doc = job(&redis, &id);
+    assert_eq!(doc["status"], "scheduled", "{doc}");
+    assert_eq!(doc["repeats_left"], 1, "{doc}");
+    assert_eq!(results(&doc).len(), 1, "{doc}");
+    assert!(zscore(&mut con, "rq:finished:q", &id).is_some());
+    let _: () = redis::cmd("ZADD")
+        .arg("rq:scheduled:q")
+        .arg(now as i64 - 1)
+        .arg(&id)
+        .query(&mut con)
+        .unwrap();
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--with-scheduler", "--builtin-handlers", "q"],
+    ));
+    assert_exit_ok(&mut w, WAIT);
+    let now = redis_now(&mut con);
+    let score = zscore(&mut con, "rq:scheduled:q", &id).expect("scheduled again");
+    assert!(
+        (score - (now + 30.0)).abs() <= 3.0,
+        "score {score}, now {now}"
+    );
+    let doc = job(&redis, &id);
+    assert_eq!(doc["repeats_left"], 0, "{doc}");
+    assert_eq!(results(&doc).len(), 2, "{doc}");
 }

@@ -175,12 +175,20 @@ fn three_schedulers_move_each_of_100_due_jobs_exactly_once() {
         .collect();
     let mut con = redis.con();
     wait_until("a scheduler lock", WAIT, || lock(&mut con, "q").is_some());
+    // Due over four seconds, so the lock is contended at several ticks.
     let ids = ids_of(rc(
         &redis,
-        &["enqueue_in_many", "q", "100", "1", "rq.builtin.echo"],
+        &["enqueue_in_many", "q", "100", "1", "rq.builtin.echo", "4"],
     ));
     assert_eq!(ids.len(), 100);
     assert_each_ran_once(&redis, &ids, &names, SLOW);
+    // Only the lock holder is a scheduler: one `rq:scheduler:*` hash, named by the lock.
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg("rq:scheduler:*")
+        .query(&mut con)
+        .unwrap();
+    let holder = lock(&mut con, "q").expect("lock");
+    assert_eq!(hashes, vec![format!("rq:scheduler:{holder}")]);
     let moved: Vec<usize> = ws.iter().map(|w| moved_by(&w.log())).collect();
     assert_eq!(moved.iter().sum::<usize>(), 100, "{moved:?}");
     assert_eq!(

@@ -115,7 +115,10 @@ fn a_suspension_with_a_duration_ends_by_itself() {
 #[test]
 fn every_suspension_shows_even_with_no_job_in_between() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w", "q"]));
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--name", "w", "q"],
+    ));
     let mut con = redis.con();
     wait_state(&mut con, "w", "idle");
     for _ in 0..2 {

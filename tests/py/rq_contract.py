@@ -7,7 +7,8 @@ Every command reads the Redis URL from $RQ_REDIS_URL and prints JSON on stdout.
   enqueue_many QUEUE FUNC N [ARGS_JSON [OPTS_JSON]]      -> [job id, ...] (one pipeline)
   enqueue_batch QUEUE SPECS_JSON                         -> [job id, ...] for [{func, args, opts}]
   enqueue_in QUEUE SECONDS FUNC [ARGS_JSON [OPTS_JSON]]  -> job id (Queue.enqueue_in)
-  enqueue_in_many QUEUE N SECONDS FUNC                   -> [job id, ...]
+  enqueue_in_many QUEUE N SECONDS FUNC [SPREAD]          -> [job id, ...], job i due in
+                                                            SECONDS + i % SPREAD seconds
   enqueue_at QUEUE UNIX_SECONDS FUNC [ARGS_JSON]         -> job id (Queue.enqueue_at)
   job ID                                                 -> what Python reads back (see job_doc)
   jobs ID...                                             -> [job_doc, ...]
@@ -96,13 +97,14 @@ def enqueue_in(qname, seconds, func, args="[]", opts="{}"):
     print(json.dumps(job.id))
 
 
-def enqueue_in_many(qname, n, seconds, func):
+def enqueue_in_many(qname, n, seconds, func, spread="1"):
     c = conn()
     q = queue(qname, c)
     ids = []
     with c.pipeline() as pipe:
         for i in range(int(n)):
-            ids.append(q.enqueue_in(timedelta(seconds=float(seconds)), func, i, pipeline=pipe).id)
+            delay = timedelta(seconds=float(seconds) + i % int(spread))
+            ids.append(q.enqueue_in(delay, func, i, pipeline=pipe).id)
         pipe.execute()
     print(json.dumps(ids))
 
