@@ -174,3 +174,25 @@ fn stop_job_for_a_job_not_running_here_is_ignored() {
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
+
+#[test]
+fn commands_reach_a_burst_worker_too() {
+    // Python's worker subscribes to rq:pubsub:<name> in burst mode as well.
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let long = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
+    let short = enqueue(&redis, "q", "rq.builtin.sleep", "[2]", "{}");
+    let last = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--burst", "--builtin-handlers", "--name", "b", "q"],
+    ));
+    wait_status(&mut con, &long, "started", WAIT);
+    rc(&redis, &["stop_job", &long]);
+    wait_status(&mut con, &long, "stopped", WAIT);
+    wait_status(&mut con, &short, "started", WAIT);
+    rc(&redis, &["shutdown", "b"]);
+    assert_exit_ok(&mut w, WAIT);
+    assert_eq!(status(&mut con, &short).as_deref(), Some("finished"));
+    assert_eq!(status(&mut con, &last).as_deref(), Some("queued"));
+}
