@@ -289,9 +289,9 @@ impl Worker {
                 );
                 return Stop::MaxIdle;
             }
-            if !self.burst {
-                self.ensure_listener();
-            }
+            // Burst workers listen too: commands (stop-job, kill-horse, shutdown) reach a
+            // Python burst worker, so they must reach ours.
+            self.ensure_listener();
             if std::time::Instant::now() >= self.next_heartbeat {
                 match self.store.heartbeat_idle(&self.name, self.idle_ttl()) {
                     Ok(false) => {
@@ -774,7 +774,7 @@ impl Worker {
                 }
                 next_hb = now + interval;
             }
-            if self.listener.is_none() && !self.burst {
+            if self.listener.is_none() {
                 self.ensure_listener();
             }
             let mut wait = next_hb.saturating_duration_since(now);
