@@ -45,7 +45,7 @@ fn shutdown_command_stops_an_idle_worker() {
 fn shutdown_command_while_busy_finishes_the_job_first() {
     let redis = RedisServer::start();
     let mut w = worker(&redis, "w");
-    let id = enqueue(&redis, "q", "rq.builtin.sleep", "[2]", "{}");
+    let id = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
     let next = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut con = redis.con();
     wait_status(&mut con, &id, "started", WAIT);
@@ -181,7 +181,7 @@ fn commands_reach_a_burst_worker_too() {
     let redis = RedisServer::start();
     let mut con = redis.con();
     let long = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
-    let short = enqueue(&redis, "q", "rq.builtin.sleep", "[2]", "{}");
+    let short = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
     let last = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut w = Proc::spawn(rqworker(
         &redis,

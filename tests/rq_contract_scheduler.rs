@@ -118,14 +118,15 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     let redis = RedisServer::start();
     let mut w = sched_worker(&redis, "w", &["q"]);
     let mut con = redis.con();
-    let at = (now_secs() + 3.0).floor();
     let a = rc(
         &redis,
-        &["enqueue_in", "q", "2", "rq.builtin.echo", r#"["in"]"#],
+        &["enqueue_in", "q", "4", "rq.builtin.echo", r#"["in"]"#],
     )
     .as_str()
     .unwrap()
     .to_string();
+    let score_a = zscore(&mut con, "rq:scheduled:q", &a).expect("a scheduled");
+    let at = (now_secs() + 5.0).floor();
     let b = rc(
         &redis,
         &[
@@ -139,22 +140,21 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     .as_str()
     .unwrap()
     .to_string();
-    let score_a = zscore(&mut con, "rq:scheduled:q", &a);
-    let score_b = zscore(&mut con, "rq:scheduled:q", &b).expect("b scheduled");
-    assert_eq!(score_b, at);
+    let enqueued_by = now_secs();
+    assert_eq!(zscore(&mut con, "rq:scheduled:q", &b), Some(at));
     for id in [&a, &b] {
         wait_status(&mut con, id, "finished", WAIT);
     }
     let docs = jobs(&redis, &[a.clone(), b.clone()]);
-    for (doc, score) in docs.iter().zip([score_a, Some(score_b)]) {
-        let score = score.unwrap_or_default();
+    for (doc, score) in docs.iter().zip([score_a, at]) {
         let enqueued = doc["enqueued_at"].as_f64().unwrap();
         assert!(
             enqueued >= score - 0.01,
             "moved early: enqueued {enqueued}, due {score}"
         );
+        // Every second, as RQ's scheduler: at most a tick (plus a loaded machine) late.
         assert!(
-            enqueued <= score + 3.0,
+            enqueued <= score.max(enqueued_by) + 3.0,
             "moved late: enqueued {enqueued}, due {score}"
         );
     }

@@ -75,7 +75,7 @@ fn a_busy_worker_finishes_its_job_then_suspends() {
         &["--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    let running = enqueue(&redis, "q", "rq.builtin.sleep", "[1.5]", "{}");
+    let running = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
     let waiting = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     wait_status(&mut con, &running, "started", WAIT);
     rq_cli_ok(&redis, &["suspend"]);
@@ -132,4 +132,17 @@ fn every_suspension_shows_even_with_no_job_in_between() {
     }
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
+}
+
+#[test]
+fn a_suspended_worker_still_obeys_shutdown() {
+    let redis = RedisServer::start();
+    let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w", "q"]));
+    let mut con = redis.con();
+    wait_state(&mut con, "w", "idle");
+    rq_cli_ok(&redis, &["suspend"]);
+    wait_state(&mut con, "w", "suspended");
+    rc(&redis, &["shutdown", "w"]);
+    assert_exit_ok(&mut w, WAIT);
+    assert!(hget(&mut con, "rq:worker:w", "death").is_some());
 }

@@ -144,6 +144,7 @@ def job_doc(c, job_id):
         "repeats_left": job.repeats_left,
         "worker_name": job.worker_name,
         "enqueued_at": job.enqueued_at.timestamp() if job.enqueued_at else None,
+        "started_at": job.started_at.timestamp() if job.started_at else None,
         "ended_at": job.ended_at.timestamp() if job.ended_at else None,
         "dependency_ids": list(job._dependency_ids),
         "scheduled_at": scheduled_at,
