@@ -300,3 +300,52 @@ fn python_and_our_schedulers_on_one_queue_never_move_a_job_twice() {
         assert_exit_ok(w, WAIT);
     }
 }
+
+#[test]
+fn scheduled_jobs_honour_at_front_and_keep_moving_while_workers_are_suspended() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    // Suspended, the worker takes no job, so the queue order stays visible; its scheduler
+    // keeps moving due jobs, as Python's scheduler process does.
+    rq_cli_ok(&redis, &["suspend"]);
+    let mut w = sched_worker(&redis, "w", &["q"]);
+    let x = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
+    let back = rc(&redis, &["enqueue_in", "q", "1", "rq.builtin.noop"])
+        .as_str()
+        .unwrap()
+        .to_string();
+    let front = rc(
+        &redis,
+        &[
+            "enqueue_in",
+            "q",
+            "1",
+            "rq.builtin.noop",
+            "[]",
+            r#"{"at_front": true}"#,
+        ],
+    )
+    .as_str()
+    .unwrap()
+    .to_string();
+    wait_until("both scheduled jobs moved", WAIT, || {
+        llen(&mut con, "rq:queue:q") == 3
+    });
+    assert_eq!(
+        lrange(&mut con, "rq:queue:q"),
+        vec![front.clone(), x.clone(), back.clone()]
+    );
+    for id in [&front, &back] {
+        assert_eq!(status(&mut con, id).as_deref(), Some("queued"));
+    }
+    assert_eq!(
+        hget(&mut con, "rq:worker:w", "state").as_deref(),
+        Some("suspended")
+    );
+    rq_cli_ok(&redis, &["resume"]);
+    for id in [&front, &x, &back] {
+        wait_status(&mut con, id, "finished", WAIT);
+    }
+    w.signal(Signal::SIGTERM);
+    assert_exit_ok(&mut w, WAIT);
+}

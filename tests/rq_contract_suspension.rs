@@ -137,7 +137,10 @@ fn every_suspension_shows_even_with_no_job_in_between() {
 #[test]
 fn a_suspended_worker_still_obeys_shutdown() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w", "q"]));
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--name", "w", "q"],
+    ));
     let mut con = redis.con();
     wait_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend"]);
