@@ -349,3 +349,31 @@ fn scheduled_jobs_honour_at_front_and_keep_moving_while_workers_are_suspended() 
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
+
+#[test]
+fn a_scheduled_retry_with_enqueue_at_front_goes_to_the_front() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let id = enqueue(
+        &redis,
+        "q",
+        "rq.builtin.fail",
+        "[]",
+        r#"{"retry": {"max": 1, "interval": 1, "enqueue_at_front": true}}"#,
+    );
+    // A burst worker without a scheduler makes the first try and schedules the retry.
+    let mut b = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    assert_exit_ok(&mut b, WAIT);
+    assert_eq!(status(&mut con, &id).as_deref(), Some("scheduled"));
+    let x = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
+    // Suspended, the scheduling worker moves the retry but runs nothing, so the order shows.
+    rq_cli_ok(&redis, &["suspend"]);
+    let mut w = sched_worker(&redis, "w", &["q"]);
+    wait_status(&mut con, &id, "queued", WAIT);
+    assert_eq!(lrange(&mut con, "rq:queue:q"), vec![id.clone(), x.clone()]);
+    rq_cli_ok(&redis, &["resume"]);
+    wait_status(&mut con, &id, "failed", WAIT);
+    wait_status(&mut con, &x, "finished", WAIT);
+    w.signal(Signal::SIGTERM);
+    assert_exit_ok(&mut w, WAIT);
+}
