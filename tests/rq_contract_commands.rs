@@ -44,14 +44,20 @@ fn shutdown_command_stops_an_idle_worker() {
 #[test]
 fn shutdown_command_while_busy_finishes_the_job_first() {
     let redis = RedisServer::start();
-    let mut w = worker(&redis, "w");
-    let id = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
+    let scratch = Scratch::new();
+    let config = gate_config(&scratch);
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["-c", &config, "--builtin-handlers", "--name", "w", "q"],
+    ));
+    let (id, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let next = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut con = redis.con();
     wait_status(&mut con, &id, "started", WAIT);
     rc(&redis, &["shutdown", "w"]);
     w.wait_for_log("warm shut down requested");
     assert!(hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some());
+    open_gate(&gate);
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(status(&mut con, &id).as_deref(), Some("finished"));
     // Warm shutdown: the next job is left for another worker.
@@ -179,19 +185,31 @@ fn stop_job_for_a_job_not_running_here_is_ignored() {
 fn commands_reach_a_burst_worker_too() {
     // Python's worker subscribes to rq:pubsub:<name> in burst mode as well.
     let redis = RedisServer::start();
+    let scratch = Scratch::new();
+    let config = gate_config(&scratch);
     let mut con = redis.con();
     let long = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
-    let short = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
+    let (short, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let last = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut w = Proc::spawn(rqworker(
         &redis,
-        &["--burst", "--builtin-handlers", "--name", "b", "q"],
+        &[
+            "--burst",
+            "-c",
+            &config,
+            "--builtin-handlers",
+            "--name",
+            "b",
+            "q",
+        ],
     ));
     wait_status(&mut con, &long, "started", WAIT);
     rc(&redis, &["stop_job", &long]);
     wait_status(&mut con, &long, "stopped", WAIT);
     wait_status(&mut con, &short, "started", WAIT);
     rc(&redis, &["shutdown", "b"]);
+    w.wait_for_log("warm shut down requested");
+    open_gate(&gate);
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(status(&mut con, &short).as_deref(), Some("finished"));
     assert_eq!(status(&mut con, &last).as_deref(), Some("queued"));

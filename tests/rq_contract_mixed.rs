@@ -319,7 +319,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
         }
     }
     assert!(
-        infos >= 3,
+        infos >= 2,
         "rq info ran only {infos} times during the long jobs"
     );
     wait_until("short jobs finished", SLOW, || {

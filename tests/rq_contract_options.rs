@@ -79,15 +79,15 @@ fn max_idle_time_counts_from_the_last_job() {
     let id = enqueue(&redis, "q", "rq.builtin.sleep", "[1]", "{}");
     let mut con = redis.con();
     wait_status(&mut con, &id, "finished", WAIT);
-    let job_done = Instant::now();
+    let ended_at = job(&redis, &id)["ended_at"].as_f64().unwrap();
     assert_exit_ok(&mut w, WAIT);
-    let idle_after_job = job_done.elapsed();
+    let idle_after_job = Duration::from_secs_f64(now_secs() - ended_at);
     assert!(
         idle_after_job >= Duration::from_millis(2500),
         "quit {idle_after_job:?} after its last job, before 3 s of idleness"
     );
     assert!(
-        idle_after_job <= Duration::from_secs(8),
+        idle_after_job <= Duration::from_secs(15),
         "quit {idle_after_job:?} after its last job"
     );
     assert!(started.elapsed() >= Duration::from_secs(5));
@@ -177,23 +177,22 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     wait_until("idle", WAIT, || {
         hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
     });
+    // TTLs only shrink between the write and the read; the margins are for a loaded machine.
     let t = ttl(&mut con, "rq:worker:w");
-    assert!((85..=90).contains(&t), "idle ttl {t}, want 30 + 60");
+    assert!((80..=90).contains(&t), "idle ttl {t}, want 30 + 60");
     // Busy: min(timeout, job_monitoring_interval) + 60.
+    let before = redis_now(&mut con);
     let id = enqueue(&redis, "q", "rq.builtin.sleep", "[3]", "{}");
     wait_status(&mut con, &id, "started", WAIT);
     let t = ttl(&mut con, "rq:worker:w");
-    assert!((60..=65).contains(&t), "busy ttl {t}, want 5 + 60");
+    assert!((55..=65).contains(&t), "busy ttl {t}, want 5 + 60");
     let member = zmembers(&mut con, "rq:wip:q").pop().expect("wip entry");
     let score = zscore(&mut con, "rq:wip:q", &member).unwrap();
     let now = redis_now(&mut con);
-    assert!(
-        (score - (now + 65.0)).abs() <= 2.0,
-        "wip score {score}, now {now}"
-    );
+    assert_due_in(score, before, now, 65.0);
     wait_status(&mut con, &id, "finished", WAIT);
     let t = ttl(&mut con, "rq:worker:w");
-    assert!((85..=90).contains(&t), "idle again: ttl {t}");
+    assert!((80..=90).contains(&t), "idle again: ttl {t}");
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 
@@ -203,7 +202,7 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
         hget(&mut con, "rq:worker:d", "state").as_deref() == Some("idle")
     });
     let t = ttl(&mut con, "rq:worker:d");
-    assert!((475..=480).contains(&t), "default idle ttl {t}");
+    assert!((470..=480).contains(&t), "default idle ttl {t}");
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }

@@ -111,6 +111,7 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
     );
     let mut con = redis.con();
     // No scheduler: the failed try must land in rq:scheduled:q, not in the queue.
+    let before = redis_now(&mut con);
     let mut w = Proc::spawn(rqworker(
         &redis,
         &["--burst", "--builtin-handlers", "--name", "w1", "q"],
@@ -120,11 +121,7 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
     let now = redis_now(&mut con);
     let score = zscore(&mut con, "rq:scheduled:q", &id).expect("in rq:scheduled:q");
     // retries_left 2 of intervals [30, 600]: index max(2 - 2, 0) = 0, so 30 s.
-    assert!(
-        (score - (now + 30.0)).abs() <= 3.0,
-        "score {score}, now {now}"
-    );
-    assert_eq!(score.fract(), 0.0, "RQ scores are integer seconds");
+    assert_due_in(score, before, now, 30.0);
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
     assert!(zscore(&mut con, "rq:failed:q", &id).is_none());
     assert_eq!(xlen(&mut con, &format!("rq:results:{id}")), 0);
@@ -144,6 +141,7 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
         .arg(&id)
         .query(&mut con)
         .unwrap();
+    let before = redis_now(&mut con);
     let mut w = Proc::spawn(rqworker(
         &redis,
         &[
@@ -159,10 +157,7 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
     assert_eq!(got_from(&w.log()), ["q"], "{}", w.log());
     let now = redis_now(&mut con);
     let score = zscore(&mut con, "rq:scheduled:q", &id).expect("scheduled again");
-    assert!(
-        (score - (now + 600.0)).abs() <= 3.0,
-        "score {score}, now {now}"
-    );
+    assert_due_in(score, before, now, 600.0);
     let doc = job(&redis, &id);
     assert_eq!(doc["status"], "scheduled", "{doc}");
     assert_eq!(doc["retries_left"], 0, "{doc}");
@@ -364,14 +359,12 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
         "[8]",
         r#"{"repeat": {"times": 2, "interval": [30, 600]}}"#,
     );
+    let before = redis_now(&mut con);
     let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
     assert_exit_ok(&mut w, WAIT);
     let now = redis_now(&mut con);
     let score = zscore(&mut con, "rq:scheduled:q", &id).expect("scheduled repeat");
-    assert!(
-        (score - (now + 600.0)).abs() <= 3.0,
-        "score {score}, now {now}"
-    );
+    assert_due_in(score, before, now, 600.0);
     let doc = job(&redis, &id);
     assert_eq!(doc["status"], "scheduled", "{doc}");
     assert_eq!(doc["repeats_left"], 1, "{doc}");
@@ -383,6 +376,7 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
         .arg(&id)
         .query(&mut con)
         .unwrap();
+    let before = redis_now(&mut con);
     let mut w = Proc::spawn(rqworker(
         &redis,
         &["--burst", "--with-scheduler", "--builtin-handlers", "q"],
@@ -390,10 +384,7 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
     assert_exit_ok(&mut w, WAIT);
     let now = redis_now(&mut con);
     let score = zscore(&mut con, "rq:scheduled:q", &id).expect("scheduled again");
-    assert!(
-        (score - (now + 30.0)).abs() <= 3.0,
-        "score {score}, now {now}"
-    );
+    assert_due_in(score, before, now, 30.0);
     let doc = job(&redis, &id);
     assert_eq!(doc["repeats_left"], 0, "{doc}");
     assert_eq!(results(&doc).len(), 2, "{doc}");

@@ -70,15 +70,18 @@ fn a_worker_idles_suspended_until_resumed_then_takes_jobs_again() {
 #[test]
 fn a_busy_worker_finishes_its_job_then_suspends() {
     let redis = RedisServer::start();
+    let scratch = Scratch::new();
+    let config = gate_config(&scratch);
     let mut w = Proc::spawn(rqworker(
         &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
+        &["-c", &config, "--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    let running = enqueue(&redis, "q", "rq.builtin.sleep", "[5]", "{}");
+    let (running, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let waiting = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     wait_status(&mut con, &running, "started", WAIT);
     rq_cli_ok(&redis, &["suspend"]);
+    open_gate(&gate);
     wait_status(&mut con, &running, "finished", WAIT);
     wait_state(&mut con, "w", "suspended");
     assert_eq!(status(&mut con, &waiting).as_deref(), Some("queued"));
@@ -98,14 +101,23 @@ fn a_suspension_with_a_duration_ends_by_itself() {
     let mut con = redis.con();
     wait_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend", "--duration", "2"]);
-    let suspended_at = std::time::Instant::now();
+    // When the key expires, in Unix time (Redis' clock; PTTL -2 would mean already gone).
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("rq:suspended")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        pttl > 0,
+        "the suspension expired before it could be observed"
+    );
+    let expires = redis_now(&mut con) + pttl as f64 / 1000.0;
     wait_state(&mut con, "w", "suspended");
     let id = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     wait_status(&mut con, &id, "finished", WAIT);
+    let started = job(&redis, &id)["started_at"].as_f64().unwrap();
     assert!(
-        suspended_at.elapsed() >= Duration::from_millis(1500),
-        "ran {:?} after a 2 s suspension began",
-        suspended_at.elapsed()
+        started >= expires - 0.05,
+        "ran at {started}, before the suspension expired at {expires}"
     );
     wait_state(&mut con, "w", "idle");
     w.signal(Signal::SIGTERM);

@@ -237,3 +237,45 @@ pub fn assert_exit_ok(p: &mut Proc, limit: Duration) {
 
 /// A long enough bound for a few Python process start-ups on a loaded machine.
 pub const SLOW: Duration = Duration::from_secs(60);
+
+/// A config whose `tasks.gate` handler runs until the file named by its argument exists:
+/// a job that is certainly still running when a slow (Python) command reaches the worker.
+pub fn gate_config(scratch: &Scratch) -> String {
+    scratch
+        .write(
+            "gate.toml",
+            r#"
+[handlers."tasks.gate"]
+command = ["/bin/sh", "-c", "while [ ! -e \"$1\" ]; do sleep 0.02; done", "sh"]
+"#,
+        )
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Enqueues a `tasks.gate` job held by `scratch/<name>`; returns (job id, gate path).
+pub fn enqueue_gate(
+    redis: &RedisServer,
+    scratch: &Scratch,
+    queue: &str,
+    name: &str,
+) -> (String, PathBuf) {
+    let gate = scratch.path(name);
+    let args = serde_json::json!([gate.to_str().unwrap()]).to_string();
+    (enqueue(redis, queue, "tasks.gate", &args, "{}"), gate)
+}
+
+pub fn open_gate(gate: &Path) {
+    std::fs::write(gate, b"").expect("open gate");
+}
+
+/// Asserts that a registry score is RQ's `int(now) + secs` for a `now` between `before` and
+/// `after` (Redis times read around the action), whatever the machine's load.
+pub fn assert_due_in(score: f64, before: f64, after: f64, secs: f64) {
+    assert_eq!(score.fract(), 0.0, "RQ scores are integer seconds: {score}");
+    assert!(
+        score >= before.floor() + secs && score <= after + secs,
+        "score {score} is not int(now) + {secs} for now in [{before}, {after}]"
+    );
+}
