@@ -77,9 +77,7 @@ fn expired_entries_are_cleaned_at_start_and_then_every_interval() {
     // Again after the worker is up: the next pass comes within the interval.
     let now = redis_now(&mut con);
     seed_expiring_entries(&mut con, "q", now);
-    wait_until("second maintenance", Duration::from_secs(5), || {
-        cleaned(&mut con, "q")
-    });
+    wait_until("second maintenance", WAIT, || cleaned(&mut con, "q"));
     // The lock is released after each pass.
     assert!(!exists(&mut con, "rq:clean_registries:q"));
     w.signal(Signal::SIGTERM);
