@@ -345,6 +345,7 @@ impl Worker {
                     match claim {
                         ClaimResult::Job(c) => {
                             if self.suspended {
+                                log::info!("Worker {}: resumed", self.name);
                                 self.suspended = false;
                             }
                             self.rotate_order(&c.queue);
@@ -353,6 +354,12 @@ impl Worker {
                             self.idle_since = std::time::Instant::now();
                         }
                         ClaimResult::Empty => {
+                            if self.suspended {
+                                // `rq resume` (or the suspension expired): RQ restores the
+                                // state the worker had before.
+                                log::info!("Worker {}: resumed", self.name);
+                                self.suspended = false;
+                            }
                             if self.burst {
                                 log::info!("No more work, burst finished.");
                                 return Stop::BurstDone;
@@ -625,7 +632,9 @@ impl Worker {
         log::debug!("job {} execution {}", c.record.id, c.execution_id);
         let started = std::time::Instant::now();
         let ending = match self.prepare(&c) {
-            Err(exc) => Ending::Failed { exc, retry: false },
+            // Retried like any failure, as RQ does: in a mixed fleet a Python worker that
+            // knows the function (or reads pickle) may take the retry.
+            Err(exc) => Ending::Failed { exc, retry: true },
             Ok((handler, call, timeout)) => {
                 let spawned = match &handler {
                     Handler::Native(f) => Horse::spawn_native(f, &call),

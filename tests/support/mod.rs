@@ -392,11 +392,14 @@ pub fn zrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
         .expect("ZRANGE")
 }
 
+/// A set's members, sorted.
 pub fn smembers(con: &mut redis::Connection, key: &str) -> Vec<String> {
-    redis::cmd("SMEMBERS")
+    let mut v: Vec<String> = redis::cmd("SMEMBERS")
         .arg(key)
         .query(con)
-        .expect("SMEMBERS")
+        .expect("SMEMBERS");
+    v.sort();
+    v
 }
 
 /// One stream entry's fields.
