@@ -458,46 +458,33 @@ impl Bench {
     fn kill_and_time(&self, n: usize, kills: usize) -> f64 {
         let mut times = Vec::new();
         let mut con = self.redis.con();
-        let mut current = self.redis.wait_workers(n);
+        self.redis.wait_workers(n);
+        // Every name ever registered: RQ's pool leaves a killed worker's record behind, so
+        // only a name never seen before is a replacement.
+        let mut seen = members(&mut con);
         for _ in 0..kills {
             // Kill workers that have been up past min_uptime (1 s): a killed healthy worker,
             // not a crash loop, which would rightly back off.
             std::thread::sleep(Duration::from_millis(1_200));
-            let victim = current.iter().next().cloned().expect("a worker");
-            let pid: i32 = redis::cmd("HGET")
-                .arg(&victim)
-                .arg("pid")
-                .query::<String>(&mut con)
-                .expect("pid")
-                .parse()
-                .expect("pid");
+            let victim = members(&mut con)
+                .into_iter()
+                .find_map(|w| live_pid(&mut con, &w))
+                .expect("a live worker");
             let t = Instant::now();
-            kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
-            let replacement = loop {
-                let now: HashSet<String> = members(&mut con);
-                if let Some(new) = now.iter().find(|w| !current.contains(*w)) {
-                    break new.clone();
+            kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill");
+            loop {
+                if members(&mut con).iter().any(|w| !seen.contains(w)) {
+                    break;
                 }
                 assert!(
                     t.elapsed() < Duration::from_secs(30),
                     "no replacement after 30 s"
                 );
                 std::thread::sleep(Duration::from_micros(500));
-            };
+            }
             times.push(t.elapsed().as_secs_f64());
-            let _ = replacement;
-            current = self.redis.wait_workers(n);
-            // A Python pool leaves the dead worker registered; count only live ones.
-            current.retain(|w| {
-                redis::cmd("HGET")
-                    .arg(w)
-                    .arg("pid")
-                    .query::<Option<String>>(&mut con)
-                    .ok()
-                    .flatten()
-                    .and_then(|p| p.parse::<i32>().ok())
-                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
-            });
+            self.redis.wait_workers(n);
+            seen.extend(members(&mut con));
         }
         percentile(&mut times, 0.5)
     }
@@ -846,6 +833,13 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The pid of a registered worker whose process is alive.
+fn live_pid(con: &mut redis::Connection, worker: &str) -> Option<i32> {
+    let pid: Option<String> = redis::cmd("HGET").arg(worker).arg("pid").query(con).ok()?;
+    let pid = pid?.parse::<i32>().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
 fn members(con: &mut redis::Connection) -> HashSet<String> {

@@ -4,7 +4,6 @@
 //! of leaving RQ's stale record and a `started` job until TTLs lapse.
 
 use crate::protocol::keys;
-use crate::protocol::result;
 use crate::worker::store::{Settlement, Store, StoreError};
 
 /// What the cleanup found and did.
@@ -42,19 +41,7 @@ pub fn settle_dead_worker(
             let exc = format!(
                 "WorkerDied: worker {worker} {how} while running this job; rq-supervisor settled it\n"
             );
-            let verdict = store.settle(&Settlement {
-                job_id: &job_id,
-                queue: &queue,
-                execution_id: "",
-                worker,
-                outcome: "failed",
-                started: None,
-                working_secs: 0.0,
-                default_result_ttl: crate::protocol::defaults::RESULT_TTL,
-                payload: result::encode_exc_string(&exc),
-                alive: false,
-                allow_retry: true,
-            })?;
+            let verdict = store.settle(&Settlement::orphaned(&job_id, &queue, "", worker, &exc))?;
             cleanup.job = Some((job_id, verdict));
         }
     }

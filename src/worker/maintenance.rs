@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use crate::protocol::keys;
-use crate::protocol::result;
 use crate::protocol::scripts::REQUEUE_STUCK;
 use crate::protocol::time::Instant;
 
@@ -78,19 +77,7 @@ fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), St
         // RQ's text, with Python's str(datetime) of an aware UTC time.
         let when = now.iso().replace('T', " ").replace('Z', "+00:00");
         let exc = format!("Moved to FailedJobRegistry, due to AbandonedJobError, at {when}");
-        let verdict = store.settle(&Settlement {
-            job_id: job,
-            queue: q,
-            execution_id: execution,
-            worker: "",
-            outcome: "failed",
-            started: None,
-            working_secs: 0.0,
-            default_result_ttl: crate::protocol::defaults::RESULT_TTL,
-            payload: result::encode_exc_string(&exc),
-            alive: false,
-            allow_retry: true,
-        })?;
+        let verdict = store.settle(&Settlement::orphaned(job, q, execution, "", &exc))?;
         report.abandoned.push((job.to_string(), verdict));
     }
     store.run(|con| {

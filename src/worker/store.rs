@@ -75,6 +75,32 @@ pub struct Settlement<'a> {
     pub allow_retry: bool,
 }
 
+impl<'a> Settlement<'a> {
+    /// An execution nobody is left to finish: its worker died, or its heartbeat expired.
+    /// Failed with `exc`, or retried if the job has retries left; no worker counters change.
+    pub fn orphaned(
+        job_id: &'a str,
+        queue: &'a str,
+        execution_id: &'a str,
+        worker: &'a str,
+        exc: &str,
+    ) -> Settlement<'a> {
+        Settlement {
+            job_id,
+            queue,
+            execution_id,
+            worker,
+            outcome: "failed",
+            started: None,
+            working_secs: 0.0,
+            default_result_ttl: crate::protocol::defaults::RESULT_TTL,
+            payload: crate::protocol::result::encode_exc_string(exc),
+            alive: false,
+            allow_retry: true,
+        }
+    }
+}
+
 pub struct Store {
     target: RedisTarget,
     con: Option<Connection>,
