@@ -30,7 +30,7 @@ pub use cli::{WorkerArgs, WorkerOptions};
 use horse::{Horse, HorseOutcome};
 use scheduler::Scheduler;
 use signals::Signals;
-use store::{ClaimResult, Claimed, Settlement, Store, StoreError};
+use store::{ClaimNotes, ClaimRequest, ClaimResult, Claimed, Settlement, Store, StoreError};
 
 /// Exit status for a clean stop.
 pub const EXIT_OK: i32 = 0;
@@ -118,6 +118,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         next_tick: std::time::Instant::now(),
         next_maintenance: std::time::Instant::now(),
         broken_reported: std::collections::HashMap::new(),
+        prefetched: None,
     };
     if worker.spec.with_scheduler {
         worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
@@ -191,6 +192,8 @@ struct Worker {
     next_maintenance: std::time::Instant,
     /// When each broken queue was last reported.
     broken_reported: std::collections::HashMap<String, std::time::Instant>,
+    /// The next job, taken in the same round trip that settled the previous one.
+    prefetched: Option<Box<Claimed>>,
 }
 
 impl Worker {
@@ -199,11 +202,18 @@ impl Worker {
     }
 
     fn idle_ttl(&self) -> u64 {
-        self.spec.worker_ttl.0.as_secs() + 60
+        idle_ttl(&self.spec)
     }
 
-    fn monitoring_secs(&self) -> u64 {
-        self.spec.job_monitoring_interval.0.as_secs().max(1)
+    /// Whether the settle of the job just run may also take the next one: not when the
+    /// worker is about to stop, where a job taken early would have to run anyway.
+    fn may_take_next(&self) -> bool {
+        self.signals.stop_count() == 0
+            && !self.suspended
+            && self
+                .spec
+                .max_jobs
+                .is_none_or(|max| self.jobs_done + 1 < max)
     }
 
     /// Connects and registers the birth. Fails (exit 1) when Redis is unreachable or the
@@ -279,7 +289,7 @@ impl Worker {
         let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut seen_connects = self.store.connects();
         loop {
-            if self.signals.stop_count() > 0 {
+            if self.signals.stop_count() > 0 && self.prefetched.is_none() {
                 return Stop::Signal;
             }
             if let Some(max) = self.spec.max_jobs
@@ -328,12 +338,14 @@ impl Worker {
             self.scheduler_due();
             // Drain notices before claiming: any change after this point wakes the wait.
             self.drain_listener(None);
-            match self.store.claim(
-                &self.name,
-                &self.order,
-                self.monitoring_secs(),
-                self.idle_ttl(),
-            ) {
+            // A job taken by the settle of the previous one is already started: run it.
+            let claimed = match self.prefetched.take() {
+                Some(job) => Ok((ClaimResult::Job(job), ClaimNotes::default())),
+                None => self
+                    .store
+                    .claim(&claim_request(&self.name, &self.order, &self.spec)),
+            };
+            match claimed {
                 Ok((claim, notes)) => {
                     redis_backoff.reset();
                     for d in notes.dropped {
@@ -880,8 +892,30 @@ impl Worker {
             allow_retry,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut first = if self.may_take_next() {
+            let (settled, next) = self.store.settle_then_claim(
+                &settlement,
+                &claim_request(&self.name, &self.order, &self.spec),
+            );
+            // Only a job is kept: an empty or suspended answer may be stale by the time the
+            // loop drains its notifications, so the loop asks again.
+            if let Some((ClaimResult::Job(job), notes)) = next {
+                for d in notes.dropped {
+                    log::warn!(
+                        "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
+                    );
+                }
+                self.prefetched = Some(job);
+            }
+            Some(settled)
+        } else {
+            None
+        };
         let verdict = loop {
-            match self.store.settle(&settlement) {
+            match first
+                .take()
+                .unwrap_or_else(|| self.store.settle(&settlement))
+            {
                 Ok(v) => break v,
                 Err(e) => {
                     if backoff.attempts() == 0 || e.is_refusal() {
@@ -956,6 +990,29 @@ impl Worker {
                 Err(_) => std::thread::sleep(backoff.next_delay()),
             }
         }
+    }
+}
+
+fn idle_ttl(spec: &crate::config::WorkerSpec) -> u64 {
+    spec.worker_ttl.0.as_secs() + 60
+}
+
+fn monitoring_secs(spec: &crate::config::WorkerSpec) -> u64 {
+    spec.job_monitoring_interval.0.as_secs().max(1)
+}
+
+/// A claim for this worker; free-standing so it borrows only the fields it reads, not the
+/// store it is sent through.
+fn claim_request<'a>(
+    name: &'a str,
+    order: &'a [String],
+    spec: &crate::config::WorkerSpec,
+) -> ClaimRequest<'a> {
+    ClaimRequest {
+        worker: name,
+        queues: order,
+        monitoring_interval: monitoring_secs(spec),
+        idle_ttl: idle_ttl(spec),
     }
 }
 

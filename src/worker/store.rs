@@ -11,6 +11,7 @@ use crate::protocol::job::JobRecord;
 use crate::protocol::keys;
 use crate::protocol::scripts::{BIRTH, CLAIM, SETTLE};
 use crate::protocol::time::Instant;
+use redis::Script;
 
 /// A Redis operation failed; the connection has been dropped.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,54 @@ pub struct Settlement<'a> {
     pub allow_retry: bool,
 }
 
+/// What a claim needs: who takes the job, from where, with which heartbeat settings.
+pub struct ClaimRequest<'a> {
+    pub worker: &'a str,
+    /// Queue names in the order to try them.
+    pub queues: &'a [String],
+    pub monitoring_interval: u64,
+    pub idle_ttl: u64,
+}
+
+impl ClaimRequest<'_> {
+    /// The CLAIM invocation with a fresh execution id, and the id and time it carries.
+    fn command(&self) -> (redis::Cmd, String, Instant) {
+        let execution_id = new_execution_id();
+        let now = Instant::now();
+        let mut cmd = evalsha(&CLAIM);
+        cmd.arg(self.worker)
+            .arg(&execution_id)
+            .arg(now.iso())
+            .arg(now.unix_float())
+            .arg(now.unix_secs())
+            .arg(self.monitoring_interval)
+            .arg(self.idle_ttl)
+            .arg(self.queues);
+        (cmd, execution_id, now)
+    }
+}
+
 impl<'a> Settlement<'a> {
+    fn command(&self) -> redis::Cmd {
+        let now = Instant::now();
+        let mut cmd = evalsha(&SETTLE);
+        cmd.arg(self.job_id)
+            .arg(self.queue)
+            .arg(self.execution_id)
+            .arg(self.worker)
+            .arg(self.outcome)
+            .arg(now.iso())
+            .arg(now.unix_float())
+            .arg(now.unix_secs())
+            .arg(self.started.map(|t| t.unix_float()).unwrap_or_default())
+            .arg(format!("{:.6}", self.working_secs))
+            .arg(self.default_result_ttl)
+            .arg(&self.payload)
+            .arg(if self.alive { "1" } else { "" })
+            .arg(if self.allow_retry { "1" } else { "0" });
+        cmd
+    }
+
     /// An execution nobody is left to finish: its worker died, or its heartbeat expired.
     /// Failed with `exc`, or retried if the job has retries left; no worker counters change.
     pub fn orphaned(
@@ -137,7 +185,17 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         if self.con.is_none() {
-            self.con = Some(self.target.connect()?);
+            let mut con = self.target.connect()?;
+            // Load the scripts sent in one pipeline up front: EVALSHA of an unknown script
+            // fails on its own while the next command in the pipeline still runs, which
+            // would let a claim overtake the settle that should come first.
+            for script in [&*SETTLE, &*CLAIM] {
+                script.load(&mut con).map_err(|source| StoreError::Redis {
+                    url: self.target.masked().to_string(),
+                    source,
+                })?;
+            }
+            self.con = Some(con);
             self.connects += 1;
         }
         let con = self.con.as_mut().expect("connected above");
@@ -272,54 +330,67 @@ impl Store {
     }
 
     /// Takes the next job in priority order, recording it as started (§7.2, §7.3).
-    pub fn claim(
-        &mut self,
-        name: &str,
-        queues: &[String],
-        monitoring_interval: u64,
-        idle_ttl: u64,
-    ) -> Result<(ClaimResult, ClaimNotes), StoreError> {
-        let execution_id = new_execution_id();
-        let now = Instant::now();
-        let reply: Value = self.run(|con| {
-            let mut inv = CLAIM.prepare_invoke();
-            inv.arg(name)
-                .arg(&execution_id)
-                .arg(now.iso())
-                .arg(now.unix_float())
-                .arg(now.unix_secs())
-                .arg(monitoring_interval)
-                .arg(idle_ttl);
-            for q in queues {
-                inv.arg(q);
-            }
-            inv.invoke(con)
-        })?;
+    pub fn claim(&mut self, c: &ClaimRequest) -> Result<(ClaimResult, ClaimNotes), StoreError> {
+        let (cmd, execution_id, now) = c.command();
+        let reply: Value = self.run(|con| run_script(con, &CLAIM, &cmd))?;
         Ok(parse_claim(reply, execution_id, now))
     }
 
     /// Records an ending; returns the script's verdict (`finished`, `failed`, `requeued`...).
     pub fn settle(&mut self, s: &Settlement) -> Result<String, StoreError> {
-        let now = Instant::now();
-        self.run(|con| {
-            SETTLE
-                .prepare_invoke()
-                .arg(s.job_id)
-                .arg(s.queue)
-                .arg(s.execution_id)
-                .arg(s.worker)
-                .arg(s.outcome)
-                .arg(now.iso())
-                .arg(now.unix_float())
-                .arg(now.unix_secs())
-                .arg(s.started.map(|t| t.unix_float()).unwrap_or_default())
-                .arg(format!("{:.6}", s.working_secs))
-                .arg(s.default_result_ttl)
-                .arg(&s.payload)
-                .arg(if s.alive { "1" } else { "" })
-                .arg(if s.allow_retry { "1" } else { "0" })
-                .invoke(con)
-        })
+        let cmd = s.command();
+        self.run(|con| run_script(con, &SETTLE, &cmd))
+    }
+
+    /// Records an ending and takes the next job in one round trip (two scripts in one
+    /// pipeline): the busy worker's steady state. The claim runs only after the settle, in
+    /// order, and its outcome is returned even when the settle failed, so a job it took is
+    /// never dropped.
+    pub fn settle_then_claim(
+        &mut self,
+        s: &Settlement,
+        c: &ClaimRequest,
+    ) -> (
+        Result<String, StoreError>,
+        Option<(ClaimResult, ClaimNotes)>,
+    ) {
+        let settle = s.command();
+        let (claim, execution_id, now) = c.command();
+        let replies = self.run(|con| {
+            redis::pipe()
+                .ignore_errors()
+                .add_command(settle.clone())
+                .add_command(claim.clone())
+                .query::<Vec<redis::RedisResult<Value>>>(con)
+        });
+        let mut replies = match replies {
+            Ok(r) => r.into_iter(),
+            Err(e) => return (Err(e), None),
+        };
+        let (settled, claimed) = (replies.next(), replies.next());
+        let claimed = match claimed {
+            Some(Ok(v)) => Some(parse_claim(v, execution_id, now)),
+            // Not run (NOSCRIPT after a Redis restart, a refusal): the next loop claims.
+            _ => None,
+        };
+        let settled = match settled {
+            Some(Ok(v)) => redis::from_redis_value(v).map_err(|e| self.refused(e.into())),
+            // The scripts were flushed (Redis restarted): load and settle on their own.
+            Some(Err(e)) if is_noscript(&e) => self.settle(s),
+            Some(Err(e)) => Err(self.refused(e)),
+            None => Err(self.refused(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "pipeline returned no reply",
+            )))),
+        };
+        (settled, claimed)
+    }
+
+    fn refused(&self, source: redis::RedisError) -> StoreError {
+        StoreError::Redis {
+            url: self.target.masked().to_string(),
+            source,
+        }
     }
 
     /// Death registration (§5): out of the worker sets, `death` written, hash kept 60 s.
@@ -336,6 +407,32 @@ impl Store {
                 .expire(&key, crate::protocol::defaults::DEATH_TTL);
             p.exec(con)
         })
+    }
+}
+
+/// `EVALSHA <sha> 0`: every script here takes its keys from ARGV (names built inside).
+fn evalsha(script: &Script) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(0);
+    cmd
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// Runs a script's EVALSHA, loading the script once if Redis does not know it yet.
+fn run_script<T: redis::FromRedisValue>(
+    con: &mut Connection,
+    script: &Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match cmd.query(con) {
+        Err(e) if is_noscript(&e) => {
+            script.load(con)?;
+            cmd.query(con)
+        }
+        other => other,
     }
 }
 
