@@ -6,6 +6,7 @@
 //! a finished horse or a command is handled the moment it happens.
 
 pub mod cli;
+pub mod handoff;
 pub mod horse;
 pub mod maintenance;
 pub mod scheduler;
@@ -87,7 +88,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
             "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
         );
     }
-    let target = RedisTarget::parse(&opts.url).map_err(|e| {
+    let target = RedisTarget::with_tls(&opts.url, &opts.tls).map_err(|e| {
         log::error!("{e}");
         EXIT_USAGE
     })?;
@@ -479,12 +480,7 @@ impl Worker {
         let mut prefixes: Vec<String> = self.queues.iter().map(|q| keys::queue(q)).collect();
         prefixes.push(keys::SUSPENDED.to_string());
         let channels = [keys::pubsub(&self.name)];
-        match Listener::open(
-            self.store.target().info(),
-            &prefixes,
-            &channels,
-            CONNECT_TIMEOUT,
-        ) {
+        match Listener::open(self.store.target(), &prefixes, &channels, CONNECT_TIMEOUT) {
             Ok(l) => {
                 self.listener = Some(l);
                 self.listener_backoff.reset();
@@ -492,9 +488,11 @@ impl Worker {
             Err(e) => {
                 let delay = self.listener_backoff.next_delay();
                 if self.listener_backoff.attempts() == 1 {
+                    let text = e.to_string();
                     log::warn!(
-                        "cannot open the notification connection to {} ({e}); checking queues every second until it works",
-                        self.store.target().masked()
+                        "cannot open the notification connection to {} ({text}{}); checking queues every second until it works",
+                        self.store.target().masked(),
+                        crate::conn::hint_text("", &text)
                     );
                 }
                 self.listener_retry = std::time::Instant::now() + delay;

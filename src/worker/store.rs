@@ -17,7 +17,7 @@ use crate::protocol::time::Instant;
 pub enum StoreError {
     #[error(transparent)]
     Connect(#[from] ConnError),
-    #[error("Redis at {url}: {source}")]
+    #[error("Redis at {url}: {source}{}", crate::conn::hint(source))]
     Redis {
         url: String,
         #[source]
