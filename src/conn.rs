@@ -257,7 +257,11 @@ pub fn hint(e: &redis::RedisError) -> String {
 /// [`hint`] for an error known only as text (the wake-up connection's own client), with the
 /// server's error code if known (empty otherwise).
 pub fn hint_text(code: &str, text: &str) -> String {
-    if code == "NOPERM" || text.contains("NOPERM") {
+    if code == "NOPERM"
+        || text.contains("NOPERM")
+        || text.contains("can't run this command")
+        || text.contains("can't access at least one of the")
+    {
         let what = noperm_subject(text);
         return format!(
             "; the Redis user lacks a permission{what}: grant it (e.g. ACL SETUSER <user> {}), see the minimum ACL rules in docs/compatibility.md",
@@ -274,7 +278,11 @@ pub fn hint_text(code: &str, text: &str) -> String {
         return "; a key holds the wrong kind of value: delete or rename the key named above"
             .into();
     }
-    if code == "WRONGPASS" || text.contains("WRONGPASS") || text.contains("NOAUTH") {
+    if code == "WRONGPASS"
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("AuthenticationFailed")
+    {
         return "; check the user and password in the Redis URL".into();
     }
     let lower = text.to_ascii_lowercase();

@@ -6,6 +6,31 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Prepends a permission check to a script: every command the script calls is checked with
+/// `redis.acl_check_cmd` (Redis 7+) before anything is written, and a missing one fails the
+/// script with `NOPERM ... the 'xadd' command ...`. Without it, a Redis ACL user lacking one
+/// permission would see the script stop halfway (scripts are not rolled back on error),
+/// leaving a job half-settled, and Redis's own message would not say which command was
+/// refused. Only commands are checked, not keys: the documented rules grant `~rq:*`.
+pub fn guarded(name: &str, src: &str) -> String {
+    let mut commands: Vec<String> = Vec::new();
+    for marker in ["redis.call('", "redis.pcall('"] {
+        let mut rest = src;
+        while let Some(i) = rest.find(marker) {
+            rest = &rest[i + marker.len()..];
+            let cmd: String = rest.chars().take_while(|c| *c != '\'').collect();
+            commands.push(cmd.to_ascii_uppercase());
+        }
+    }
+    commands.sort();
+    commands.dedup();
+    let list: Vec<String> = commands.iter().map(|c| format!("'{c}'")).collect();
+    format!(
+        "if redis.acl_check_cmd then\n  for _, c in ipairs({{{}}}) do\n    if not redis.acl_check_cmd(c) then\n      return redis.error_reply(\"NOPERM this user has no permissions to run the '\" .. string.lower(c) .. \"' command (checked by rqworker's {name} script before writing anything)\")\n    end\n  end\nend\n{src}",
+        list.join(", ")
+    )
+}
+
 /// Pops the first job id from the queues in priority order and records it as started by this
 /// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions.
 ///
@@ -17,7 +42,7 @@ use redis::Script;
 /// costs no extra round trip). Ids whose job hash is gone (or is not a hash) are dropped, as
 /// RQ drops them, and reported so the worker can log them; queues whose key cannot be popped
 /// (e.g. WRONGTYPE) are skipped and reported.
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("claim", CLAIM_LUA)));
 
 const CLAIM_LUA: &str = r#"
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -31,6 +56,12 @@ for i = 7, #ARGV do
     -- A queue key of the wrong type must not stop the other queues from being served.
     local id = redis.pcall('LPOP', 'rq:queue:' .. q)
     if type(id) == 'table' and id.err then
+      -- Only a key of the wrong type is this queue's problem. Anything else (NOPERM,
+      -- READONLY...) is the server refusing us: fail the claim with its words so the
+      -- worker reports it with the right fix (nothing was taken yet).
+      if not string.find(id.err, 'WRONGTYPE', 1, true) then
+        return redis.error_reply(id.err .. ' (LPOP rq:queue:' .. q .. ')')
+      end
       table.insert(broken, q .. ': ' .. id.err)
       break
     end
@@ -78,7 +109,7 @@ return {false, false, {}, dropped, broken}
 /// Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`, `gone`
 /// when the job hash no longer exists, or `unknown` when the execution is not (or no longer)
 /// in `rq:wip:Q`, which makes the script safe to repeat.
-pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("settle", SETTLE_LUA)));
 
 const SETTLE_LUA: &str = r#"
 local id, q, eid, worker, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -291,7 +322,7 @@ return outcome
 /// KEYS[1]: the worker key. ARGV: TTL, `1` to re-register over our own record (after Redis
 /// lost it), number of hash fields N, N field/value pairs, then the queue names. Returns 1
 /// when registered, 0 when the name is taken.
-pub static BIRTH: LazyLock<Script> = LazyLock::new(|| Script::new(BIRTH_LUA));
+pub static BIRTH: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("birth", BIRTH_LUA)));
 
 const BIRTH_LUA: &str = r#"
 local key = KEYS[1]
@@ -317,7 +348,8 @@ return 1
 ///
 /// ARGV: scheduler name, now (Unix int), now (ISO), hostname, pid, then queue names.
 /// Returns `{number of jobs moved, owned queue names...}`.
-pub static SCHEDULER_TICK: LazyLock<Script> = LazyLock::new(|| Script::new(SCHEDULER_TICK_LUA));
+pub static SCHEDULER_TICK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&guarded("scheduler_tick", SCHEDULER_TICK_LUA)));
 
 const SCHEDULER_TICK_LUA: &str = r#"
 local name, now, iso, host, pid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
@@ -367,7 +399,7 @@ return owned
 /// Releases this scheduler's locks (compare-and-delete) and its hash, so another scheduler
 /// takes over at once instead of after the lock TTL. ARGV: scheduler name, queue names.
 pub static SCHEDULER_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(SCHEDULER_RELEASE_LUA));
+    LazyLock::new(|| Script::new(&guarded("scheduler_release", SCHEDULER_RELEASE_LUA)));
 
 const SCHEDULER_RELEASE_LUA: &str = r#"
 for i = 2, #ARGV do
@@ -381,7 +413,8 @@ return 1
 /// Puts ids that have sat in RQ's intermediate list for over a minute without being
 /// started back at the front of their queue (§7.15), atomically per id.
 /// KEYS: intermediate list, queue. ARGV: job id.
-pub static REQUEUE_STUCK: LazyLock<Script> = LazyLock::new(|| Script::new(REQUEUE_STUCK_LUA));
+pub static REQUEUE_STUCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&guarded("requeue_stuck", REQUEUE_STUCK_LUA)));
 
 const REQUEUE_STUCK_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then

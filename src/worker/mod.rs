@@ -611,10 +611,27 @@ impl Worker {
         }
     }
 
-    /// Sleeps, waking early only for a signal.
+    /// Sleeps, waking early only for a shutdown signal. Other wake-ups (a SIGCHLD's byte in
+    /// the signal pipe) are drained and the sleep goes on: otherwise a byte left in the pipe
+    /// would turn every backoff into a busy loop.
     fn sleep(&self, d: Duration) {
-        let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout(d));
+        let deadline = std::time::Instant::now() + d;
+        let stops = self.signals.stop_count();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+            if let Ok(n) = poll(&mut fds, timeout(left))
+                && n > 0
+            {
+                self.signals.drain();
+            }
+            if self.signals.stop_count() != stops {
+                return;
+            }
+        }
     }
 
     fn describe(c: &Claimed) -> String {
