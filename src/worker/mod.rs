@@ -362,6 +362,12 @@ impl Worker {
                                 log::info!("No more work, burst finished.");
                                 return Stop::BurstDone;
                             }
+                            if self.store.connects() != seen_connects {
+                                // This pass reconnected after the registration check at
+                                // the top: check it now, not after a heartbeat interval
+                                // of sleep (Redis may have lost the record).
+                                continue;
+                            }
                             self.wait_for_work(None);
                         }
                         ClaimResult::Suspended => {
