@@ -140,6 +140,11 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
         );
         assert!(out.status.success(), "{text}");
         assert!(text.contains("pass=***"), "{text}");
+        // The file (mode 644) holds the password in a unix URL's pass= parameter: warned.
+        assert!(
+            text.contains("contains a Redis password in [redis] url"),
+            "{text}"
+        );
         assert!(!text.contains(PASSWORD), "{text}");
     }
 

@@ -254,7 +254,7 @@ pub fn exposure_warning(cfg: &Config) -> Option<String> {
         .redis_url
         .as_deref()
         .and_then(redis::parse_redis_url)
-        .is_some_and(|u| u.password().is_some());
+        .is_some_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "pass"));
     let in_env = cfg.handlers.iter().find_map(|h| {
         h.env.keys().find(|k| {
             let k = k.to_ascii_uppercase();
