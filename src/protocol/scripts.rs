@@ -49,6 +49,13 @@ local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local inow, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wkey = 'rq:worker:' .. worker
 if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}, {}} end
+-- Out of memory (maxmemory with noeviction), Redis refuses a script's first write that may
+-- grow memory, but lets every later one through (it cannot stop a script halfway). LPOP
+-- frees memory, so it would pass and make the rest pass too: the job would start while
+-- Redis refuses to record how it ends. This no-op (SET ... XX on a key that never exists)
+-- is such a write: out of memory, it refuses the whole claim and the job stays queued;
+-- on a read-only replica it fails the same way before anything is popped.
+redis.call('SET', 'rq:claim-write-check', '', 'XX')
 local dropped, broken = {}, {}
 for i = 7, #ARGV do
   local q = ARGV[i]
