@@ -34,7 +34,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error(
+        "{path}: {message}\nfix the file at the line shown (supervisor.toml.example shows every key and its type)"
+    )]
     Syntax { path: String, message: String },
     #[error("{path}: {key}: {problem}; {fix}")]
     Invalid {
