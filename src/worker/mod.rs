@@ -649,7 +649,8 @@ impl Worker {
     }
 
     fn execute(&mut self, c: Claimed) {
-        log::info!("Got {} from {}", Self::describe(&c), c.queue);
+        // A description carries the arguments' repr, which can be megabytes long.
+        log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
         log::debug!("job {} execution {}", c.record.id, c.execution_id);
         let started = std::time::Instant::now();
         let ending = match self.prepare(&c) {
