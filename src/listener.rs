@@ -397,8 +397,21 @@ fn protocol_error(msg: String) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, msg)
 }
 
+/// How deeply arrays may nest; pushes nest two levels. Bounds the recursion below, so a
+/// bogus stream cannot overflow the worker's stack.
+const MAX_DEPTH: usize = 16;
+
 /// Parses one RESP2 value from the front of `buf`; `None` if it is not complete yet.
 fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
+    parse_nested(buf, 0)
+}
+
+fn parse_nested(buf: &[u8], depth: usize) -> io::Result<Option<(Resp, usize)>> {
+    if depth > MAX_DEPTH {
+        return Err(protocol_error(format!(
+            "RESP arrays nested more than {MAX_DEPTH} deep"
+        )));
+    }
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
@@ -420,7 +433,13 @@ fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
             if len < 0 {
                 return Ok(Some((Resp::Bulk(None), after)));
             }
-            let end = after + len as usize;
+            // Checked: the length comes from the network.
+            let Some(end) = after
+                .checked_add(len as usize)
+                .filter(|e| *e <= usize::MAX - 2)
+            else {
+                return Err(protocol_error(format!("bad RESP length {len}")));
+            };
             if buf.len() < end + 2 {
                 return Ok(None);
             }
@@ -431,10 +450,12 @@ fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
             if len < 0 {
                 return Ok(Some((Resp::Array(None), after)));
             }
-            let mut items = Vec::with_capacity(len as usize);
+            // Never trust a declared count for an allocation: a bogus one would abort the
+            // worker. The items themselves must arrive before they take memory.
+            let mut items = Vec::with_capacity((len as usize).min(64));
             let mut used = after;
             for _ in 0..len {
-                match parse(&buf[used..])? {
+                match parse_nested(&buf[used..], depth + 1)? {
                     Some((v, n)) => {
                         items.push(v);
                         used += n;
@@ -478,6 +499,37 @@ mod tests {
                 payload: br#"{"command": "shutdown"}"#.to_vec()
             })
         );
+    }
+
+    proptest::proptest! {
+        /// What a server (or anyone on the path) sends can never crash the worker: any
+        /// bytes parse to a value, "not complete yet", or an error.
+        #[test]
+        fn parse_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut rest: &[u8] = &data;
+            while let Ok(Some((v, used))) = parse(rest) {
+                proptest::prop_assert!(used > 0 && used <= rest.len());
+                let _ = to_push(v);
+                rest = &rest[used..];
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_resp_like_input(text in "([*$:+-](-?[0-9]{1,20})?\r\n){1,6}[a-z]{0,5}") {
+            let _ = parse(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = b"*1\r\n".repeat(100_000);
+        assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_not_allocated() {
+        assert!(parse(b"*999999999999999999\r\n").unwrap().is_none());
+        assert!(parse(b"$999999999999999999\r\nab").unwrap().is_none());
     }
 
     #[test]
