@@ -1,8 +1,9 @@
 //! Payload rows of docs/reliability.md's bad-input table that tests/worker_bad_input.rs does
 //! not already cover: 50 MB of arguments (they run, through a native horse and through a
 //! command handler's stdin, without a 50 MB log line), a compression bomb (refused with a
-//! message, without exhausting the worker's memory), and zlib-compressed data that is not
-//! UTF-8. The worker keeps running and serves the next job each time.
+//! message, without exhausting the worker's memory), zlib-compressed data that is not
+//! UTF-8, and TTLs no Redis command accepts. The worker keeps running and serves the next
+//! job each time.
 
 mod support;
 
@@ -149,6 +150,61 @@ fn zlib_data_that_is_not_utf8_fails_the_job() {
         exc.starts_with("DeserializationError: the job payload is not UTF-8 text")
             && exc.contains("zlib-compressed JSON as written by RQ's JSONSerializer"),
         "{exc}"
+    );
+    next_job_still_runs(&redis, &w);
+}
+
+#[test]
+fn absurd_ttls_in_the_job_hash_do_not_keep_the_outcome_from_being_recorded() {
+    let redis = RedisServer::start();
+    let dir = temp_dir();
+    let cfg = write_config(dir.path(), "");
+    let w = worker(&redis, &cfg);
+    let mut con = redis.con();
+    let mut ids = Vec::new();
+    for (func, field, value) in [
+        ("rq.builtin.echo", "result_ttl", "1e30"),
+        ("rq.builtin.echo", "result_ttl", "99999999999999999999"),
+        ("rq.builtin.echo", "result_ttl", "2.5"),
+        ("rq.builtin.fail", "failure_ttl", "1e30"),
+        ("rq.builtin.fail", "failure_ttl", "nan"),
+    ] {
+        // Written after the enqueue but before a worker can see the job.
+        redis::cmd("SET")
+            .arg("rq:suspended")
+            .arg("1")
+            .exec(&mut con)
+            .unwrap();
+        let id = rs_enqueue(&mut con, "q", func, json!(["x"]));
+        redis::cmd("HSET")
+            .arg(format!("rq:job:{id}"))
+            .arg(field)
+            .arg(value)
+            .exec(&mut con)
+            .unwrap();
+        redis::cmd("DEL")
+            .arg("rq:suspended")
+            .exec(&mut con)
+            .unwrap();
+        ids.push((id, func));
+    }
+    for (id, func) in &ids {
+        let want = if *func == "rq.builtin.echo" {
+            "finished"
+        } else {
+            "failed"
+        };
+        assert_eq!(
+            wait_status(&mut con, id, &["finished", "failed"]),
+            want,
+            "{}",
+            w.log()
+        );
+    }
+    assert!(
+        !w.log().contains("cannot record the outcome"),
+        "{}",
+        w.log()
     );
     next_job_still_runs(&redis, &w);
 }

@@ -122,7 +122,17 @@ const SETTLE_LUA: &str = r#"
 local id, q, eid, worker, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local iso, fnow, inow = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local started, working = ARGV[9], ARGV[10]
-local default_result_ttl = tonumber(ARGV[11])
+-- TTLs come from the job hash, i.e. from any producer: EXPIRE needs an integer Redis can
+-- add to the clock, so anything else would make every attempt to record the outcome fail.
+-- Whole seconds, at most 100 years.
+local function sane_ttl(v)
+  v = tonumber(v)
+  if not v or v ~= v then return nil end
+  v = math.floor(v)
+  if v > 3153600000 then v = 3153600000 end
+  return v
+end
+local default_result_ttl = sane_ttl(ARGV[11]) or 500
 local payload, idle_ttl, allow_retry = ARGV[12], ARGV[13], ARGV[14] == '1'
 local jkey = 'rq:job:' .. id
 local wkey = 'rq:worker:' .. worker
@@ -239,7 +249,7 @@ local function set_ended(status)
 end
 
 if outcome == 'finished' then
-  local ttl = tonumber(redis.call('HGET', jkey, 'result_ttl')) or default_result_ttl
+  local ttl = sane_ttl(redis.call('HGET', jkey, 'result_ttl')) or default_result_ttl
   set_ended('finished')
   enqueue_dependents('finished')
   if ttl ~= 0 then
@@ -302,7 +312,7 @@ if outcome == 'failed' and allow_retry and retries_left > 0 then
 end
 
 -- A terminal failure: FailedJobRegistry.add and Result.create_failure.
-local failure_ttl = tonumber(redis.call('HGET', jkey, 'failure_ttl'))
+local failure_ttl = sane_ttl(redis.call('HGET', jkey, 'failure_ttl'))
 local ttl = failure_ttl or 31536000
 set_ended(outcome)
 if outcome == 'failed' then enqueue_dependents('failed') end
