@@ -397,7 +397,7 @@ impl Runtime {
                 }
                 let _ = kill(p, Signal::SIGKILL);
                 log::warn!(
-                    "killed orphan pid {pid}: left behind by a worker that died (its job was settled)"
+                    "killed orphan pid {pid}: left behind by a job's handler or by a worker that died; nothing a job starts may outlive it"
                 );
             }
             if let Ok(status) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {
