@@ -83,6 +83,19 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
         toml_str(handler.display().to_string()),
     ));
     std::fs::set_permissions(&pool.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = bin("rq-supervisor")
+        .env_remove("RQ_REDIS_URL")
+        .arg("check")
+        .arg("-c")
+        .arg(&pool.path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("runs as: user nobody (65534), group nogroup (65534)"),
+        "{report}"
+    );
     let mut cmd = bin("rq-supervisor");
     cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&pool.path);
     let sup = Proc::spawn(cmd);
