@@ -201,6 +201,11 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
     wait_job_status(&mut con, &after, "finished", WAIT);
     sup.signal(Signal::SIGTERM);
     sup.wait_exit(WAIT);
+    assert!(
+        !redis.log_text().contains("crashed by signal"),
+        "redis-server crashed:\n{}",
+        redis.log_text()
+    );
 
     let log = sup.log();
     assert!(log.contains("Job failed"), "the run had failures: {log}");

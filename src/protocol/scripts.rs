@@ -11,7 +11,11 @@ use redis::Script;
 /// script with `NOPERM ... the 'xadd' command ...`. Without it, a Redis ACL user lacking one
 /// permission would see the script stop halfway (scripts are not rolled back on error),
 /// leaving a job half-settled, and Redis's own message would not say which command was
-/// refused. Only commands are checked, not keys: the documented rules grant `~rq:*`.
+/// refused. Each command is checked with seven `rq:acl-check` arguments: enough for every
+/// command's arity, because Redis (before the fix of redis/redis#14843) reads past the
+/// arguments it is given when they are fewer than the command needs and the user has key
+/// patterns (a crash, seen with 7.0.15); every argument is a key under `rq:`, so commands
+/// that take many keys pass the documented `~rq:*` too.
 pub fn guarded(name: &str, src: &str) -> String {
     let mut commands: Vec<String> = Vec::new();
     for marker in ["redis.call('", "redis.pcall('"] {
@@ -26,7 +30,7 @@ pub fn guarded(name: &str, src: &str) -> String {
     commands.dedup();
     let list: Vec<String> = commands.iter().map(|c| format!("'{c}'")).collect();
     format!(
-        "if redis.acl_check_cmd then\n  for _, c in ipairs({{{}}}) do\n    if not redis.acl_check_cmd(c) then\n      return redis.error_reply(\"NOPERM this user has no permissions to run the '\" .. string.lower(c) .. \"' command (checked by rqworker's {name} script before writing anything)\")\n    end\n  end\nend\n{src}",
+        "if redis.acl_check_cmd then\n  local k = 'rq:acl-check'\n  for _, c in ipairs({{{}}}) do\n    if not redis.acl_check_cmd(c, k, k, k, k, k, k, k) then\n      return redis.error_reply(\"NOPERM this user has no permissions to run the '\" .. string.lower(c) .. \"' command (checked by rqworker's {name} script before writing anything)\")\n    end\n  end\nend\n{src}",
         list.join(", ")
     )
 }
