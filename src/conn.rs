@@ -1,6 +1,11 @@
-//! Connections to Redis: the URL (with its password masked wherever it is shown), connecting
-//! with bounded timeouts, and capped, jittered backoff for reconnecting.
+//! Connections to Redis: the URL (with its password masked wherever it is shown), TLS
+//! (`rediss://`, with a configurable CA and client certificate), connecting with bounded
+//! timeouts, explanations for the errors an operator must act on, and capped, jittered backoff
+//! for reconnecting.
 
+use std::path::PathBuf;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo};
@@ -19,12 +24,99 @@ pub enum ConnError {
         "invalid Redis URL {url}: {reason}; write it as redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path/to/redis.sock"
     )]
     BadUrl { url: String, reason: String },
-    #[error("cannot connect to Redis at {url}: {source}")]
+    #[error("cannot connect to Redis at {url}: {source}{}", hint(source))]
     Connect {
         url: String,
         #[source]
         source: redis::RedisError,
     },
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// Where the TLS files come from: a path and the setting that named it, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    pub path: PathBuf,
+    /// `[redis] tls_ca_file` or `$RQ_REDIS_TLS_CA_FILE`, as the user wrote it.
+    pub setting: String,
+}
+
+/// The TLS files to use for `rediss://`: the CA that signed the server's certificate (the
+/// system's roots when absent) and an optional client certificate and key for servers that
+/// require them (`tls-auth-clients yes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: Option<TlsFile>,
+    pub cert: Option<TlsFile>,
+    pub key: Option<TlsFile>,
+}
+
+impl TlsPaths {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    /// Reads the files. Errors name the setting, the path and the fix.
+    pub fn read(&self) -> Result<TlsMaterial, ConnError> {
+        let read = |f: &Option<TlsFile>| -> Result<Option<Vec<u8>>, ConnError> {
+            let Some(f) = f else { return Ok(None) };
+            std::fs::read(&f.path).map(Some).map_err(|e| {
+                ConnError::Tls(format!(
+                    "cannot read {} {}: {e}; fix the path or the file's permissions",
+                    f.setting,
+                    f.path.display()
+                ))
+            })
+        };
+        if self.cert.is_some() != self.key.is_some() {
+            let (set, missing) = if self.cert.is_some() {
+                (
+                    "a client certificate",
+                    "its key (tls_key_file / $RQ_REDIS_TLS_KEY_FILE)",
+                )
+            } else {
+                (
+                    "a client key",
+                    "its certificate (tls_cert_file / $RQ_REDIS_TLS_CERT_FILE)",
+                )
+            };
+            return Err(ConnError::Tls(format!(
+                "{set} is configured without {missing}; set both, or neither"
+            )));
+        }
+        Ok(TlsMaterial {
+            ca: read(&self.ca)?,
+            cert: read(&self.cert)?,
+            key: read(&self.key)?,
+        })
+    }
+}
+
+/// The contents of the TLS files (PEM). Read once, by the process that may read them: a
+/// supervisor hands them to workers that run as another user (see `worker::handoff`).
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsMaterial {
+    pub ca: Option<Vec<u8>>,
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key's bytes.
+        f.debug_struct("TlsMaterial")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("cert", &self.cert.as_ref().map(Vec::len))
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl TlsMaterial {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
 }
 
 /// Where Redis is. Cloning is cheap; every process opens its own connections from it.
@@ -32,6 +124,10 @@ pub enum ConnError {
 pub struct RedisTarget {
     client: redis::Client,
     masked: String,
+    /// For `rediss://`: the rustls configuration of the worker's own wake-up connection
+    /// ([`crate::listener`]), built from the same CA and client certificate as redis-rs's.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -41,19 +137,89 @@ impl std::fmt::Debug for RedisTarget {
 }
 
 impl RedisTarget {
+    /// A target without TLS files: `rediss://` URLs verify the server against the system's
+    /// root certificates.
     pub fn parse(url: &str) -> Result<RedisTarget, ConnError> {
+        RedisTarget::with_tls(url, &TlsMaterial::default())
+    }
+
+    /// A target whose `rediss://` connections use `tls`'s CA (instead of the system roots)
+    /// and client certificate. TLS files with a `redis://` or unix URL are refused rather
+    /// than silently unused: the operator meant the connection to be encrypted.
+    pub fn with_tls(url: &str, tls: &TlsMaterial) -> Result<RedisTarget, ConnError> {
         let masked = mask_url(url);
-        let client = redis::Client::open(url).map_err(|e| ConnError::BadUrl {
+        let bad = |reason: String| ConnError::BadUrl {
             url: masked.clone(),
-            reason: e.to_string(),
-        })?;
-        if let ConnectionAddr::TcpTls { .. } = client.get_connection_info().addr() {
-            return Err(ConnError::BadUrl {
-                url: masked,
-                reason: "TLS (rediss://) is not supported by this build".into(),
+            reason,
+        };
+        let info: ConnectionInfo =
+            redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| bad(e.to_string()))?;
+        let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        if !is_tls && !tls.is_empty() {
+            return Err(ConnError::Tls(format!(
+                "TLS files are configured but the Redis URL {masked} is not a TLS URL; write rediss://... to connect with TLS, or remove the tls_* settings"
+            )));
+        }
+        if !is_tls {
+            let client = redis::Client::open(info).map_err(|e| bad(e.to_string()))?;
+            return Ok(RedisTarget {
+                client,
+                masked,
+                #[cfg(feature = "tls")]
+                tls: None,
             });
         }
-        Ok(RedisTarget { client, masked })
+        if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+            return Err(bad(
+                "#insecure (no certificate verification) is not supported; give the CA that signed the server's certificate with [redis] tls_ca_file or $RQ_REDIS_TLS_CA_FILE".into(),
+            ));
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = info;
+            Err(bad(
+                "TLS (rediss://) needs rq-supervisor built with its `tls` feature (on by default)"
+                    .into(),
+            ))
+        }
+        #[cfg(feature = "tls")]
+        {
+            let config = tls::client_config(tls)?;
+            let client = redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: match (&tls.cert, &tls.key) {
+                        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                        _ => None,
+                    },
+                    root_cert: tls.ca.clone(),
+                },
+            )
+            .map_err(|e| ConnError::Tls(format!("TLS settings for {masked}: {e}")))?;
+            Ok(RedisTarget {
+                client,
+                masked,
+                tls: Some(config),
+            })
+        }
+    }
+
+    /// The rustls configuration for `rediss://`, `None` for plain TCP and unix sockets.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
+    /// The Redis user the URL names (`default` when none), for ACL hints.
+    pub fn user(&self) -> String {
+        self.info()
+            .redis_settings()
+            .username()
+            .unwrap_or("default")
+            .to_string()
     }
 
     /// The URL with any password replaced by `***`, safe for logs and error messages.
@@ -79,6 +245,86 @@ impl RedisTarget {
         con.set_write_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
         Ok(con)
     }
+}
+
+/// What to do about a Redis error the operator must fix: a missing ACL permission, a
+/// read-only replica, a full server, a key of the wrong type, a certificate problem. Empty
+/// for errors that reconnecting or retrying cures.
+pub fn hint(e: &redis::RedisError) -> String {
+    hint_text(e.code().unwrap_or_default(), &e.to_string())
+}
+
+/// [`hint`] for an error known only as text (the wake-up connection's own client), with the
+/// server's error code if known (empty otherwise).
+pub fn hint_text(code: &str, text: &str) -> String {
+    if code == "NOPERM"
+        || text.contains("NOPERM")
+        || text.contains("can't run this command")
+        || text.contains("can't access at least one of the")
+    {
+        let what = noperm_subject(text);
+        return format!(
+            "; the Redis user lacks a permission{what}: grant it (e.g. ACL SETUSER <user> {}), see the minimum ACL rules in docs/compatibility.md",
+            acl_rule(text)
+        );
+    }
+    if code == "READONLY" || text.contains("READONLY") {
+        return "; this Redis is a read-only replica: point the URL at the primary (writes resume by themselves once it accepts them)".into();
+    }
+    if code == "OOM" || text.contains("OOM command not allowed") {
+        return "; Redis is out of memory (maxmemory reached with a noeviction policy): raise maxmemory or free memory; the worker retries until Redis accepts writes again".into();
+    }
+    if code == "WRONGTYPE" || text.contains("WRONGTYPE") {
+        return "; a key holds the wrong kind of value: delete or rename the key named above"
+            .into();
+    }
+    if code == "WRONGPASS"
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("AuthenticationFailed")
+    {
+        return "; check the user and password in the Redis URL".into();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        return "; the server's certificate was not accepted: set [redis] tls_ca_file (or $RQ_REDIS_TLS_CA_FILE) to the CA that signed it, and use the host name or IP address the certificate names".into();
+    }
+    String::new()
+}
+
+/// `" ('evalsha' command)"` or `" (key 'x')"` from a NOPERM message, for the hint.
+fn noperm_subject(text: &str) -> String {
+    for (marker, kind) in [
+        ("to run the '", "command"),
+        ("to access the '", "key"),
+        ("to access one of the channels", "channel"),
+    ] {
+        if let Some(i) = text.find(marker) {
+            if kind == "channel" {
+                return " (a channel it subscribes to)".into();
+            }
+            let rest = &text[i + marker.len()..];
+            let name = rest.split('\'').next().unwrap_or_default();
+            return format!(" (the '{name}' {kind})");
+        }
+    }
+    String::new()
+}
+
+/// The ACL rule that would allow what a NOPERM message says was refused.
+fn acl_rule(text: &str) -> String {
+    if let Some(i) = text.find("to run the '") {
+        let rest = &text[i + "to run the '".len()..];
+        let name = rest.split('\'').next().unwrap_or_default();
+        return format!("+{}", name.to_ascii_lowercase());
+    }
+    if text.contains("to access the '") {
+        return "~rq:*".into();
+    }
+    if text.contains("channels") {
+        return "&rq:pubsub:* &__redis__:invalidate".into();
+    }
+    "+<command>".into()
 }
 
 /// Replaces the password of a Redis URL with `***`: the userinfo password, and the `pass`
@@ -115,6 +361,82 @@ pub fn mask_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::{ConnError, TlsMaterial};
+
+    /// The ring provider, installed as the process default for redis-rs (which builds its
+    /// rustls configuration with the default provider) unless the program installed one.
+    pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    /// Builds the configuration the wake-up connection uses; also validates the PEM files
+    /// at start, so a wrong file is reported before any connection is tried.
+    pub fn client_config(m: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, ConnError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &m.ca {
+            Some(pem) => {
+                let certs = CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConnError::Tls(format!("the TLS CA file is not PEM certificates: {e}; give the CA certificate(s) in PEM form")))?;
+                if certs.is_empty() {
+                    return Err(ConnError::Tls("the TLS CA file holds no certificate; give the CA certificate(s) in PEM form (-----BEGIN CERTIFICATE-----)".into()));
+                }
+                for c in certs {
+                    roots.add(c).map_err(|e| {
+                        ConnError::Tls(format!(
+                            "the TLS CA file holds an unusable certificate: {e}"
+                        ))
+                    })?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConnError::Tls(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots);
+        let config = match (&m.cert, &m.key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ConnError::Tls(format!("the TLS client certificate file is not PEM: {e}"))
+                    })?;
+                if chain.is_empty() {
+                    return Err(ConnError::Tls(
+                        "the TLS client certificate file holds no certificate".into(),
+                    ));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+                    ConnError::Tls(format!("the TLS client key file holds no usable private key: {e}; give an unencrypted PEM key"))
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    ConnError::Tls(format!(
+                        "the TLS client certificate and key do not fit together: {e}"
+                    ))
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Arc::new(config))
     }
 }
 

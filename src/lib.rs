@@ -14,15 +14,18 @@
 //! - [`protocol`]: RQ 2.12 on the wire. Key names, timestamps, the job record and payload
 //!   codec, result stream entries, and the Lua scripts that take and settle jobs
 //!   atomically. Knows nothing of processes.
-//! - [`conn`]: Redis URLs (masked in every message), connecting, capped jittered backoff.
+//! - [`conn`]: Redis URLs (masked in every message), TLS (`rediss://`, CA and client
+//!   certificate), connecting, hints for errors an operator must fix (ACL, read-only replica,
+//!   out of memory), capped jittered backoff.
 //! - [`listener`]: the worker's wake-up connection, on which Redis pushes queue changes and
 //!   `rq:pubsub:<worker>` commands, so an idle worker sleeps in `poll(2)` and still reacts to
 //!   signals at once.
 //! - [`config`]: `pool.toml`, parsed raw then validated into typed specs.
 //! - [`handler`]: what a `func_name` runs: native functions, config-declared commands,
 //!   built-ins.
-//! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill) and
-//!   the Redis bookkeeping.
+//! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill),
+//!   the Redis bookkeeping, and the handoff through which a supervised worker receives its
+//!   configuration (it may run as a user that cannot read the pool file).
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
 //! - [`cleanup`]: what only a supervisor can do: settle a dead worker's job and record its death.

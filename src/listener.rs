@@ -12,6 +12,13 @@
 //!
 //! This is a deliberately small RESP2 client: `redis-rs` buffers replies internally, so its
 //! socket cannot be polled reliably, and this connection only ever reads pushes.
+//!
+//! Over TLS (`rediss://`) it is a rustls client on the same TCP socket, and the worker still
+//! polls that socket. TLS decrypts whole records, so bytes read from the socket may leave
+//! plaintext waiting inside rustls that no `poll(2)` would report; [`Listener::drain`]
+//! therefore keeps reading (socket -> rustls -> plaintext) until the socket says
+//! `WouldBlock` *and* rustls holds no plaintext, so nothing is left behind when the worker
+//! goes back to sleep in `poll(2)`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -19,7 +26,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo};
+use redis::ConnectionAddr;
+
+use crate::conn::RedisTarget;
 
 /// Channel Redis publishes key invalidations on when tracking is redirected (RESP2).
 const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
@@ -37,6 +46,8 @@ pub enum Push {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -44,19 +55,112 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s,
             Stream::Unix(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.as_mut(),
+        }
+    }
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Some(&s.sock),
         }
     }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(on),
-            Stream::Unix(s) => s.set_nonblocking(on),
+        match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.set_nonblocking(on),
+            (_, Some(s)) => s.set_nonblocking(on),
+            _ => Ok(()),
         }
     }
     fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(d),
-            Stream::Unix(s) => s.set_read_timeout(d),
+        match (self, self.tcp()) {
+            (Stream::Unix(s), _) => s.set_read_timeout(d),
+            (_, Some(s)) => s.set_read_timeout(d),
+            _ => Ok(()),
         }
+    }
+}
+
+/// A rustls client over a TCP socket, readable and writable like the socket itself. `read`
+/// returns plaintext rustls already holds before touching the socket, and reports
+/// `WouldBlock` only when both are empty.
+#[cfg(feature = "tls")]
+struct TlsStream {
+    sock: TcpStream,
+    conn: rustls::ClientConnection,
+}
+
+#[cfg(feature = "tls")]
+impl TlsStream {
+    fn connect(
+        sock: TcpStream,
+        host: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<TlsStream> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+            io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("{host:?} is not a host name TLS can verify: {e}"),
+            )
+        })?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut s = TlsStream { sock, conn };
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        }
+        Ok(s)
+    }
+
+    fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut self.sock)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Read for TlsStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(out) {
+                // Ok(0) is a clean close_notify; the caller treats it as end of stream.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // No plaintext left: take more records from the socket (WouldBlock when it is
+            // empty too, in non-blocking mode).
+            let n = self.conn.read_tls(&mut self.sock)?;
+            let processed = self.conn.process_new_packets();
+            // Alerts, or anything else TLS wants to say back.
+            let _ = self.flush_tls();
+            processed.map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+            if n == 0 {
+                // The peer closed the socket; rustls now reports it from reader().
+                return match self.conn.reader().read(out) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Write for TlsStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.conn.writer().write(data)?;
+        self.flush_tls()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()
     }
 }
 
@@ -84,25 +188,40 @@ impl Listener {
     /// `channels`. Fails with the server's own words when a step is refused (for example an
     /// ACL user without `client` permission).
     pub fn open(
-        info: &ConnectionInfo,
+        target: &RedisTarget,
         prefixes: &[String],
         channels: &[String],
         timeout: Duration,
     ) -> io::Result<Listener> {
+        let info = target.info();
+        let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+                .next()
+                .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no address for host"))?;
+            let s = TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Ok(s)
+        };
         let stream = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => {
-                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))?
-                    .next()
-                    .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no address for host"))?;
-                let s = TcpStream::connect_timeout(&addr, timeout)?;
-                s.set_nodelay(true)?;
-                Stream::Tcp(s)
-            }
+            ConnectionAddr::Tcp(host, port) => Stream::Tcp(tcp(host, *port)?),
             ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+            #[cfg(feature = "tls")]
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                let config = target.tls_config().ok_or_else(|| {
+                    io::Error::new(ErrorKind::InvalidInput, "no TLS configuration")
+                })?;
+                Stream::Tls(Box::new(TlsStream::connect(
+                    tcp(host, *port)?,
+                    host,
+                    config,
+                )?))
+            }
             _ => {
                 return Err(io::Error::new(
                     ErrorKind::Unsupported,
-                    "TLS connections are not supported by the listener",
+                    "this kind of Redis address is not supported by the listener",
                 ));
             }
         };
@@ -140,11 +259,14 @@ impl Listener {
         Ok(l)
     }
 
-    /// The socket to poll for readability.
+    /// The socket to poll for readability. After [`Listener::drain`] nothing is buffered
+    /// above it (not even TLS plaintext), so readability is the only wake-up needed.
     pub fn fd(&self) -> BorrowedFd<'_> {
         match &self.stream {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.as_fd(),
         }
     }
 
@@ -275,8 +397,21 @@ fn protocol_error(msg: String) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, msg)
 }
 
+/// How deeply arrays may nest; pushes nest two levels. Bounds the recursion below, so a
+/// bogus stream cannot overflow the worker's stack.
+const MAX_DEPTH: usize = 16;
+
 /// Parses one RESP2 value from the front of `buf`; `None` if it is not complete yet.
 fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
+    parse_nested(buf, 0)
+}
+
+fn parse_nested(buf: &[u8], depth: usize) -> io::Result<Option<(Resp, usize)>> {
+    if depth > MAX_DEPTH {
+        return Err(protocol_error(format!(
+            "RESP arrays nested more than {MAX_DEPTH} deep"
+        )));
+    }
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
@@ -298,7 +433,13 @@ fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
             if len < 0 {
                 return Ok(Some((Resp::Bulk(None), after)));
             }
-            let end = after + len as usize;
+            // Checked: the length comes from the network.
+            let Some(end) = after
+                .checked_add(len as usize)
+                .filter(|e| *e <= usize::MAX - 2)
+            else {
+                return Err(protocol_error(format!("bad RESP length {len}")));
+            };
             if buf.len() < end + 2 {
                 return Ok(None);
             }
@@ -309,10 +450,12 @@ fn parse(buf: &[u8]) -> io::Result<Option<(Resp, usize)>> {
             if len < 0 {
                 return Ok(Some((Resp::Array(None), after)));
             }
-            let mut items = Vec::with_capacity(len as usize);
+            // Never trust a declared count for an allocation: a bogus one would abort the
+            // worker. The items themselves must arrive before they take memory.
+            let mut items = Vec::with_capacity((len as usize).min(64));
             let mut used = after;
             for _ in 0..len {
-                match parse(&buf[used..])? {
+                match parse_nested(&buf[used..], depth + 1)? {
                     Some((v, n)) => {
                         items.push(v);
                         used += n;
@@ -356,6 +499,37 @@ mod tests {
                 payload: br#"{"command": "shutdown"}"#.to_vec()
             })
         );
+    }
+
+    proptest::proptest! {
+        /// What a server (or anyone on the path) sends can never crash the worker: any
+        /// bytes parse to a value, "not complete yet", or an error.
+        #[test]
+        fn parse_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut rest: &[u8] = &data;
+            while let Ok(Some((v, used))) = parse(rest) {
+                proptest::prop_assert!(used > 0 && used <= rest.len());
+                let _ = to_push(v);
+                rest = &rest[used..];
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_resp_like_input(text in "([*$:+-](-?[0-9]{1,20})?\r\n){1,6}[a-z]{0,5}") {
+            let _ = parse(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = b"*1\r\n".repeat(100_000);
+        assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_not_allocated() {
+        assert!(parse(b"*999999999999999999\r\n").unwrap().is_none());
+        assert!(parse(b"$999999999999999999\r\nab").unwrap().is_none());
     }
 
     #[test]

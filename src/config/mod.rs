@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::conn::{TlsFile, TlsPaths};
 use crate::protocol::defaults;
 use raw::{RawConfig, RawHandler, RawPool, RawRestart, RawWorker};
 use values::Secs;
@@ -19,6 +20,10 @@ use values::Secs;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// Environment variable that overrides the file's `[redis] url`.
 pub const REDIS_URL_ENV: &str = "RQ_REDIS_URL";
+/// Environment variables that override `[redis] tls_ca_file`, `tls_cert_file`, `tls_key_file`.
+pub const TLS_CA_ENV: &str = "RQ_REDIS_TLS_CA_FILE";
+pub const TLS_CERT_ENV: &str = "RQ_REDIS_TLS_CERT_FILE";
+pub const TLS_KEY_ENV: &str = "RQ_REDIS_TLS_KEY_FILE";
 
 /// A config problem. `Invalid` always carries what to write instead.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +34,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error(
+        "{path}: {message}\nfix the file at the line shown (supervisor.toml.example shows every key and its type)"
+    )]
     Syntax { path: String, message: String },
     #[error("{path}: {key}: {problem}; {fix}")]
     Invalid {
@@ -48,6 +55,10 @@ pub struct Config {
     /// `[redis] url` as written; callers apply the CLI and environment overrides.
     #[serde(skip)]
     pub redis_url: Option<String>,
+    /// `[redis] tls_*_file`, resolved against the file's directory; callers apply the
+    /// environment overrides with [`Config::resolve_tls`].
+    #[serde(skip)]
+    pub redis_tls: TlsPaths,
     pub supervisor: SupervisorSpec,
     /// `[worker]`: the defaults every worker starts from.
     pub worker: WorkerSpec,
@@ -161,10 +172,22 @@ pub struct PoolSpec {
     pub max_jobs: Option<(u64, u64)>,
     /// Worker plus horse RSS above which the worker is recycled between jobs.
     pub memory_limit: Option<u64>,
+    /// The account the pool's workers (and so their horses and handlers) run as, when the
+    /// supervisor runs as root. Resolved when the file is read, so a typo is refused early.
+    pub user: Option<Account>,
+    /// The group they run as: `group`, else the `user`'s primary group.
+    pub group: Option<Account>,
     /// The pool's `[pools.NAME.worker]` table, applied over `[worker]`.
     #[serde(skip)]
     pub worker_overrides: RawWorkerOverrides,
     pub restart: RestartPolicy,
+}
+
+/// A user or group: the name as written and the id it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub name: String,
+    pub id: u32,
 }
 
 /// A pool's own worker keys, kept raw so a reload can tell whether they changed.
@@ -215,11 +238,17 @@ pub struct HandlerSpec {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::read(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Reads and validates a config file; also returns its text (which rq-supervisor hands to
+    /// its workers, see `worker::handoff`).
+    pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(path, &text)
+        Ok((Config::parse(path, &text)?, text))
     }
 
     /// Validates config text; `path` is used for messages and relative paths.
@@ -257,6 +286,25 @@ impl Config {
             .or_else(|| std::env::var(REDIS_URL_ENV).ok().filter(|s| !s.is_empty()))
             .or_else(|| file.map(str::to_string))
             .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
+    }
+
+    /// The TLS files after the precedence rule: each `$RQ_REDIS_TLS_*_FILE` variable wins over
+    /// the file's key (relative paths in variables start at the current directory).
+    pub fn resolve_tls(file: &TlsPaths) -> TlsPaths {
+        let pick = |env: &str, from_file: &Option<TlsFile>| match std::env::var_os(env)
+            .filter(|v| !v.is_empty())
+        {
+            Some(v) => Some(TlsFile {
+                path: std::path::absolute(&v).unwrap_or_else(|_| PathBuf::from(&v)),
+                setting: format!("${env}"),
+            }),
+            None => from_file.clone(),
+        };
+        TlsPaths {
+            ca: pick(TLS_CA_ENV, &file.ca),
+            cert: pick(TLS_CERT_ENV, &file.cert),
+            key: pick(TLS_KEY_ENV, &file.key),
+        }
     }
 
     /// The time an operator must allow between the stop signal and a forced kill.
@@ -400,9 +448,36 @@ impl Validator {
         for (name, h) in raw.handlers {
             handlers.push(self.handler(name, h)?);
         }
+        let tls_file = |key: &str, v: Option<String>| -> Result<Option<TlsFile>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(p) if p.is_empty() => Err(self.invalid(
+                    format!("[redis] {key}"),
+                    "is empty",
+                    "write the path of a PEM file, or remove the key",
+                )),
+                Some(p) => Ok(Some(TlsFile {
+                    path: self.dir.join(p),
+                    setting: format!("[redis] {key}"),
+                })),
+            }
+        };
+        let redis_tls = TlsPaths {
+            ca: tls_file("tls_ca_file", raw.redis.tls_ca_file)?,
+            cert: tls_file("tls_cert_file", raw.redis.tls_cert_file)?,
+            key: tls_file("tls_key_file", raw.redis.tls_key_file)?,
+        };
+        if redis_tls.cert.is_some() != redis_tls.key.is_some() {
+            return Err(self.invalid(
+                "[redis] tls_cert_file / tls_key_file",
+                "only one of them is set",
+                "set both (a client certificate and its key), or neither",
+            ));
+        }
         Ok(Config {
             path: path.to_path_buf(),
             redis_url: raw.redis.url,
+            redis_tls,
             supervisor: d,
             worker,
             pools,
@@ -585,6 +660,7 @@ impl Validator {
             ));
         }
         let overrides = self.worker_overrides(&format!("[pools.{name}.worker]"), &p.worker)?;
+        let (user, group) = self.run_as(&table, p.user, p.group)?;
         Ok(PoolSpec {
             name,
             queues,
@@ -593,9 +669,78 @@ impl Validator {
             program,
             max_jobs,
             memory_limit: p.memory_limit.map(|b| b.0),
+            user,
+            group,
             worker_overrides: RawWorkerOverrides(overrides),
             restart: self.restart(&table, p.restart)?,
         })
+    }
+
+    /// Resolves `user` and `group` to ids (the group defaults to the user's primary group).
+    fn run_as(
+        &self,
+        table: &str,
+        user: Option<String>,
+        group: Option<String>,
+    ) -> Result<(Option<Account>, Option<Account>), ConfigError> {
+        use nix::unistd::{Group, User};
+        let user = match user {
+            None => None,
+            Some(name) => match User::from_name(&name) {
+                Ok(Some(u)) => Some((
+                    Account {
+                        name,
+                        id: u.uid.as_raw(),
+                    },
+                    u.gid.as_raw(),
+                )),
+                Ok(None) => {
+                    return Err(self.invalid(
+                        format!("{table} user"),
+                        format!("there is no user {name:?} on this system"),
+                        "create the account (e.g. useradd --system NAME) or fix the name",
+                    ));
+                }
+                Err(e) => {
+                    return Err(self.invalid(
+                        format!("{table} user"),
+                        format!("cannot look up user {name:?}: {e}"),
+                        "check /etc/passwd or the system's user database",
+                    ));
+                }
+            },
+        };
+        let group = match group {
+            None => user.as_ref().map(|(_, gid)| Account {
+                name: Group::from_gid((*gid).into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_else(|| gid.to_string()),
+                id: *gid,
+            }),
+            Some(name) => match Group::from_name(&name) {
+                Ok(Some(g)) => Some(Account {
+                    name,
+                    id: g.gid.as_raw(),
+                }),
+                Ok(None) => {
+                    return Err(self.invalid(
+                        format!("{table} group"),
+                        format!("there is no group {name:?} on this system"),
+                        "create the group (e.g. groupadd --system NAME) or fix the name",
+                    ));
+                }
+                Err(e) => {
+                    return Err(self.invalid(
+                        format!("{table} group"),
+                        format!("cannot look up group {name:?}: {e}"),
+                        "check /etc/group or the system's group database",
+                    ));
+                }
+            },
+        };
+        Ok((user.map(|(u, _)| u), group))
     }
 
     fn restart(&self, table: &str, r: RawRestart) -> Result<RestartPolicy, ConfigError> {

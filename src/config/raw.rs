@@ -27,6 +27,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +70,8 @@ pub struct RawPool {
     pub max_jobs: Option<u64>,
     pub max_jobs_jitter: Option<u64>,
     pub memory_limit: Option<Bytes>,
+    pub user: Option<String>,
+    pub group: Option<String>,
     #[serde(default)]
     pub worker: RawWorker,
     #[serde(default)]

@@ -17,20 +17,39 @@ impl Secs {
     }
 }
 
+/// The longest duration any setting accepts. Longer values are surely typos, and refusing
+/// them keeps every deadline computed from them (`now + duration`, sums of timeouts) far from
+/// overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn at_most_a_year(text: &str, d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        Err(format!(
+            "{text:?} is longer than 365 days; write a shorter duration such as \"30s\" or \"1h\""
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
 /// Parses the textual form shared by the CLI and the config file.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if let Ok(n) = t.parse::<f64>() {
         if n.is_finite() && n >= 0.0 {
+            if n > MAX_DURATION.as_secs_f64() {
+                return at_most_a_year(text, Duration::MAX);
+            }
             return Ok(Duration::from_secs_f64(n));
         }
         return Err(format!(
             "{text:?} is not a duration; write a non-negative number of seconds or \"30s\", \"1m30s\", \"500ms\""
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("{text:?} is not a duration ({e}); write a number of seconds or \"30s\", \"1m30s\", \"500ms\"")
-    })
+    })?;
+    at_most_a_year(text, d)
 }
 
 impl<'de> Deserialize<'de> for Secs {
@@ -44,12 +63,15 @@ impl<'de> Deserialize<'de> for Secs {
                 )
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secs, E> {
-                u64::try_from(v).map(Secs::from_secs).map_err(|_| {
+                let v = u64::try_from(v).map_err(|_| {
                     E::custom(format!("{v} is negative; a duration must be 0 or more"))
-                })
+                })?;
+                self.visit_u64(v)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secs, E> {
-                Ok(Secs::from_secs(v))
+                at_most_a_year(&v.to_string(), Duration::from_secs(v))
+                    .map(Secs)
+                    .map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Secs, E> {
                 parse_duration(&v.to_string()).map(Secs).map_err(E::custom)

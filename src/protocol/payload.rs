@@ -48,14 +48,36 @@ pub enum PayloadError {
          {{kwargs...}}]"
     )]
     Shape(String),
+    #[error(
+        "the job payload inflates to more than {} MiB, more than rqworker decodes (a \
+         compression bomb, or data that belongs elsewhere); pass large data by reference, \
+         e.g. a path or URL, instead of in the job's arguments", MAX_INFLATED / (1024 * 1024)
+    )]
+    TooLarge,
 }
+
+/// Most a job payload may inflate to. Redis stores at most 512 MB per value, but a small
+/// zlib stream can inflate to many gigabytes; without a cap one bad job could exhaust the
+/// worker's memory.
+pub const MAX_INFLATED: u64 = 256 * 1024 * 1024;
 
 /// Decodes a job's `data` field. Like Python, data that is not zlib is read as it is.
 pub fn decode(data: &[u8]) -> Result<Call, PayloadError> {
     if data.is_empty() {
         return Err(PayloadError::Missing);
     }
-    let inflated = inflate(data).unwrap_or_else(|_| data.to_vec());
+    let inflated = {
+        let mut out = Vec::new();
+        match ZlibDecoder::new(data)
+            .take(MAX_INFLATED + 1)
+            .read_to_end(&mut out)
+        {
+            Ok(_) if out.len() as u64 > MAX_INFLATED => return Err(PayloadError::TooLarge),
+            Ok(_) => out,
+            // Not zlib: Python reads such data as it is, and so do we.
+            Err(_) => data.to_vec(),
+        }
+    };
     if looks_pickled(&inflated) {
         return Err(PayloadError::Pickle);
     }

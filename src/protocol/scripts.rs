@@ -6,6 +6,35 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Prepends a permission check to a script: every command the script calls is checked with
+/// `redis.acl_check_cmd` (Redis 7+) before anything is written, and a missing one fails the
+/// script with `NOPERM ... the 'xadd' command ...`. Without it, a Redis ACL user lacking one
+/// permission would see the script stop halfway (scripts are not rolled back on error),
+/// leaving a job half-settled, and Redis's own message would not say which command was
+/// refused. Each command is checked with seven `rq:acl-check` arguments: enough for every
+/// command's arity, because Redis (before the fix of redis/redis#14843) reads past the
+/// arguments it is given when they are fewer than the command needs and the user has key
+/// patterns (a crash, seen with 7.0.15); every argument is a key under `rq:`, so commands
+/// that take many keys pass the documented `~rq:*` too.
+pub fn guarded(name: &str, src: &str) -> String {
+    let mut commands: Vec<String> = Vec::new();
+    for marker in ["redis.call('", "redis.pcall('"] {
+        let mut rest = src;
+        while let Some(i) = rest.find(marker) {
+            rest = &rest[i + marker.len()..];
+            let cmd: String = rest.chars().take_while(|c| *c != '\'').collect();
+            commands.push(cmd.to_ascii_uppercase());
+        }
+    }
+    commands.sort();
+    commands.dedup();
+    let list: Vec<String> = commands.iter().map(|c| format!("'{c}'")).collect();
+    format!(
+        "if redis.acl_check_cmd then\n  local k = 'rq:acl-check'\n  for _, c in ipairs({{{}}}) do\n    if not redis.acl_check_cmd(c, k, k, k, k, k, k, k) then\n      return redis.error_reply(\"NOPERM this user has no permissions to run the '\" .. string.lower(c) .. \"' command (checked by rqworker's {name} script before writing anything)\")\n    end\n  end\nend\n{src}",
+        list.join(", ")
+    )
+}
+
 /// Pops the first job id from the queues in priority order and records it as started by this
 /// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions. When there is
 /// nothing to take it records the worker `idle` (or `suspended`), so the worker never spends a
@@ -19,7 +48,7 @@ use redis::Script;
 /// costs no extra round trip). Ids whose job hash is gone (or is not a hash) are dropped, as
 /// RQ drops them, and reported so the worker can log them; queues whose key cannot be popped
 /// (e.g. WRONGTYPE) are skipped and reported.
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("claim", CLAIM_LUA)));
 
 const CLAIM_LUA: &str = r#"
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -38,6 +67,13 @@ if redis.call('EXISTS', 'rq:suspended') == 1 then
   rest('suspended')
   return {false, 'suspended', {}, {}, {}}
 end
+-- Out of memory (maxmemory with noeviction), Redis refuses a script's first write that may
+-- grow memory, but lets every later one through (it cannot stop a script halfway). LPOP
+-- frees memory, so it would pass and make the rest pass too: the job would start while
+-- Redis refuses to record how it ends. This no-op (SET ... XX on a key that never exists)
+-- is such a write: out of memory, it refuses the whole claim and the job stays queued;
+-- on a read-only replica it fails the same way before anything is popped.
+redis.call('SET', 'rq:claim-write-check', '', 'XX')
 local dropped, broken = {}, {}
 for i = 8, #ARGV do
   local q = ARGV[i]
@@ -45,6 +81,12 @@ for i = 8, #ARGV do
     -- A queue key of the wrong type must not stop the other queues from being served.
     local id = redis.pcall('LPOP', 'rq:queue:' .. q)
     if type(id) == 'table' and id.err then
+      -- Only a key of the wrong type is this queue's problem. Anything else (NOPERM,
+      -- READONLY...) is the server refusing us: fail the claim with its words so the
+      -- worker reports it with the right fix (nothing was taken yet).
+      if not string.find(id.err, 'WRONGTYPE', 1, true) then
+        return redis.error_reply(id.err .. ' (LPOP rq:queue:' .. q .. ')')
+      end
       table.insert(broken, q .. ': ' .. id.err)
       break
     end
@@ -99,13 +141,23 @@ return {false, false, {}, dropped, broken}
 /// Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`,
 /// `gone` when the job hash no longer exists, or `unknown` when the execution is not (or no
 /// longer) in `rq:wip:Q`, which makes the script safe to repeat.
-pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("settle", SETTLE_LUA)));
 
 const SETTLE_LUA: &str = r#"
 local id, q, eid, worker, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local iso, fnow, inow = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local started, working = ARGV[9], ARGV[10]
-local default_result_ttl = tonumber(ARGV[11])
+-- TTLs come from the job hash, i.e. from any producer: EXPIRE needs an integer Redis can
+-- add to the clock, so anything else would make every attempt to record the outcome fail.
+-- Whole seconds, at most 100 years.
+local function sane_ttl(v)
+  v = tonumber(v)
+  if not v or v ~= v then return nil end
+  v = math.floor(v)
+  if v > 3153600000 then v = 3153600000 end
+  return v
+end
+local default_result_ttl = sane_ttl(ARGV[11]) or 500
 local payload, alive, allow_retry = ARGV[12], ARGV[13] ~= '', ARGV[14] == '1'
 local jkey = 'rq:job:' .. id
 local wkey = 'rq:worker:' .. worker
@@ -231,7 +283,7 @@ local function intervals(json)
 end
 
 if outcome == 'finished' then
-  local ttl = tonumber(job[2]) or default_result_ttl
+  local ttl = sane_ttl(job[2]) or default_result_ttl
   enqueue_dependents('finished')
   local repeats = tonumber(job[7])
   if ttl ~= 0 then
@@ -288,7 +340,7 @@ if outcome == 'failed' and allow_retry and retries_left > 0 then
 end
 
 -- A terminal failure: FailedJobRegistry.add and Result.create_failure.
-local failure_ttl = tonumber(job[3])
+local failure_ttl = sane_ttl(job[3])
 local ttl = failure_ttl or 31536000
 set_ended(outcome)
 if outcome == 'failed' then enqueue_dependents('failed') end
@@ -315,7 +367,7 @@ return outcome
 /// KEYS[1]: the worker key. ARGV: TTL, `1` to re-register over our own record (after Redis
 /// lost it), number of hash fields N, N field/value pairs, then the queue names. Returns 1
 /// when registered, 0 when the name is taken.
-pub static BIRTH: LazyLock<Script> = LazyLock::new(|| Script::new(BIRTH_LUA));
+pub static BIRTH: LazyLock<Script> = LazyLock::new(|| Script::new(&guarded("birth", BIRTH_LUA)));
 
 const BIRTH_LUA: &str = r#"
 local key = KEYS[1]
@@ -341,7 +393,8 @@ return 1
 ///
 /// ARGV: scheduler name, now (Unix int), now (ISO), hostname, pid, then queue names.
 /// Returns `{number of jobs moved, owned queue names...}`.
-pub static SCHEDULER_TICK: LazyLock<Script> = LazyLock::new(|| Script::new(SCHEDULER_TICK_LUA));
+pub static SCHEDULER_TICK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&guarded("scheduler_tick", SCHEDULER_TICK_LUA)));
 
 const SCHEDULER_TICK_LUA: &str = r#"
 local name, now, iso, host, pid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
@@ -391,7 +444,7 @@ return owned
 /// Releases this scheduler's locks (compare-and-delete) and its hash, so another scheduler
 /// takes over at once instead of after the lock TTL. ARGV: scheduler name, queue names.
 pub static SCHEDULER_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(SCHEDULER_RELEASE_LUA));
+    LazyLock::new(|| Script::new(&guarded("scheduler_release", SCHEDULER_RELEASE_LUA)));
 
 const SCHEDULER_RELEASE_LUA: &str = r#"
 for i = 2, #ARGV do
@@ -405,7 +458,8 @@ return 1
 /// Puts ids that have sat in RQ's intermediate list for over a minute without being
 /// started back at the front of their queue (§7.15), atomically per id.
 /// KEYS: intermediate list, queue. ARGV: job id.
-pub static REQUEUE_STUCK: LazyLock<Script> = LazyLock::new(|| Script::new(REQUEUE_STUCK_LUA));
+pub static REQUEUE_STUCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&guarded("requeue_stuck", REQUEUE_STUCK_LUA)));
 
 const REQUEUE_STUCK_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then

@@ -98,7 +98,7 @@ impl Bookkeeping {
             {
                 out.push(Outcome::Deferred(
                     last.clone(),
-                    "Redis is unreachable".to_string(),
+                    "Redis refused or could not be reached at the last try; waiting out the backoff".to_string(),
                 ));
             }
             return out;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::config::{Config, LogFormat, LogLevel, PoolSpec};
-use crate::conn::RedisTarget;
+use crate::conn::{RedisTarget, TlsPaths};
 
 /// Says what is wrong when a pool's program cannot be run (the default `rqworker` missing
 /// next to `rq-supervisor`; a pool's own program is checked when the file is loaded).
@@ -53,7 +53,12 @@ fn mib(b: u64) -> String {
 }
 
 /// The report `check` prints.
-pub fn render(cfg: &Config, target: &RedisTarget, default_program: Option<&Path>) -> String {
+pub fn render(
+    cfg: &Config,
+    target: &RedisTarget,
+    tls: &TlsPaths,
+    default_program: Option<&Path>,
+) -> String {
     let mut o = String::new();
     let s = &cfg.supervisor;
     let budget = cfg.shutdown_budget();
@@ -66,6 +71,15 @@ pub fn render(cfg: &Config, target: &RedisTarget, default_program: Option<&Path>
         "default"
     };
     let _ = writeln!(o, "redis: {} ({source})", target.masked());
+    for (what, file) in [
+        ("CA", &tls.ca),
+        ("client certificate", &tls.cert),
+        ("client key", &tls.key),
+    ] {
+        if let Some(f) = file {
+            let _ = writeln!(o, "  tls {what}: {} (from {})", f.path.display(), f.setting);
+        }
+    }
     let _ = writeln!(o, "[supervisor]");
     let _ = writeln!(o, "  warm_timeout = {}", d(s.warm_timeout.0));
     let _ = writeln!(o, "  cold_timeout = {}", d(s.cold_timeout.0));
@@ -123,6 +137,19 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
         (None, None) => "rqworker (default)".to_string(),
     };
     let _ = writeln!(o, "  program = {program}");
+    if p.user.is_some() || p.group.is_some() {
+        let show = |a: &Option<crate::config::Account>| {
+            a.as_ref()
+                .map(|a| format!("{} ({})", a.name, a.id))
+                .unwrap_or_else(|| "unchanged".into())
+        };
+        let _ = writeln!(
+            o,
+            "  runs as: user {}, group {}",
+            show(&p.user),
+            show(&p.group)
+        );
+    }
     match p.max_jobs {
         Some((lo, hi)) if lo == hi => {
             let _ = writeln!(o, "  max_jobs = {lo}");

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, REDIS_URL_ENV};
-use crate::conn::RedisTarget;
+use crate::conn::{RedisTarget, TlsPaths};
 use crate::logging::{self, LogContext};
 
 /// Exit status for a config or usage error.
@@ -85,15 +85,23 @@ pub fn main() -> Result<(), i32> {
         return Err(EXIT_USAGE);
     };
     let path = std::path::absolute(&path).unwrap_or(path);
-    let cfg = match Config::load(&path) {
-        Ok(cfg) => cfg,
+    let (cfg, text) = match Config::read(&path) {
+        Ok(read) => read,
         Err(e) => {
             eprintln!("rq-supervisor: {e}");
             return Err(EXIT_USAGE);
         }
     };
     let redis_url = Config::resolve_redis_url(None, cfg.redis_url.as_deref());
-    let target = match RedisTarget::parse(&redis_url) {
+    let tls_paths = Config::resolve_tls(&cfg.redis_tls);
+    let tls = match tls_paths.read() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("rq-supervisor: {e}");
+            return Err(EXIT_USAGE);
+        }
+    };
+    let target = match RedisTarget::with_tls(&redis_url, &tls) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("rq-supervisor: {e}; check ${REDIS_URL_ENV} or [redis] url");
@@ -101,14 +109,15 @@ pub fn main() -> Result<(), i32> {
         }
     };
     let default_program = default_program();
+    let run_as = run_as_problem(&cfg, nix::unistd::geteuid().is_root());
     match cli.command {
         Some(Command::Check) => {
-            let text = check::render(&cfg, &target, default_program.as_deref());
-            print!("{text}");
-            if let Some(w) = exposure_warning(&cfg) {
+            let report = check::render(&cfg, &target, &tls_paths, default_program.as_deref());
+            print!("{report}");
+            for w in exposure_warnings(&cfg, &tls_paths) {
                 eprintln!("rq-supervisor: warning: {w}");
             }
-            match check::program_problem(&cfg, default_program.as_deref()) {
+            match run_as.or_else(|| check::program_problem(&cfg, default_program.as_deref())) {
                 Some(problem) => {
                     eprintln!("rq-supervisor: {problem}");
                     Err(EXIT_USAGE)
@@ -116,17 +125,48 @@ pub fn main() -> Result<(), i32> {
                 None => Ok(()),
             }
         }
-        None => run(cfg, path, redis_url, target, default_program),
+        None => {
+            if let Some(problem) = run_as {
+                eprintln!("rq-supervisor: {problem}");
+                return Err(EXIT_USAGE);
+            }
+            let start = runtime::Start {
+                config_path: path,
+                config_text: text,
+                redis_url,
+                tls_paths,
+                tls,
+                target,
+            };
+            run(cfg, start, default_program)
+        }
     }
 }
 
-fn run(
-    cfg: Config,
-    path: PathBuf,
-    redis_url: String,
-    target: RedisTarget,
-    default_program: Option<PathBuf>,
-) -> Result<(), i32> {
+/// Why the pools' `user`/`group` cannot be honoured: only root can start processes as
+/// another user.
+pub fn run_as_problem(cfg: &Config, root: bool) -> Option<String> {
+    if root {
+        return None;
+    }
+    let pool = cfg
+        .pools
+        .iter()
+        .find(|p| p.user.is_some() || p.group.is_some())?;
+    let what = match (&pool.user, &pool.group) {
+        (Some(u), _) => format!("user = {:?}", u.name),
+        (None, Some(g)) => format!("group = {:?}", g.name),
+        (None, None) => unreachable!("filtered above"),
+    };
+    Some(format!(
+        "{}: [pools.{}] {what}: rq-supervisor runs as uid {}, and only root can start workers as another user or group; run rq-supervisor as root (it starts the workers with that user's and group's ids), or remove user/group from the pool",
+        cfg.path.display(),
+        pool.name,
+        nix::unistd::geteuid()
+    ))
+}
+
+fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> Result<(), i32> {
     logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
     logging::set_context(LogContext {
         pool: None,
@@ -136,7 +176,7 @@ fn run(
         log::error!("{problem}");
         return Err(EXIT_USAGE);
     }
-    warn_if_exposed(&cfg);
+    warn_if_exposed(&cfg, &start.tls_paths);
     // Signals are registered before any other thread exists (signal-hook documents a race
     // in first-time registration otherwise).
     let mut signals = match signal_hook::iterator::Signals::new(runtime::HANDLED) {
@@ -169,12 +209,12 @@ fn run(
         "rq-supervisor {} starting: {} pool(s) from {}, Redis {}; shutdown budget {} (warm_timeout + cold_timeout + margin)",
         env!("CARGO_PKG_VERSION"),
         cfg.pools.len(),
-        path.display(),
-        target.masked(),
+        start.config_path.display(),
+        start.target.masked(),
         humantime::format_duration(cfg.shutdown_budget())
     );
     let program = default_program.unwrap_or_else(|| PathBuf::from("rqworker"));
-    let rt = runtime::Runtime::new(&cfg, path, program, redis_url, target, rx);
+    let rt = runtime::Runtime::new(&cfg, start, program, rx);
     let code = rt.run();
     handle.close();
     if code == 0 { Ok(()) } else { Err(code) }
@@ -186,6 +226,26 @@ pub fn default_program() -> Option<PathBuf> {
     Some(exe.parent()?.join("rqworker"))
 }
 
+/// Every exposure warning: the config file (see [`exposure_warning`]) and a TLS client key
+/// that other users can read.
+pub fn exposure_warnings(cfg: &Config, tls: &TlsPaths) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out: Vec<String> = exposure_warning(cfg).into_iter().collect();
+    if let Some(key) = &tls.key
+        && let Ok(meta) = std::fs::metadata(&key.path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        out.push(format!(
+            "the TLS client key {} ({}) is readable by other users (mode {:o}); run chmod 600 {} (rq-supervisor reads it as root and hands it to its workers, so they need no access to it)",
+            key.path.display(),
+            key.setting,
+            meta.permissions().mode() & 0o777,
+            key.path.display()
+        ));
+    }
+    out
+}
+
 /// A warning when the file holds a secret (a password in `[redis] url`, or a handler `env`
 /// variable named like a password, secret or token) and other users can read it.
 pub fn exposure_warning(cfg: &Config) -> Option<String> {
@@ -194,7 +254,7 @@ pub fn exposure_warning(cfg: &Config) -> Option<String> {
         .redis_url
         .as_deref()
         .and_then(redis::parse_redis_url)
-        .is_some_and(|u| u.password().is_some());
+        .is_some_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "pass"));
     let in_env = cfg.handlers.iter().find_map(|h| {
         h.env.keys().find(|k| {
             let k = k.to_ascii_uppercase();
@@ -220,8 +280,8 @@ pub fn exposure_warning(cfg: &Config) -> Option<String> {
     ))
 }
 
-pub(crate) fn warn_if_exposed(cfg: &Config) {
-    if let Some(w) = exposure_warning(cfg) {
+pub(crate) fn warn_if_exposed(cfg: &Config, tls: &TlsPaths) {
+    for w in exposure_warnings(cfg, tls) {
         log::warn!("{w}");
     }
 }

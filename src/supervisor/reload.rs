@@ -14,8 +14,8 @@ pub(super) fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
     let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
     let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
     format!(
-        "queues={:?} burst={} program={:?} max_jobs={:?} worker={spec} handlers={handlers}",
-        pool.queues, pool.burst, pool.program, pool.max_jobs
+        "queues={:?} burst={} program={:?} max_jobs={:?} user={:?} group={:?} worker={spec} handlers={handlers}",
+        pool.queues, pool.burst, pool.program, pool.max_jobs, pool.user, pool.group
     )
 }
 
@@ -141,6 +141,9 @@ fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
     }
     if old.max_jobs != new.max_jobs {
         what.push("max_jobs".to_string());
+    }
+    if old.user != new.user || old.group != new.group {
+        what.push("user/group".to_string());
     }
     if old.worker_overrides != new.worker_overrides {
         what.push("[worker] overrides".to_string());

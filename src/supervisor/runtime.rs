@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,8 +24,9 @@ use super::bookkeeping::{Bookkeeping, Outcome};
 use super::procfs;
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
 use crate::config::{Config, LogFormat, REDIS_URL_ENV};
-use crate::conn::RedisTarget;
+use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
 use crate::logging::{self, LogContext};
+use crate::worker::handoff::{Handoff, WORKER_FD};
 
 /// Names the supervisor's pid to the workers it starts, so a worker can tell that its
 /// supervisor died (its parent pid changed) and stop cold.
@@ -40,12 +42,29 @@ const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
 /// leak through exec into the workers.
 pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU];
 
+/// What `main` resolved before the loop starts.
+pub struct Start {
+    pub config_path: PathBuf,
+    /// The pool file's text as validated; handed to every worker (see `worker::handoff`).
+    pub config_text: String,
+    pub redis_url: String,
+    /// The TLS files after `$RQ_REDIS_TLS_*` overrides, to tell a reload that changes them.
+    pub tls_paths: TlsPaths,
+    /// Their contents, handed to every worker.
+    pub tls: TlsMaterial,
+    pub target: RedisTarget,
+}
+
 pub struct Runtime {
     state: State,
     config_path: PathBuf,
+    /// The text of the last pool file accepted (at start or by a reload).
+    config_text: String,
     /// `rqworker` next to the `rq-supervisor` executable.
     default_program: PathBuf,
     redis_url: String,
+    tls_paths: TlsPaths,
+    tls: TlsMaterial,
     hostname: String,
     me: Pid,
     children: BTreeMap<WorkerId, Child>,
@@ -62,12 +81,18 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(
         cfg: &Config,
-        config_path: PathBuf,
+        start: Start,
         default_program: PathBuf,
-        redis_url: String,
-        target: RedisTarget,
         signals: Receiver<i32>,
     ) -> Runtime {
+        let Start {
+            config_path,
+            config_text,
+            redis_url,
+            tls_paths,
+            tls,
+            target,
+        } = start;
         let now = Instant::now();
         let hostname = nix::unistd::gethostname()
             .ok()
@@ -76,8 +101,11 @@ impl Runtime {
         Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
+            config_text,
             default_program,
             redis_url,
+            tls_paths,
+            tls,
             hostname,
             me: getpid(),
             children: BTreeMap::new(),
@@ -167,8 +195,14 @@ impl Runtime {
             SIGHUP => {
                 log::info!("SIGHUP: reloading {}", self.config_path.display());
                 let fresh = self.health(false);
-                let reload = match Config::load(&self.config_path) {
-                    Ok(cfg)
+                let reload = match Config::read(&self.config_path) {
+                    Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
+                        Event::ReloadFailed(format!(
+                            "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
+                            self.config_path.display()
+                        ))
+                    }
+                    Ok((cfg, _))
                         if Config::resolve_redis_url(None, cfg.redis_url.as_deref())
                             != self.redis_url =>
                     {
@@ -182,11 +216,12 @@ impl Runtime {
                             crate::conn::mask_url(&self.redis_url)
                         ))
                     }
-                    Ok(cfg) => {
+                    Ok((cfg, text)) => {
+                        self.config_text = text;
                         self.health_interval = cfg.supervisor.health_interval.0;
                         self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
                         logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
-                        super::warn_if_exposed(&cfg);
+                        super::warn_if_exposed(&cfg, &self.tls_paths);
                         Event::Reload(Box::new(cfg))
                     }
                     Err(e) => Event::ReloadFailed(e.to_string()),
@@ -238,9 +273,20 @@ impl Runtime {
 
     fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
         let program = spec.program.as_ref().unwrap_or(&self.default_program);
+        // The worker gets the pool file's text and the TLS files from us on a descriptor,
+        // not from disk: it may run as a user who cannot read them (see worker::handoff).
+        let handoff = Handoff {
+            config_path: self.config_path.clone(),
+            config: self.config_text.clone(),
+            tls: self.tls.clone(),
+        }
+        .to_memfd()?;
+        let handoff_fd = handoff.as_raw_fd();
         let mut cmd = Command::new(program);
         cmd.arg("-c")
             .arg(&self.config_path)
+            .arg("--config-fd")
+            .arg(WORKER_FD.to_string())
             .arg("--pool")
             .arg(&spec.pool);
         if spec.burst {
@@ -258,9 +304,18 @@ impl Runtime {
             .env(SUPERVISOR_PID_ENV, self.me.as_raw().to_string())
             .stdin(Stdio::null())
             .process_group(0);
+        // `user`/`group`: std sets the group, drops supplementary groups and sets the user
+        // before the pre_exec closure below runs, so the parent-death signal is set after
+        // the credentials change (a change of credentials would clear it).
+        if let Some(gid) = spec.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = spec.uid {
+            cmd.uid(uid);
+        }
         let me = self.me;
-        // SAFETY: prctl and getppid are async-signal-safe; the error paths build
-        // `io::Error`s from raw codes, which does not allocate.
+        // SAFETY: prctl, getppid, dup2 and fcntl are async-signal-safe; the error paths
+        // build `io::Error`s from raw codes, which does not allocate.
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
@@ -268,10 +323,21 @@ impl Runtime {
                     // The supervisor died between fork and prctl: do not start orphaned.
                     return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
+                // The handoff at its fixed number, without close-on-exec. dup2 onto itself
+                // would keep the flag, so clear it by hand in that case.
+                if handoff_fd == WORKER_FD {
+                    if nix::libc::fcntl(WORKER_FD, nix::libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(handoff_fd, WORKER_FD) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        cmd.spawn()
+        let child = cmd.spawn();
+        drop(handoff);
+        child
     }
 
     /// Collects every worker that exited since the last look.
@@ -331,7 +397,7 @@ impl Runtime {
                 }
                 let _ = kill(p, Signal::SIGKILL);
                 log::warn!(
-                    "killed orphan pid {pid}: left behind by a worker that died (its job was settled)"
+                    "killed orphan pid {pid}: left behind by a job's handler or by a worker that died; nothing a job starts may outlive it"
                 );
             }
             if let Ok(status) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {

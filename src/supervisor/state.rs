@@ -93,6 +93,9 @@ pub struct SpawnSpec {
     pub queues: Vec<String>,
     pub burst: bool,
     pub max_jobs: Option<u64>,
+    /// The pool's `user` and `group` ids, applied when the supervisor runs as root.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -899,6 +902,8 @@ impl State {
             queues: pool.spec.queues.clone(),
             burst: pool.spec.burst,
             max_jobs: w.max_jobs,
+            uid: pool.spec.user.as_ref().map(|u| u.id),
+            gid: pool.spec.group.as_ref().map(|g| g.id),
         }
     }
 

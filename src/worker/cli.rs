@@ -82,6 +82,15 @@ pub struct WorkerArgs {
     /// Pool name, shown in every log line (set by rq-supervisor).
     #[arg(long = "pool", hide = true)]
     pub pool: Option<String>,
+    /// Read the pool file's text and the TLS files from this inherited descriptor instead of
+    /// from disk (set by rq-supervisor; see `worker::handoff`).
+    #[arg(
+        long = "config-fd",
+        hide = true,
+        value_name = "FD",
+        requires = "config"
+    )]
+    pub config_fd: Option<i32>,
 }
 
 /// Everything `worker::run` needs, resolved from the CLI, the config and the environment.
@@ -95,15 +104,23 @@ pub struct WorkerOptions {
     pub handlers: Vec<HandlerSpec>,
     pub pid_file: Option<PathBuf>,
     pub pool: Option<String>,
+    /// TLS CA and client certificate contents for `rediss://` (empty: system roots).
+    pub tls: crate::conn::TlsMaterial,
 }
 
 impl WorkerArgs {
     /// Applies precedence: command line over `[pools.<pool>.worker]` over `[worker]` over
     /// RQ's defaults. Errors are complete messages for the user.
     pub fn resolve(self) -> Result<WorkerOptions, String> {
-        let cfg = match &self.config {
-            Some(path) => Some(Config::load(path).map_err(|e| e.to_string())?),
-            None => None,
+        let mut handed_tls = None;
+        let cfg = match (&self.config, self.config_fd) {
+            (Some(_), Some(fd)) => {
+                let h = super::handoff::Handoff::read_fd(fd)?;
+                handed_tls = Some(h.tls);
+                Some(Config::parse(&h.config_path, &h.config).map_err(|e| e.to_string())?)
+            }
+            (Some(path), None) => Some(Config::load(path).map_err(|e| e.to_string())?),
+            (None, _) => None,
         };
         let mut spec = match &cfg {
             Some(c) => match self
@@ -195,7 +212,18 @@ impl WorkerArgs {
             self.url.as_deref(),
             cfg.as_ref().and_then(|c| c.redis_url.as_deref()),
         );
+        let tls = match handed_tls {
+            Some(tls) => tls,
+            None => Config::resolve_tls(
+                &cfg.as_ref()
+                    .map(|c| c.redis_tls.clone())
+                    .unwrap_or_default(),
+            )
+            .read()
+            .map_err(|e| e.to_string())?,
+        };
         Ok(WorkerOptions {
+            tls,
             name: self.name,
             queues,
             burst: self.burst,

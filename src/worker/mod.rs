@@ -6,6 +6,7 @@
 //! a finished horse or a command is handled the moment it happens.
 
 pub mod cli;
+pub mod handoff;
 pub mod horse;
 pub mod maintenance;
 pub mod scheduler;
@@ -87,7 +88,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
             "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
         );
     }
-    let target = RedisTarget::parse(&opts.url).map_err(|e| {
+    let target = RedisTarget::with_tls(&opts.url, &opts.tls).map_err(|e| {
         log::error!("{e}");
         EXIT_USAGE
     })?;
@@ -376,6 +377,12 @@ impl Worker {
                                 log::info!("No more work, burst finished.");
                                 return Stop::BurstDone;
                             }
+                            if self.store.connects() != seen_connects {
+                                // This pass reconnected after the registration check at
+                                // the top: check it now, not after a heartbeat interval
+                                // of sleep (Redis may have lost the record).
+                                continue;
+                            }
                             self.wait_for_work(None);
                         }
                         ClaimResult::Suspended => {
@@ -491,12 +498,7 @@ impl Worker {
         let mut prefixes: Vec<String> = self.queues.iter().map(|q| keys::queue(q)).collect();
         prefixes.push(keys::SUSPENDED.to_string());
         let channels = [keys::pubsub(&self.name)];
-        match Listener::open(
-            self.store.target().info(),
-            &prefixes,
-            &channels,
-            CONNECT_TIMEOUT,
-        ) {
+        match Listener::open(self.store.target(), &prefixes, &channels, CONNECT_TIMEOUT) {
             Ok(l) => {
                 self.listener = Some(l);
                 self.listener_backoff.reset();
@@ -504,9 +506,11 @@ impl Worker {
             Err(e) => {
                 let delay = self.listener_backoff.next_delay();
                 if self.listener_backoff.attempts() == 1 {
+                    let text = e.to_string();
                     log::warn!(
-                        "cannot open the notification connection to {} ({e}); checking queues every second until it works",
-                        self.store.target().masked()
+                        "cannot open the notification connection to {} ({text}{}); checking queues every second until it works",
+                        self.store.target().masked(),
+                        crate::conn::hint_text("", &text)
                     );
                 }
                 self.listener_retry = std::time::Instant::now() + delay;
@@ -625,10 +629,27 @@ impl Worker {
         }
     }
 
-    /// Sleeps, waking early only for a signal.
+    /// Sleeps, waking early only for a shutdown signal. Other wake-ups (a SIGCHLD's byte in
+    /// the signal pipe) are drained and the sleep goes on: otherwise a byte left in the pipe
+    /// would turn every backoff into a busy loop.
     fn sleep(&self, d: Duration) {
-        let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout(d));
+        let deadline = std::time::Instant::now() + d;
+        let stops = self.signals.stop_count();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+            if let Ok(n) = poll(&mut fds, timeout(left))
+                && n > 0
+            {
+                self.signals.drain();
+            }
+            if self.signals.stop_count() != stops {
+                return;
+            }
+        }
     }
 
     fn describe(c: &Claimed) -> String {
@@ -640,7 +661,8 @@ impl Worker {
     }
 
     fn execute(&mut self, c: Claimed) {
-        log::info!("Got {} from {}", Self::describe(&c), c.queue);
+        // A description carries the arguments' repr, which can be megabytes long.
+        log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
         log::debug!("job {} execution {}", c.record.id, c.execution_id);
         let started = std::time::Instant::now();
         let ending = match self.prepare(&c) {

@@ -18,7 +18,7 @@ use redis::Script;
 pub enum StoreError {
     #[error(transparent)]
     Connect(#[from] ConnError),
-    #[error("Redis at {url}: {source}")]
+    #[error("Redis at {url}: {source}{}", crate::conn::hint(source))]
     Redis {
         url: String,
         #[source]

@@ -25,6 +25,8 @@ pub struct RedisServer {
     pub socket: PathBuf,
     pub log: PathBuf,
     extra: Vec<String>,
+    /// The TLS port, for servers from [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -46,12 +48,93 @@ impl RedisServer {
             socket,
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls_port: None,
         };
         server.launch();
         server
     }
 
+    /// Starts a server that also listens for TLS on 127.0.0.1 with `certs`' server
+    /// certificate (and, with `client_auth`, requires client certificates signed by its CA).
+    /// The unix socket stays plain, for the test's own inspection.
+    pub fn start_tls(certs: &TlsCerts, client_auth: bool) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..10 {
+            let port = free_port();
+            let mut extra: Vec<String> = [
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                &certs.server_cert.display().to_string(),
+                "--tls-key-file",
+                &certs.server_key.display().to_string(),
+                "--tls-ca-cert-file",
+                &certs.ca.display().to_string(),
+                "--tls-auth-clients",
+                if client_auth { "yes" } else { "no" },
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            extra.extend(["--loglevel".to_string(), "verbose".to_string()]);
+            let dir = tempfile::Builder::new()
+                .prefix("rqs-redis-tls-")
+                .tempdir()
+                .expect("temp dir");
+            let socket = dir.path().join("redis.sock");
+            let log = dir.path().join("redis.log");
+            let mut server = RedisServer {
+                child: None,
+                dir,
+                socket,
+                log,
+                extra,
+                tls_port: Some(port),
+            };
+            match server.try_launch() {
+                Ok(()) => return server,
+                // Another test took the port between our probe and the server's bind.
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server with TLS did not start:\n{last}");
+    }
+
+    /// `rediss://127.0.0.1:PORT/0` for a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/0",
+            self.tls_port.expect("a TLS server")
+        )
+    }
+
+    /// Creates an ACL user with `password` and `rules` (e.g. `["~rq:*", "+@all"]`) and
+    /// returns a unix socket URL that logs in as that user.
+    pub fn acl_user(&self, user: &str, password: &str, rules: &[&str]) -> String {
+        let mut con = self.con();
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(user).arg("reset").arg("on");
+        cmd.arg(format!(">{password}"));
+        for r in rules {
+            cmd.arg(*r);
+        }
+        cmd.exec(&mut con)
+            .unwrap_or_else(|e| panic!("ACL SETUSER {user} {rules:?}: {e}"));
+        format!(
+            "unix://{}?user={user}&pass={password}",
+            self.socket.display()
+        )
+    }
+
     fn launch(&mut self) {
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_launch(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--unixsocket"])
             .arg(&self.socket)
@@ -72,13 +155,17 @@ impl RedisServer {
                 && let Ok(mut con) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut con).is_ok()
             {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start:\n{}",
-                self.log_text()
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || Instant::now() >= deadline {
+                self.stop();
+                return Err(format!("redis-server did not start:\n{}", self.log_text()));
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -115,6 +202,73 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TCP port that was free a moment ago (the caller retries if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Certificates for TLS tests, generated in-process: a CA, a server certificate it signed
+/// for `127.0.0.1` and `localhost`, a client certificate it signed, and an unrelated CA
+/// (for "wrong CA" tests). PEM files in `dir`; the keys are mode 600.
+pub struct TlsCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TlsCerts {
+    pub fn generate(dir: &Path) -> TlsCerts {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let ca_params = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p
+        };
+        let ca =
+            CertifiedIssuer::self_signed(ca_params("rqs test CA"), KeyPair::generate().unwrap())
+                .unwrap();
+        let other =
+            CertifiedIssuer::self_signed(ca_params("rqs other CA"), KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let cert = p.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key) =
+            leaf(vec!["127.0.0.1".into(), "localhost".into()], "redis server");
+        let (client_pem, client_key) = leaf(vec!["rq-worker".into()], "rq-worker");
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write pem");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            p
+        };
+        TlsCerts {
+            ca: write("ca.pem", &ca.pem(), 0o644),
+            server_cert: write("server.pem", &server_pem, 0o644),
+            server_key: write("server.key", &server_key, 0o600),
+            client_cert: write("client.pem", &client_pem, 0o644),
+            client_key: write("client.key", &client_key, 0o600),
+            other_ca: write("other-ca.pem", &other.pem(), 0o644),
+        }
     }
 }
 
