@@ -363,6 +363,9 @@ impl Bench {
                 );
             }
         }
+        self.notes.push(
+            "Idle Redis traffic of a pool: the supervisor's health check (one pipelined HMGET per worker every `health_interval`, 5 s) plus each worker's heartbeat every `worker_ttl` - 15 s (405 s); an idle worker sends nothing else: it sleeps on its notification connection.".into(),
+        );
         self.notes.push(format!(
             "Latency: {n} jobs one every 5 ms for ours; RQ: {} jobs one every 25 ms (it handles about 90 jobs/s). Times come from the jobs' own `enqueued_at`, `started_at` and `ended_at`.",
             n / 5
@@ -541,6 +544,7 @@ impl Bench {
             let up = t.elapsed().as_secs_f64();
             let workers = descendants(s.id());
             let total_rss: u64 = rss_kib(s.id()) + workers.iter().map(|p| rss_kib(*p)).sum::<u64>();
+            let total_pss: u64 = pss_kib(s.id()) + workers.iter().map(|p| pss_kib(*p)).sum::<u64>();
             let cpu0 = cpu_ticks(s.id());
             let stats0 = self.redis.stats();
             let t0 = Instant::now();
@@ -560,6 +564,14 @@ impl Bench {
             self.row(
                 &format!("{n} idle workers: total RSS, supervisor + workers (MiB)"),
                 mib(total_rss),
+                "—".into(),
+                "".into(),
+                "",
+                None,
+            );
+            self.row(
+                &format!("{n} idle workers: total PSS, shared pages split (MiB)"),
+                mib(total_pss),
                 "—".into(),
                 "".into(),
                 "",
@@ -966,6 +978,16 @@ fn rss_kib(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Proportional set size: shared pages (code, libc) divided among the processes mapping them.
+fn pss_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
