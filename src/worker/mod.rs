@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::config::DequeueStrategy;
 use crate::conn::{Backoff, CONNECT_TIMEOUT, RedisTarget};
+use crate::fault::fault_point;
 use crate::handler::{Handler, JobCall, Registry};
 use crate::listener::{Listener, Push};
 use crate::logging::{self, LogContext, shorten};
@@ -347,6 +348,7 @@ impl Worker {
                     self.report_broken_queues(notes.broken);
                     match claim {
                         ClaimResult::Job(c) => {
+                            fault_point!("after-claim");
                             if self.suspended {
                                 self.suspended = false;
                             }
@@ -639,7 +641,10 @@ impl Worker {
                     Handler::Command(spec) => Horse::spawn_command(spec, &call),
                 };
                 match spawned {
-                    Ok(horse) => self.monitor(horse, &c, timeout),
+                    Ok(horse) => {
+                        fault_point!("after-fork");
+                        self.monitor(horse, &c, timeout)
+                    }
                     Err(e) => Ending::Failed {
                         exc: match &handler {
                             // E2BIG: the program is fine, the job's arguments are not.
@@ -664,7 +669,9 @@ impl Worker {
                 }
             }
         };
+        fault_point!("after-horse-exit");
         self.record(&c, ending, started.elapsed());
+        fault_point!("after-settle");
     }
 
     /// Decodes the payload and finds the handler. An error is the job's failure text.
