@@ -9,6 +9,10 @@ use redis::Script;
 /// Pops the first job id from the queues in priority order and records it as started by this
 /// worker in the same step, as RQ's §7.2 and §7.3 would in two transactions.
 ///
+/// Safe to repeat with the same execution id: when the reply to a claim is lost, the worker
+/// sends it again with that id, and if the first call did take a job (it is this worker's
+/// `current_job` and `J:E` is in one of the queues' `rq:wip`), the same job is returned.
+///
 /// ARGV: worker name, execution id, now (ISO), now (Unix float), now (Unix int),
 /// job monitoring interval, then the queue names in priority order.
 /// Returns `{queue, job id, HGETALL of the job, dropped ids, broken queues}`,
@@ -23,6 +27,27 @@ const CLAIM_LUA: &str = r#"
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local inow, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wkey = 'rq:worker:' .. worker
+-- A retry after a lost reply (the connection broke or timed out after Redis ran the script):
+-- this execution id already took a job, so hand the same job back instead of taking another
+-- and leaving the first one started with nobody running it.
+local current = redis.call('HGET', wkey, 'current_job')
+if current then
+  for i = 7, #ARGV do
+    local member = current .. ':' .. eid
+    local wip = 'rq:wip:' .. ARGV[i]
+    if redis.call('ZSCORE', wip, member) then
+      local jkey = 'rq:job:' .. current
+      if redis.call('EXISTS', jkey) == 1 then
+        redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', iso)
+        return {ARGV[i], current, redis.call('HGETALL', jkey), {}, {}}
+      end
+      -- Deleted meanwhile: nothing to run.
+      redis.call('ZREM', wip, member)
+      redis.call('DEL', 'rq:execution:' .. current .. ':' .. eid)
+      redis.call('HDEL', wkey, 'current_job')
+    end
+  end
+end
 if redis.call('EXISTS', 'rq:suspended') == 1 then return {false, 'suspended', {}, {}, {}} end
 local dropped, broken = {}, {}
 for i = 7, #ARGV do

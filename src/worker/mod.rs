@@ -119,6 +119,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         next_tick: std::time::Instant::now(),
         next_maintenance: std::time::Instant::now(),
         broken_reported: std::collections::HashMap::new(),
+        claim_execution_id: None,
     };
     if worker.spec.with_scheduler {
         worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
@@ -192,6 +193,8 @@ struct Worker {
     next_maintenance: std::time::Instant,
     /// When each broken queue was last reported.
     broken_reported: std::collections::HashMap<String, std::time::Instant>,
+    /// The execution id of a claim whose reply has not arrived yet (see `Store::claim`).
+    claim_execution_id: Option<String>,
 }
 
 impl Worker {
@@ -334,11 +337,20 @@ impl Worker {
             self.scheduler_due();
             // Drain notices before claiming: any change after this point wakes the wait.
             self.drain_listener(None);
-            match self
-                .store
-                .claim(&self.name, &self.order, self.monitoring_secs())
-            {
+            // Kept until a claim's reply arrives, so a retry after a lost reply gets back
+            // the job the lost call took instead of leaving it started and unattended.
+            let execution_id = self
+                .claim_execution_id
+                .get_or_insert_with(store::new_execution_id)
+                .clone();
+            match self.store.claim(
+                &self.name,
+                &self.order,
+                self.monitoring_secs(),
+                &execution_id,
+            ) {
                 Ok((claim, notes)) => {
+                    self.claim_execution_id = None;
                     redis_backoff.reset();
                     for d in notes.dropped {
                         log::warn!(

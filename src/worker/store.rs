@@ -255,14 +255,17 @@ impl Store {
         })
     }
 
-    /// Takes the next job in priority order, recording it as started (§7.2, §7.3).
+    /// Takes the next job in priority order, recording it as started (§7.2, §7.3), under
+    /// `execution_id`. After an error, call again with the same id: if Redis ran the lost
+    /// call, the job it took is returned instead of another one.
     pub fn claim(
         &mut self,
         name: &str,
         queues: &[String],
         monitoring_interval: u64,
+        execution_id: &str,
     ) -> Result<(ClaimResult, ClaimNotes), StoreError> {
-        let execution_id = new_execution_id();
+        let execution_id = execution_id.to_string();
         let now = Instant::now();
         let reply: Value = self.run(|con| {
             let mut inv = CLAIM.prepare_invoke();
