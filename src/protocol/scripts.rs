@@ -92,7 +92,8 @@ return {false, false, {}, dropped, broken}
 /// Records how an execution ended (§7.5, §7.6, §7.7, §7.11, §8.3): result entry, registries,
 /// TTLs, retries, dependents, and the worker's counters, in one step.
 ///
-/// ARGV: job id, queue, execution id (empty: find it in `rq:wip:Q`), worker name (empty for
+/// ARGV: job id, queue, execution id (empty: find the one this worker ran in `rq:wip:Q`),
+/// worker name (empty for
 /// registry cleanup, which RQ attributes to no worker),
 /// outcome (`finished`, `failed` or `stopped`), now (ISO), now (Unix float), now (Unix int),
 /// execution start (Unix float), working seconds, the worker's default result TTL,
@@ -116,9 +117,18 @@ local wkey = 'rq:worker:' .. worker
 local wip = 'rq:wip:' .. q
 
 if eid == '' then
+  -- Crash cleanup: settle only the execution the dead worker ran. Another execution of the
+  -- same job (it was requeued meanwhile, e.g. by RQ's abandoned-job cleanup during a long
+  -- outage, and another worker took it) belongs to a live worker and must not be touched.
+  -- The execution hash names its worker; once it has expired (the wip score has too), the
+  -- job's own worker_name tells whose the last execution was.
+  local prefix = id .. ':'
+  local last_worker = redis.call('HGET', jkey, 'worker_name')
   for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
-    if string.sub(member, 1, #id + 1) == id .. ':' then
-      eid = string.sub(member, #id + 2)
+    if string.sub(member, 1, #prefix) == prefix then
+      local e = string.sub(member, #prefix + 1)
+      local owner = redis.call('HGET', 'rq:execution:' .. id .. ':' .. e, 'worker_name')
+      if owner == worker or (not owner and last_worker == worker) then eid = e end
     end
   end
 end
