@@ -945,6 +945,10 @@ impl Worker {
                 "job {} was deleted while it ran; nothing to record",
                 c.record.id
             ),
+            ("unknown", _) if backoff.attempts() > 0 => log::info!(
+                "job {} was already settled: by an earlier attempt whose reply was lost, or by RQ's abandoned-job cleanup",
+                c.record.id
+            ),
             ("unknown", _) => log::warn!(
                 "job {} was settled by someone else meanwhile (abandoned-job cleanup after missed heartbeats?); this outcome is dropped",
                 c.record.id
