@@ -425,3 +425,97 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 "#;
+
+// The scripts below replace pipelines. redis-rs waits its read timeout once per reply, so a
+// pipeline of N commands (a MULTI/EXEC of N has N + 2 replies) blocks N times 5 s while Redis
+// is stalled; one script is one reply, and a stall costs one timeout.
+
+/// The idle heartbeat (§5). KEYS: the worker key. ARGV: now (ISO), TTL. Returns 1 while the
+/// worker's registration exists (its `birth` field), 0 when it was lost.
+pub static HEARTBEAT_IDLE: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_IDLE_LUA));
+
+const HEARTBEAT_IDLE_LUA: &str = r#"
+local registered = redis.call('HEXISTS', KEYS[1], 'birth')
+redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return registered
+"#;
+
+/// The heartbeat while a horse runs (§7.4): worker hash, execution hash, `rq:wip:Q` score,
+/// `rq:executions:J` and the job's `last_heartbeat`.
+///
+/// KEYS: worker, execution hash, wip registry, executions zset, job. ARGV: working seconds,
+/// now (ISO), now (Unix float), TTL, wip member, execution id, wip score, executions score.
+/// An execution or job hash that is gone (settled or deleted meanwhile) is not recreated.
+pub static HEARTBEAT_BUSY: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_BUSY_LUA));
+
+const HEARTBEAT_BUSY_LUA: &str = r#"
+local ttl = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'current_job_working_time', ARGV[1], 'last_heartbeat', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'last_heartbeat', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[7], ARGV[5])
+redis.call('ZADD', KEYS[4], 'XX', ARGV[8], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ttl + 60)
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HSET', KEYS[5], 'last_heartbeat', ARGV[2])
+end
+return 1
+"#;
+
+/// Death registration (§5): out of `rq:workers` and each queue's worker set, `death` written,
+/// the hash kept for its TTL.
+///
+/// KEYS: the worker key, `rq:workers`, then `rq:workers:Q` for each queue. ARGV: now (ISO),
+/// TTL, and `dead` when rq-supervisor records a worker that died without doing it itself:
+/// then `current_job` is dropped (its job was settled) and a record that no longer exists is
+/// not recreated. Returns 1 when the hash was marked.
+pub static DEATH: LazyLock<Script> = LazyLock::new(|| Script::new(DEATH_LUA));
+
+const DEATH_LUA: &str = r#"
+for i = 2, #KEYS do redis.call('SREM', KEYS[i], KEYS[1]) end
+if ARGV[3] == 'dead' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[1], 'current_job')
+end
+redis.call('HSET', KEYS[1], 'death', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"#;
+
+/// What rq-supervisor's health check reads about its workers, read-only. KEYS: the worker
+/// keys. Returns, per worker, `{last_heartbeat, state, current_job, and that job's status,
+/// started_at, timeout}` (nil where missing).
+pub static REGISTRATIONS: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTRATIONS_LUA));
+
+const REGISTRATIONS_LUA: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local w = redis.call('HMGET', KEYS[i], 'last_heartbeat', 'state', 'current_job')
+  local j = {false, false, false}
+  if w[3] and w[3] ~= '' then
+    j = redis.call('HMGET', 'rq:job:' .. w[3], 'status', 'started_at', 'timeout')
+  end
+  out[i] = {w[1], w[2], w[3], j[1], j[2], j[3]}
+end
+return out
+"#;
+
+/// Drops members of a queue's worker set (and of `rq:workers`) whose hash has expired.
+/// KEYS: `rq:workers:Q`, `rq:workers`. Returns how many were dropped.
+pub static PRUNE_WORKERS: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE_WORKERS_LUA));
+
+const PRUNE_WORKERS_LUA: &str = r#"
+local n = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', member) == 0 then
+    redis.call('SREM', KEYS[1], member)
+    redis.call('SREM', KEYS[2], member)
+    n = n + 1
+  end
+end
+return n
+"#;

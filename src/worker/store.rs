@@ -9,7 +9,7 @@ use redis::{Connection, RedisError, Value};
 use crate::conn::{ConnError, RedisTarget};
 use crate::protocol::job::JobRecord;
 use crate::protocol::keys;
-use crate::protocol::scripts::{BIRTH, CLAIM, SETTLE};
+use crate::protocol::scripts::{BIRTH, CLAIM, DEATH, HEARTBEAT_BUSY, HEARTBEAT_IDLE, SETTLE};
 use crate::protocol::time::Instant;
 
 /// A Redis operation failed; the connection has been dropped.
@@ -185,17 +185,17 @@ impl Store {
         let key = keys::worker(name);
         let now = Instant::now();
         self.run(|con| {
-            let (registered, _, _): (bool, i64, i64) = redis::pipe()
-                .hexists(&key, "birth")
-                .hset(&key, "last_heartbeat", now.iso())
-                .expire(&key, ttl as i64)
-                .query(con)?;
-            Ok(!registered)
+            let registered: i64 = HEARTBEAT_IDLE
+                .key(&key)
+                .arg(now.iso())
+                .arg(ttl)
+                .invoke(con)?;
+            Ok(registered == 0)
         })
     }
 
     /// Heartbeat while a horse runs (§7.4): worker hash, execution hash, `rq:wip:Q` score
-    /// and the job's `last_heartbeat`, in one transaction.
+    /// and the job's `last_heartbeat`, in one script.
     pub fn heartbeat_busy(
         &mut self,
         name: &str,
@@ -204,43 +204,24 @@ impl Store {
         ttl: u64,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
-        let (wkey, jkey) = (keys::worker(name), keys::job(&c.record.id));
-        let ekey = keys::execution(&c.record.id, &c.execution_id);
-        let member = keys::wip_member(&c.record.id, &c.execution_id);
-        let executions = keys::executions(&c.record.id);
         let ttl = ttl as i64;
         self.run(|con| {
-            let replies: Vec<Value> = redis::pipe()
-                .atomic()
-                .hset_multiple(
-                    &wkey,
-                    &[
-                        ("current_job_working_time", format!("{working:.6}")),
-                        ("last_heartbeat", now.iso()),
-                    ],
-                )
-                .expire(&wkey, ttl)
-                .hset(&ekey, "last_heartbeat", now.unix_float())
-                .expire(&ekey, ttl)
-                .cmd("ZADD")
-                .arg(keys::wip(&c.queue))
-                .arg("XX")
-                .arg(now.unix_secs() + ttl)
-                .arg(&member)
-                .cmd("ZADD")
-                .arg(&executions)
-                .arg("XX")
-                .arg(now.unix_secs() + ttl + 60)
+            HEARTBEAT_BUSY
+                .key(keys::worker(name))
+                .key(keys::execution(&c.record.id, &c.execution_id))
+                .key(keys::wip(&c.queue))
+                .key(keys::executions(&c.record.id))
+                .key(keys::job(&c.record.id))
+                .arg(format!("{working:.6}"))
+                .arg(now.iso())
+                .arg(now.unix_float())
+                .arg(ttl)
+                .arg(keys::wip_member(&c.record.id, &c.execution_id))
                 .arg(&c.execution_id)
-                .expire(&executions, ttl + 60)
-                .hset(&jkey, "last_heartbeat", now.iso())
-                .query(con)?;
-            // HSET on a job hash that was deleted meanwhile recreates it with one field;
-            // undo that so readers never see a job without data (RQ does the same).
-            if matches!(replies.last(), Some(Value::Int(1))) {
-                redis::cmd("DEL").arg(&jkey).exec(con)?;
-            }
-            Ok(())
+                .arg(now.unix_secs() + ttl)
+                .arg(now.unix_secs() + ttl + 60)
+                .invoke::<i64>(con)
+                .map(drop)
         })
     }
 
@@ -309,17 +290,31 @@ impl Store {
 
     /// Death registration (§5): out of the worker sets, `death` written, hash kept 60 s.
     pub fn death(&mut self, name: &str, queues: &[String]) -> Result<(), StoreError> {
-        let key = keys::worker(name);
+        self.record_death(name, queues, false).map(drop)
+    }
+
+    /// Death registration for a worker that died without doing it (rq-supervisor's crash
+    /// cleanup): also drops `current_job`, and does not recreate a record that is gone.
+    /// Returns true when the record existed.
+    pub fn record_death(
+        &mut self,
+        name: &str,
+        queues: &[String],
+        dead: bool,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         self.run(|con| {
-            let mut p = redis::pipe();
-            p.atomic().srem(keys::WORKERS, &key);
+            let mut inv = DEATH.key(keys::worker(name));
+            inv.key(keys::WORKERS);
             for q in queues {
-                p.srem(keys::workers_of(q), &key);
+                inv.key(keys::workers_of(q));
             }
-            p.hset(&key, "death", now.iso())
-                .expire(&key, crate::protocol::defaults::DEATH_TTL);
-            p.exec(con)
+            let marked: i64 = inv
+                .arg(now.iso())
+                .arg(crate::protocol::defaults::DEATH_TTL)
+                .arg(if dead { "dead" } else { "own" })
+                .invoke(con)?;
+            Ok(marked == 1)
         })
     }
 }
