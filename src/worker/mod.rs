@@ -40,6 +40,12 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Exit status for bad usage or configuration.
 pub const EXIT_USAGE: i32 = 2;
 
+/// The longest wait between two attempts to reach Redis (taking a job, recording an
+/// outcome). Python RQ waits up to 60 s; this stays well below the smallest `worker_ttl`
+/// (16 s), because rq-supervisor restarts its stuck-worker clocks when Redis comes back and a
+/// healthy worker must have heartbeaten again before they run out.
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
 /// The `python_version` field of the worker record; RQ's tools show it as free text.
 const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERSION"), " (Rust)");
 
@@ -280,7 +286,7 @@ impl Worker {
     }
 
     fn work(&mut self) -> Stop {
-        let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut redis_backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         let mut state_idle = false;
         let mut seen_connects = self.store.connects();
         loop {
@@ -896,7 +902,7 @@ impl Worker {
             idle_ttl: Some(self.idle_ttl()),
             allow_retry,
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         let verdict = loop {
             match self.store.settle(&settlement) {
                 Ok(v) => break v,
