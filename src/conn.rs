@@ -47,6 +47,17 @@ impl RedisTarget {
             url: masked.clone(),
             reason: e.to_string(),
         })?;
+        // No CLIENT SETINFO after connecting: Redis < 7.2 answers it with an error anyway,
+        // and each of its two replies waits out the whole timeout while Redis is stalled, which
+        // made a reconnect take 6 s before the first real command was even sent.
+        let info = client.get_connection_info().clone();
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| {
+            ConnError::BadUrl {
+                url: masked.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         if let ConnectionAddr::TcpTls { .. } = client.get_connection_info().addr() {
             return Err(ConnError::BadUrl {
                 url: masked,
