@@ -10,7 +10,11 @@
 //! There is no point between "popped" and "started": the CLAIM script does both in one atomic
 //! step, so `after-claim` is the earliest place a worker can die holding a job.
 //!
-//! Each test covers one point and runs its four variants at once (each with its own
+//! Two more points make the worker lose the reply of a script Redis did run (as a connection
+//! breaking at that moment would): repeating a claim returns the same job, repeating a settle
+//! changes nothing.
+//!
+//! Each dying-point test covers one point and runs its four variants at once (each with its own
 //! redis-server), because the standalone ones wait out RQ's heartbeat TTL (interval + 60 s).
 #![cfg(feature = "fault-injection")]
 
@@ -369,4 +373,122 @@ fn a_worker_dying_after_the_horse_exited_but_before_writing_the_result_loses_no_
 #[test]
 fn a_worker_dying_right_after_writing_the_result_neither_loses_nor_repeats_the_job() {
     all_variants("after-settle");
+}
+
+/// A worker with `RQ_FAULT=<point>` armed by a file, on `queues`, with built-in handlers.
+fn worker_losing(redis: &RedisServer, point: &str, armed: &Path, queues: &[&str]) -> Proc {
+    let mut args = vec!["--builtin-handlers", "--name", "w"];
+    args.extend_from_slice(queues);
+    let mut cmd = rqworker(redis, &args);
+    cmd.env("RQ_FAULT", point).env("RQ_FAULT_FILE", armed);
+    let w = Proc::spawn(cmd);
+    w.wait_for_log("Listening for work");
+    w
+}
+
+fn got_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("] Got ")).collect()
+}
+
+#[test]
+fn a_claim_whose_reply_is_lost_gets_the_same_job_back() {
+    // Redis ran the claim (the job is started under the worker's execution id) but the reply
+    // never arrived; the retry must return that job, not take the next one and leave it
+    // started with nobody running it.
+    for queues in [ONE_QUEUE, &["high", "default", "low"][..]] {
+        let redis = RedisServer::start();
+        let dir = temp_dir();
+        let armed = dir.path().join("armed");
+        arm(&armed);
+        let w = worker_losing(&redis, "lose-claim-reply", &armed, queues);
+        let (q1, q2) = if queues.len() == 1 {
+            ("q", "q")
+        } else {
+            ("default", "low")
+        };
+        let mut con = redis.con();
+        let first = rs_enqueue(
+            &mut con,
+            q1,
+            "rq.builtin.echo",
+            serde_json::json!(["first"]),
+        );
+        let second = rs_enqueue(
+            &mut con,
+            q2,
+            "rq.builtin.echo",
+            serde_json::json!(["second"]),
+        );
+        wait_fired(&armed, "lose-claim-reply");
+        for id in [&first, &second] {
+            wait_status(&mut con, id, &["finished"]);
+            assert_eq!(result_count(&mut con, id), 1, "{queues:?}");
+        }
+        let log = w.log();
+        assert!(log.contains("cannot take a job"), "{log}");
+        let got = got_lines(&log);
+        assert_eq!(got.len(), 2, "{log}");
+        assert!(
+            got[0].contains("first"),
+            "the lost claim's job runs first: {log}"
+        );
+        assert_nothing_in_flight(&mut con, queues);
+    }
+}
+
+#[test]
+fn a_settle_whose_reply_is_lost_is_repeated_without_effect() {
+    let redis = RedisServer::start();
+    let dir = temp_dir();
+    let armed = dir.path().join("armed");
+    let w = worker_losing(&redis, "lose-settle-reply", &armed, ONE_QUEUE);
+    let mut con = redis.con();
+
+    // A job that finishes: one result, counted once.
+    arm(&armed);
+    let done = rs_enqueue(
+        &mut con,
+        "q",
+        "rq.builtin.echo",
+        serde_json::json!(["done"]),
+    );
+    wait_fired(&armed, "lose-settle-reply");
+    wait_status(&mut con, &done, &["finished"]);
+    w.wait_for_log(&format!("job {done} was already settled"));
+    assert_eq!(result_count(&mut con, &done), 1);
+    assert_eq!(
+        hget(&mut con, "rq:worker:w", "successful_job_count").as_deref(),
+        Some("1")
+    );
+
+    // A failure with a retry left: requeued once, not twice, so it runs exactly twice.
+    arm(&armed);
+    let opts = rq_supervisor::producer::EnqueueOptions {
+        retry: Some((1, vec![])),
+        ..Default::default()
+    };
+    let flaky = rs_enqueue_with(
+        &mut con,
+        "q",
+        "rq.builtin.fail",
+        serde_json::json!([]),
+        &opts,
+    );
+    wait_fired(&armed, "lose-settle-reply");
+    wait_status(&mut con, &flaky, &["failed"]);
+    // Give a doubled queue entry the time to show up as a third run.
+    let probe = rs_enqueue(&mut con, "q", "rq.builtin.noop", serde_json::json!([]));
+    wait_status(&mut con, &probe, &["finished"]);
+    let log = w.log();
+    let runs = got_lines(&log)
+        .iter()
+        .filter(|l| l.contains("rq.builtin.fail"))
+        .count();
+    assert_eq!(runs, 2, "{log}");
+    assert_eq!(result_count(&mut con, &flaky), 1);
+    assert_eq!(
+        hget(&mut con, &format!("rq:job:{flaky}"), "retries_left").as_deref(),
+        Some("0")
+    );
+    assert_nothing_in_flight(&mut con, ONE_QUEUE);
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use redis::{Connection, RedisError, Value};
 
 use crate::conn::{ConnError, RedisTarget};
+use crate::fault::lose_reply;
 use crate::protocol::job::JobRecord;
 use crate::protocol::keys;
 use crate::protocol::scripts::{BIRTH, CLAIM, DEATH, HEARTBEAT_BUSY, HEARTBEAT_IDLE, SETTLE};
@@ -261,13 +262,17 @@ impl Store {
             }
             inv.invoke(con)
         })?;
-        Ok(parse_claim(reply, execution_id, now))
+        let claimed = parse_claim(reply, execution_id, now);
+        if matches!(claimed.0, ClaimResult::Job(_)) && lose_reply!("lose-claim-reply") {
+            return Err(self.lost_reply());
+        }
+        Ok(claimed)
     }
 
     /// Records an ending; returns the script's verdict (`finished`, `failed`, `requeued`...).
     pub fn settle(&mut self, s: &Settlement) -> Result<String, StoreError> {
         let now = Instant::now();
-        self.run(|con| {
+        let verdict = self.run(|con| {
             SETTLE
                 .prepare_invoke()
                 .arg(s.job_id)
@@ -285,7 +290,30 @@ impl Store {
                 .arg(s.idle_ttl.map(|t| t.to_string()).unwrap_or_default())
                 .arg(if s.allow_retry { "1" } else { "0" })
                 .invoke(con)
-        })
+        })?;
+        if lose_reply!("lose-settle-reply") {
+            return Err(self.lost_reply());
+        }
+        Ok(verdict)
+    }
+
+    /// What a connection that broke before the reply arrived leaves behind (fault injection).
+    #[cfg(feature = "fault-injection")]
+    fn lost_reply(&mut self) -> StoreError {
+        self.con = None;
+        StoreError::Redis {
+            url: self.target.masked().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "fault injection: the reply was lost",
+            )
+            .into(),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn lost_reply(&mut self) -> StoreError {
+        unreachable!("replies are lost only with the fault-injection feature")
     }
 
     /// Death registration (§5): out of the worker sets, `death` written, hash kept 60 s.
