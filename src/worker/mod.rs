@@ -633,10 +633,24 @@ impl Worker {
         }
     }
 
-    /// Sleeps, waking early only for a signal.
+    /// Sleeps for `d` (a backoff delay), waking early only for a stop request. Other
+    /// signals (a late SIGCHLD) are drained and the sleep goes on: a wake-up byte left in the
+    /// signal pipe would otherwise end every later sleep at once.
     fn sleep(&self, d: Duration) {
-        let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout(d));
+        let deadline = std::time::Instant::now() + d;
+        let stops = self.signals.stop_count();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, timeout(left));
+            self.signals.drain();
+            if self.signals.stop_count() != stops {
+                return;
+            }
+        }
     }
 
     fn describe(c: &Claimed) -> String {
