@@ -129,6 +129,33 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// Runs `f` (a Redis call) with the signals this crate's processes handle blocked in the
+/// calling thread, and delivers whatever arrived meanwhile afterwards. A read on a socket with
+/// a timeout is never restarted after a signal handler: without this, a SIGCHLD (a horse or a
+/// worker exiting) arriving mid-call failed the call with EINTR and lost its reply, and
+/// rq-supervisor deferred crash cleanups for it.
+pub fn uninterrupted<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ] {
+        set.add(sig);
+    }
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+    let out = f();
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    out
+}
+
 /// Capped exponential backoff with full jitter: each wait is random in
 /// `[base * 2^n / 2, base * 2^n]`, never above `cap`.
 #[derive(Debug, Clone)]

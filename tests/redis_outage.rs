@@ -458,3 +458,57 @@ fn a_job_finishing_during_a_stall_is_recorded_once() {
     );
     assert_settled_worker(&mut con, "w", &["q"]);
 }
+
+#[test]
+fn signals_arriving_during_a_slow_redis_call_do_not_break_it() {
+    // A read on a socket with a timeout is not restarted after a signal handler; a SIGCHLD
+    // (a horse or worker exiting) in the middle of a Redis call must not fail it with EINTR.
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let pool = PoolFile::new(
+        r#"
+[supervisor]
+health_interval = "100ms"
+[worker]
+builtin_handlers = true
+[pools.main]
+queues = ["other"]
+"#,
+    );
+    let sup = start(&redis, &pool);
+    let w = Proc::spawn(rqworker(
+        &redis,
+        &[
+            "--builtin-handlers",
+            "--name",
+            "w",
+            "--worker-ttl",
+            "16",
+            "q",
+        ],
+    ));
+    w.wait_for_log("Listening for work");
+    let mut con = redis.con();
+    wait_workers(&mut con, 2);
+    // Redis answers nothing for 3 s, so both are inside a Redis call most of that time.
+    let url = redis.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(3)
+            .exec(&mut c)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        sup.signal(nix::sys::signal::Signal::SIGCHLD);
+        w.signal(nix::sys::signal::Signal::SIGCHLD);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sleeper.join().unwrap();
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    wait_status(&mut con, &id, &["finished"]);
+    for (who, log) in [("rq-supervisor", sup.log()), ("rqworker", w.log())] {
+        assert!(!log.contains("os error 4"), "{who} was interrupted:\n{log}");
+    }
+}

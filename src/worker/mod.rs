@@ -499,12 +499,15 @@ impl Worker {
         let mut prefixes: Vec<String> = self.queues.iter().map(|q| keys::queue(q)).collect();
         prefixes.push(keys::SUSPENDED.to_string());
         let channels = [keys::pubsub(&self.name)];
-        match Listener::open(
-            self.store.target().info(),
-            &prefixes,
-            &channels,
-            CONNECT_TIMEOUT,
-        ) {
+        let opened = crate::conn::uninterrupted(|| {
+            Listener::open(
+                self.store.target().info(),
+                &prefixes,
+                &channels,
+                CONNECT_TIMEOUT,
+            )
+        });
+        match opened {
             Ok(l) => {
                 self.listener = Some(l);
                 self.listener_backoff.reset();

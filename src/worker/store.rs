@@ -113,6 +113,13 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        crate::conn::uninterrupted(|| self.run_now(f))
+    }
+
+    fn run_now<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         if self.con.is_none() {
             self.con = Some(self.target.connect()?);
             self.connects += 1;
