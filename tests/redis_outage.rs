@@ -512,3 +512,43 @@ queues = ["other"]
         assert!(!log.contains("os error 4"), "{who} was interrupted:\n{log}");
     }
 }
+
+#[test]
+fn a_worker_started_while_redis_loads_its_data_waits_instead_of_failing() {
+    // Under rq-supervisor a worker that exits at start counts as a crash; restarts during a
+    // Redis restart must not fail just because Redis is still reading its snapshot.
+    let mut redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let mut con = redis.con();
+    // About a second of loading on an idle machine.
+    redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(1_000_000)
+        .exec(&mut con)
+        .unwrap();
+    redis::cmd("SAVE").exec(&mut con).unwrap();
+    drop(con);
+    redis.restart_graceful_nowait();
+    let client = redis::Client::open(redis.url()).unwrap();
+    wait_until("Redis to answer LOADING", WAIT, || {
+        client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err_and(|e| {
+                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+            })
+    });
+    let mut w = Proc::spawn(rqworker(
+        &redis,
+        &["--builtin-handlers", "--name", "w", "q"],
+    ));
+    w.wait_for_log("Listening for work");
+    let log = w.log();
+    assert!(
+        log.contains("waiting until Redis has loaded its data"),
+        "the worker never saw Redis loading (too fast a machine?):\n{log}"
+    );
+    let mut con = redis.con();
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    wait_status(&mut con, &id, &["finished"]);
+    assert!(w.child.try_wait().unwrap().is_none(), "{log}");
+}

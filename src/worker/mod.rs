@@ -219,11 +219,27 @@ impl Worker {
     /// Connects and registers the birth. Fails (exit 1) when Redis is unreachable or the
     /// name is taken: a worker that cannot register must not run jobs.
     fn start(&mut self) -> Result<(), i32> {
-        if let Err(e) = self.store.run(|con| redis::cmd("PING").exec(con)) {
-            log::error!(
-                "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
-            );
-            return Err(EXIT_FAILURE);
+        // A Redis that answers LOADING (restarted, reading its AOF or RDB) is there and will
+        // serve shortly: wait for it instead of failing, which under rq-supervisor would count
+        // as a crash and could turn the pool degraded after every Redis restart.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        loop {
+            match self.store.run(|con| redis::cmd("PING").exec(con)) {
+                Ok(()) => break,
+                Err(e) if e.is_loading() && self.signals.stop_count() == 0 => {
+                    if backoff.attempts() == 0 {
+                        log::warn!("{e}; waiting until Redis has loaded its data");
+                    }
+                    let delay = backoff.next_delay();
+                    self.sleep(delay);
+                }
+                Err(e) => {
+                    log::error!(
+                        "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
+                    );
+                    return Err(EXIT_FAILURE);
+                }
+            }
         }
         match self.register_birth() {
             Ok(true) => {}

@@ -27,13 +27,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when Redis answered that it is still loading its data (after a restart).
+    pub fn is_loading(&self) -> bool {
+        matches!(self, StoreError::Redis { source, .. }
+            if source.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+    }
+
     /// True when the server itself refused (ACL, wrong type, read-only replica, OOM), as
     /// opposed to the connection failing or Redis still loading its data after a restart.
     /// Refusals are logged at every attempt; both are retried.
     pub fn is_refusal(&self) -> bool {
         matches!(self, StoreError::Redis { source, .. } if source.kind() != redis::ErrorKind::Io
-            && source.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-            && !source.is_connection_dropped() && !source.is_timeout())
+            && !self.is_loading() && !source.is_connection_dropped() && !source.is_timeout())
     }
 }
 
