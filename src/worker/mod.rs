@@ -226,7 +226,11 @@ impl Worker {
         loop {
             match self.store.run(|con| redis::cmd("PING").exec(con)) {
                 Ok(()) => break,
-                Err(e) if e.is_loading() && self.signals.stop_count() == 0 => {
+                Err(e) if e.is_loading() => {
+                    if self.signals.stop_count() > 0 {
+                        log::info!("stopping on request while Redis was still loading its data");
+                        return Err(EXIT_OK);
+                    }
                     if backoff.attempts() == 0 {
                         log::warn!("{e}; waiting until Redis has loaded its data");
                     }
