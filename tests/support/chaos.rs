@@ -370,6 +370,8 @@ cold_timeout = "5s"
 [worker]
 builtin_handlers = true
 log_level = "debug"
+# Finished jobs must outlive the run (the default 500 s would expire them in the soak).
+results_ttl = 86400
 job_monitoring_interval = "1s"
 maintenance_interval = "10s"
 worker_ttl = "20s"
