@@ -697,6 +697,7 @@ impl Worker {
                 };
                 match spawned {
                     Ok(horse) => {
+                        log::debug!("job {} work horse pid {}", c.record.id, horse.pid);
                         fault_point!("after-fork");
                         self.monitor(horse, &c, timeout)
                     }
