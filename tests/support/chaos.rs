@@ -723,6 +723,20 @@ pub fn run(p: Params) -> Report {
     if let Some(t) = stall_thread {
         t.join().expect("stall thread");
     }
+    // The kill record, for post-mortems: unix time, pid, role, the worker it belonged to.
+    let record: String = kills
+        .iter()
+        .map(|k| {
+            format!(
+                "{:.3} {} {} {}\n",
+                k.at,
+                k.pid,
+                if k.horse { "horse" } else { "worker" },
+                k.worker
+            )
+        })
+        .collect();
+    let _ = std::fs::write(setup.dir.path().join("kills.log"), record);
     let rs_failures = rs.join().expect("rust producer");
     let py_out = wait_output(py, Duration::from_secs(300));
     if let Err(e) = &py_out {
@@ -1096,6 +1110,9 @@ fn read_registries(reader: &mut Reader, all: &[JobSpec]) -> Registries {
 struct Claim {
     at: f64,
     pid: u32,
+    /// Its line in the log. Lines of one process are in the order it wrote them, which the
+    /// millisecond stamps cannot tell apart (a job's end and the next claim often share one).
+    line: usize,
 }
 
 /// What the workers' logs say about executions.
@@ -1103,15 +1120,16 @@ struct Claim {
 struct Executions {
     /// Per job, its executions in time order.
     claims: HashMap<String, Vec<Claim>>,
-    /// Per worker pid, when it logged an execution's end (it settled the job itself).
-    ends: HashMap<u32, Vec<f64>>,
+    /// Per worker pid, the line and time where it logged an execution's end (it settled the
+    /// job itself), in log order.
+    ends: HashMap<u32, Vec<(usize, f64)>>,
 }
 
 fn parse_executions(log: &Path) -> Executions {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut out = Executions::default();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+    for (line, text) in text.lines().enumerate() {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
             continue;
         };
         let (Some(msg), Some(ts), Some(pid)) = (
@@ -1129,7 +1147,7 @@ fn parse_executions(log: &Path) -> Executions {
             out.claims
                 .entry(job.to_string())
                 .or_default()
-                .push(Claim { at, pid });
+                .push(Claim { at, pid, line });
         } else if msg.starts_with("Job ended normally")
             || msg.starts_with("Job failed")
             || (msg.starts_with("job ")
@@ -1137,14 +1155,11 @@ fn parse_executions(log: &Path) -> Executions {
                     || msg.contains(" was settled by someone else")
                     || msg.contains(" was deleted while it ran")))
         {
-            out.ends.entry(pid).or_default().push(at);
+            out.ends.entry(pid).or_default().push((line, at));
         }
     }
     for v in out.claims.values_mut() {
-        v.sort_by(|a, b| a.at.total_cmp(&b.at));
-    }
-    for v in out.ends.values_mut() {
-        v.sort_by(f64::total_cmp);
+        v.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.line.cmp(&b.line)));
     }
     out
 }
@@ -1170,12 +1185,15 @@ fn judge(
         .zip(statuses)
         .map(|(j, s)| (j.id.as_str(), s.as_deref()))
         .collect();
-    let mut claims_by_worker: HashMap<u32, Vec<f64>> = HashMap::new();
+    let mut claims_by_worker: HashMap<u32, Vec<(usize, f64)>> = HashMap::new();
     for c in claims.values().flatten() {
-        claims_by_worker.entry(c.pid).or_default().push(c.at);
+        claims_by_worker
+            .entry(c.pid)
+            .or_default()
+            .push((c.line, c.at));
     }
     for v in claims_by_worker.values_mut() {
-        v.sort_by(f64::total_cmp);
+        v.sort_by_key(|(line, _)| *line);
     }
     let killed_workers: HashSet<u32> = kills.iter().filter(|k| !k.horse).map(|k| k.pid).collect();
     let mut by_kind: BTreeMap<Kind, [usize; 3]> = BTreeMap::new();
@@ -1200,15 +1218,13 @@ fn judge(
             .enumerate()
             .map(|(k, c)| {
                 let next_of_job = cl.get(k + 1).map_or(f64::INFINITY, |n| n.at);
-                let next_of_worker = claims_by_worker
-                    .get(&c.pid)
-                    .and_then(|v| v.iter().find(|t| **t > c.at).copied())
-                    .unwrap_or(f64::INFINITY);
-                let ended = log
-                    .ends
-                    .get(&c.pid)
-                    .and_then(|v| v.iter().find(|t| **t >= c.at).copied())
-                    .unwrap_or(f64::INFINITY);
+                // The worker's next line of either kind, by log order.
+                let after = |v: Option<&Vec<(usize, f64)>>| {
+                    v.and_then(|v| v.iter().find(|(line, _)| *line > c.line))
+                        .map_or(f64::INFINITY, |(_, at)| *at)
+                };
+                let next_of_worker = after(claims_by_worker.get(&c.pid));
+                let ended = after(log.ends.get(&c.pid));
                 let end = next_of_job.min(next_of_worker).min(ended) + AFTER;
                 kills
                     .iter()
