@@ -1113,6 +1113,8 @@ struct Claim {
     /// Its line in the log. Lines of one process are in the order it wrote them, which the
     /// millisecond stamps cannot tell apart (a job's end and the next claim often share one).
     line: usize,
+    /// The work horse's pid, from the worker's `job J work horse pid N` line.
+    horse: Option<u32>,
 }
 
 /// What the workers' logs say about executions.
@@ -1140,14 +1142,27 @@ fn parse_executions(log: &Path) -> Executions {
             continue;
         };
         let (at, pid) = (rq_time(ts), pid as u32);
-        if let Some((job, _eid)) = msg
+        if let Some((job, horse)) = msg
+            .strip_prefix("job ")
+            .and_then(|rest| rest.split_once(" work horse pid "))
+        {
+            if let Some(c) = out
+                .claims
+                .get_mut(job)
+                .and_then(|v| v.iter_mut().rev().find(|c| c.pid == pid))
+            {
+                c.horse = horse.parse().ok();
+            }
+        } else if let Some((job, _eid)) = msg
             .strip_prefix("job ")
             .and_then(|rest| rest.split_once(" execution "))
         {
-            out.claims
-                .entry(job.to_string())
-                .or_default()
-                .push(Claim { at, pid, line });
+            out.claims.entry(job.to_string()).or_default().push(Claim {
+                at,
+                pid,
+                line,
+                horse: None,
+            });
         } else if msg.starts_with("Job ended normally")
             || msg.starts_with("Job failed")
             || (msg.starts_with("job ")
@@ -1201,10 +1216,8 @@ fn judge(
     let (mut ran_more, mut after_kill, mut own_retries, mut failed_by_kill) = (0, 0, 0, 0);
     let mut executions = 0;
     // Clock slack between the driver's kill record (taken just before kill(2)) and the
-    // workers' log lines (millisecond stamps). A killed worker logs nothing afterwards, so a
-    // generous slack before the claim cannot credit the wrong kill; after the execution the
-    // slack stays small, so a kill during a later job of the same worker is not credited.
-    const BEFORE: f64 = 1.0;
+    // workers' log lines (millisecond stamps, written a moment after the event).
+    const BEFORE: f64 = 0.05;
     const AFTER: f64 = 0.1;
     for j in all {
         let status = status_of[j.id.as_str()];
@@ -1226,9 +1239,14 @@ fn judge(
                 let next_of_worker = after(claims_by_worker.get(&c.pid));
                 let ended = after(log.ends.get(&c.pid));
                 let end = next_of_job.min(next_of_worker).min(ended) + AFTER;
-                kills
-                    .iter()
-                    .any(|k| k.worker == c.pid && k.at >= c.at - BEFORE && k.at <= end)
+                // The worker itself, or this execution's own horse (pids are reused; a horse
+                // killed before its worker logged its pid counts as this execution's).
+                kills.iter().any(|k| {
+                    k.worker == c.pid
+                        && (!k.horse || c.horse.is_none_or(|h| h == k.pid))
+                        && k.at >= c.at - BEFORE
+                        && k.at <= end
+                })
             })
             .collect();
         if cl.len() > 1 {
