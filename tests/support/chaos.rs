@@ -484,7 +484,11 @@ fn rust_producer(url: String, jobs: Vec<JobSpec>, over: Duration) -> u32 {
 
 #[derive(Debug, Clone)]
 struct KillRecord {
+    /// Just before kill(2).
     at: f64,
+    /// Just after it returned: the signal landed in between, however long the driver was
+    /// descheduled.
+    done: f64,
     pid: u32,
     /// The worker the victim belonged to (itself for a worker).
     worker: u32,
@@ -673,6 +677,7 @@ pub fn run(p: Params) -> Report {
             if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                 kills.push(KillRecord {
                     at,
+                    done: now(),
                     pid,
                     worker,
                     horse,
@@ -728,8 +733,9 @@ pub fn run(p: Params) -> Report {
         .iter()
         .map(|k| {
             format!(
-                "{:.3} {} {} {}\n",
+                "{:.3} {:.3} {} {} {}\n",
                 k.at,
+                k.done,
                 k.pid,
                 if k.horse { "horse" } else { "worker" },
                 k.worker
@@ -1125,6 +1131,10 @@ struct Executions {
     /// Per worker pid, the line and time where it logged an execution's end (it settled the
     /// job itself), in log order.
     ends: HashMap<u32, Vec<(usize, f64)>>,
+    /// rq-supervisor's crash cleanups that settled a job: (job, dead worker's pid, line). A
+    /// worker killed while its claim's reply was on the way never logged that execution; the
+    /// cleanup proves it.
+    cleanups: Vec<(String, u32, usize, f64)>,
 }
 
 fn parse_executions(log: &Path) -> Executions {
@@ -1142,7 +1152,20 @@ fn parse_executions(log: &Path) -> Executions {
             continue;
         };
         let (at, pid) = (rq_time(ts), pid as u32);
-        if let Some((job, horse)) = msg
+        if let Some(job) = msg
+            .strip_prefix("supervisor: crash cleanup done")
+            .and_then(|rest| rest.split_once("its job "))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+        {
+            let dead = v
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| n.rsplit('.').next())
+                .and_then(|p| p.parse().ok());
+            if let Some(dead) = dead {
+                out.cleanups.push((job.to_string(), dead, line, at));
+            }
+        } else if let Some((job, horse)) = msg
             .strip_prefix("job ")
             .and_then(|rest| rest.split_once(" work horse pid "))
         {
@@ -1193,7 +1216,30 @@ fn judge(
     log: &Executions,
     kills: &[KillRecord],
 ) -> Verdict {
-    let claims = &log.claims;
+    // Executions the workers never logged (killed before their claim's reply arrived) but
+    // rq-supervisor's cleanup settled: at the worker's kill, after everything it logged.
+    let mut claims = log.claims.clone();
+    for (job, dead, line, at) in &log.cleanups {
+        let list = claims.entry(job.clone()).or_default();
+        if list.iter().any(|c| c.pid == *dead) {
+            continue;
+        }
+        // The latest kill of that pid as a worker before the cleanup (pids are reused).
+        if let Some(k) = kills
+            .iter()
+            .rev()
+            .find(|k| k.pid == *dead && !k.horse && k.at <= *at + 0.005)
+        {
+            list.push(Claim {
+                at: k.at,
+                pid: *dead,
+                line: *line,
+                horse: None,
+            });
+            list.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.line.cmp(&b.line)));
+        }
+    }
+    let claims = &claims;
     let mut problems = Vec::new();
     let status_of: HashMap<&str, Option<&str>> = all
         .iter()
@@ -1215,10 +1261,9 @@ fn judge(
     let (mut finished, mut failed, mut deferred, mut lost, mut started) = (0, 0, 0, 0, 0);
     let (mut ran_more, mut after_kill, mut own_retries, mut failed_by_kill) = (0, 0, 0, 0);
     let mut executions = 0;
-    // Clock slack between the driver's kill record (taken just before kill(2)) and the
-    // workers' log lines (millisecond stamps, written a moment after the event).
-    const BEFORE: f64 = 0.05;
-    const AFTER: f64 = 0.1;
+    // The workers' log stamps are cut to the millisecond and written a moment after the
+    // event; a kill landed somewhere between its two stamps.
+    const SLACK: f64 = 0.005;
     for j in all {
         let status = status_of[j.id.as_str()];
         let cl: &[Claim] = claims.get(&j.id).map(Vec::as_slice).unwrap_or(&[]);
@@ -1238,13 +1283,13 @@ fn judge(
                 };
                 let next_of_worker = after(claims_by_worker.get(&c.pid));
                 let ended = after(log.ends.get(&c.pid));
-                let end = next_of_job.min(next_of_worker).min(ended) + AFTER;
+                let end = next_of_job.min(next_of_worker).min(ended) + SLACK;
                 // The worker itself, or this execution's own horse (pids are reused; a horse
                 // killed before its worker logged its pid counts as this execution's).
                 kills.iter().any(|k| {
                     k.worker == c.pid
                         && (!k.horse || c.horse.is_none_or(|h| h == k.pid))
-                        && k.at >= c.at - BEFORE
+                        && k.done >= c.at - SLACK
                         && k.at <= end
                 })
             })
