@@ -51,25 +51,7 @@ pub fn settle_dead_worker(
         .filter(|q| !q.is_empty())
         .map(str::to_string)
         .collect();
-    let now = crate::protocol::time::Instant::now();
-    store.run(|con| {
-        let mut p = redis::pipe();
-        p.atomic().srem(keys::WORKERS, &key);
-        for q in &queues {
-            p.srem(keys::workers_of(q), &key);
-        }
-        p.exec(con)?;
-        // Only mark an existing record; a worker that never registered leaves no ghost.
-        let exists: bool = redis::cmd("EXISTS").arg(&key).query(con)?;
-        if exists {
-            redis::pipe()
-                .atomic()
-                .hset(&key, "death", now.iso())
-                .hdel(&key, "current_job")
-                .expire(&key, crate::protocol::defaults::DEATH_TTL)
-                .exec(con)?;
-        }
-        Ok(())
-    })?;
+    // Only an existing record is marked: a worker that never registered leaves no ghost.
+    store.record_death(worker, &queues, true)?;
     Ok(cleanup)
 }

@@ -154,6 +154,11 @@ impl RedisTarget {
         };
         let info: ConnectionInfo =
             redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| bad(e.to_string()))?;
+        // No CLIENT SETINFO after connecting: Redis < 7.2 answers it with an error anyway,
+        // and each of its two replies waits out the whole timeout while Redis is stalled, which
+        // made a reconnect take 6 s before the first real command was even sent.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_redis_settings(settings);
         let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
         if !is_tls && !tls.is_empty() {
             return Err(ConnError::Tls(format!(
@@ -438,6 +443,33 @@ mod tls {
         };
         Ok(Arc::new(config))
     }
+}
+
+/// Runs `f` (a Redis call) with the signals this crate's processes handle blocked in the
+/// calling thread, and delivers whatever arrived meanwhile afterwards. A read on a socket with
+/// a timeout is never restarted after a signal handler: without this, a SIGCHLD (a horse or a
+/// worker exiting) arriving mid-call failed the call with EINTR and lost its reply, and
+/// rq-supervisor deferred crash cleanups for it.
+pub fn uninterrupted<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ] {
+        set.add(sig);
+    }
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+    let out = f();
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    out
 }
 
 /// Capped exponential backoff with full jitter: each wait is random in

@@ -28,6 +28,8 @@
 //!   configuration (it may run as a user that cannot read the pool file).
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
+//! - [`fault`]: named points where a worker built with the `fault-injection` feature kills
+//!   itself, for the reliability tests; nothing at all without the feature.
 //! - [`cleanup`]: what only a supervisor can do: settle a dead worker's job and record its death.
 //! - [`supervisor`]: `rq-supervisor`: a pure state machine (events in, actions out), the
 //!   event loop that performs its actions on real processes, restart policy, health checks
@@ -39,6 +41,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod conn;
+pub mod fault;
 pub mod handler;
 pub mod listener;
 pub mod logging;

@@ -40,8 +40,13 @@ pub fn guarded(name: &str, src: &str) -> String {
 /// nothing to take it records the worker `idle` (or `suspended`), so the worker never spends a
 /// round trip of its own on state changes.
 ///
+/// Safe to repeat with the same execution id: when the reply to a claim is lost, the worker
+/// sends it again with that id, and if the first call did take a job (it is this worker's
+/// `current_job` and `J:E` is in one of the queues' `rq:wip`), the same job is returned.
+///
 /// ARGV: worker name, execution id, now (ISO), now (Unix float), now (Unix int),
-/// job monitoring interval, the worker's idle TTL, then the queue names in priority order.
+/// job monitoring interval, the worker's idle TTL, `1` when this execution id was sent before
+/// and its reply lost, then the queue names in priority order.
 /// Returns `{queue, job id, HGETALL of the job, dropped ids, broken queues}`,
 /// `{false, false, {}, dropped, broken}` when every queue is empty, or
 /// `{false, 'suspended', {}, {}, {}}` while `rq suspend` is in force (checked here so it
@@ -63,6 +68,30 @@ local function rest(state)
     redis.call('EXPIRE', wkey, idle_ttl)
   end
 end
+-- A retry after a lost reply (the connection broke or timed out after Redis ran the script):
+-- this execution id already took a job, so hand the same job back instead of taking another
+-- and leaving the first one started with nobody running it. Only asked for on a retry, so a
+-- normal claim costs nothing more.
+if ARGV[8] == '1' then
+  local current = redis.call('HGET', wkey, 'current_job')
+  if current then
+    for i = 9, #ARGV do
+      local member = current .. ':' .. eid
+      local wip = 'rq:wip:' .. ARGV[i]
+      if redis.call('ZSCORE', wip, member) then
+        local jkey = 'rq:job:' .. current
+        if redis.call('EXISTS', jkey) == 1 then
+          redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', iso)
+          return {ARGV[i], current, redis.call('HGETALL', jkey), {}, {}}
+        end
+        -- Deleted meanwhile: nothing to run.
+        redis.call('ZREM', wip, member)
+        redis.call('DEL', 'rq:execution:' .. current .. ':' .. eid)
+        redis.call('HDEL', wkey, 'current_job')
+      end
+    end
+  end
+end
 if redis.call('EXISTS', 'rq:suspended') == 1 then
   rest('suspended')
   return {false, 'suspended', {}, {}, {}}
@@ -75,7 +104,7 @@ end
 -- on a read-only replica it fails the same way before anything is popped.
 redis.call('SET', 'rq:claim-write-check', '', 'XX')
 local dropped, broken = {}, {}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local q = ARGV[i]
   while true do
     -- A queue key of the wrong type must not stop the other queues from being served.
@@ -130,7 +159,8 @@ return {false, false, {}, dropped, broken}
 /// Records how an execution ended (§7.5, §7.6, §7.7, §7.11, §8.3): result entry, registries,
 /// TTLs, retries, dependents, and the worker's counters, in one step.
 ///
-/// ARGV: job id, queue, execution id (empty: find it in `rq:wip:Q`), worker name (empty for
+/// ARGV: job id, queue, execution id (empty: find the one this worker ran in `rq:wip:Q`),
+/// worker name (empty for
 /// registry cleanup, which RQ attributes to no worker),
 /// outcome (`finished`, `failed` or `stopped`), now (ISO), now (Unix float), now (Unix int),
 /// execution start (Unix float), working seconds, the worker's default result TTL,
@@ -164,9 +194,18 @@ local wkey = 'rq:worker:' .. worker
 local wip = 'rq:wip:' .. q
 
 if eid == '' then
+  -- Crash cleanup: settle only the execution the dead worker ran. Another execution of the
+  -- same job (it was requeued meanwhile, e.g. by RQ's abandoned-job cleanup during a long
+  -- outage, and another worker took it) belongs to a live worker and must not be touched.
+  -- The execution hash names its worker; once it has expired (the wip score has too), the
+  -- job's own worker_name tells whose the last execution was.
+  local prefix = id .. ':'
+  local last_worker = redis.call('HGET', jkey, 'worker_name')
   for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
-    if string.sub(member, 1, #id + 1) == id .. ':' then
-      eid = string.sub(member, #id + 2)
+    if string.sub(member, 1, #prefix) == prefix then
+      local e = string.sub(member, #prefix + 1)
+      local owner = redis.call('HGET', 'rq:execution:' .. id .. ':' .. e, 'worker_name')
+      if owner == worker or (not owner and last_worker == worker) then eid = e end
     end
   end
 end
@@ -467,4 +506,98 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   return 1
 end
 return 0
+"#;
+
+// The scripts below replace pipelines. redis-rs waits its read timeout once per reply, so a
+// pipeline of N commands (a MULTI/EXEC of N has N + 2 replies) blocks N times 5 s while Redis
+// is stalled; one script is one reply, and a stall costs one timeout.
+
+/// The idle heartbeat (§5). KEYS: the worker key. ARGV: now (ISO), TTL. Returns 1 while the
+/// worker's registration exists (its `birth` field), 0 when it was lost.
+pub static HEARTBEAT_IDLE: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_IDLE_LUA));
+
+const HEARTBEAT_IDLE_LUA: &str = r#"
+local registered = redis.call('HEXISTS', KEYS[1], 'birth')
+redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return registered
+"#;
+
+/// The heartbeat while a horse runs (§7.4): worker hash, execution hash, `rq:wip:Q` score,
+/// `rq:executions:J` and the job's `last_heartbeat`.
+///
+/// KEYS: worker, execution hash, wip registry, executions zset, job. ARGV: working seconds,
+/// now (ISO), now (Unix float), TTL, wip member, execution id, wip score, executions score.
+/// An execution or job hash that is gone (settled or deleted meanwhile) is not recreated.
+pub static HEARTBEAT_BUSY: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_BUSY_LUA));
+
+const HEARTBEAT_BUSY_LUA: &str = r#"
+local ttl = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'current_job_working_time', ARGV[1], 'last_heartbeat', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'last_heartbeat', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[7], ARGV[5])
+redis.call('ZADD', KEYS[4], 'XX', ARGV[8], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ttl + 60)
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HSET', KEYS[5], 'last_heartbeat', ARGV[2])
+end
+return 1
+"#;
+
+/// Death registration (§5): out of `rq:workers` and each queue's worker set, `death` written,
+/// the hash kept for its TTL.
+///
+/// KEYS: the worker key, `rq:workers`, then `rq:workers:Q` for each queue. ARGV: now (ISO),
+/// TTL, and `dead` when rq-supervisor records a worker that died without doing it itself:
+/// then `current_job` is dropped (its job was settled) and a record that no longer exists is
+/// not recreated. Returns 1 when the hash was marked.
+pub static DEATH: LazyLock<Script> = LazyLock::new(|| Script::new(DEATH_LUA));
+
+const DEATH_LUA: &str = r#"
+for i = 2, #KEYS do redis.call('SREM', KEYS[i], KEYS[1]) end
+if ARGV[3] == 'dead' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[1], 'current_job')
+end
+redis.call('HSET', KEYS[1], 'death', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"#;
+
+/// What rq-supervisor's health check reads about its workers, read-only. KEYS: the worker
+/// keys. Returns, per worker, `{last_heartbeat, state, current_job, and that job's status,
+/// started_at, timeout}` (nil where missing).
+pub static REGISTRATIONS: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTRATIONS_LUA));
+
+const REGISTRATIONS_LUA: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local w = redis.call('HMGET', KEYS[i], 'last_heartbeat', 'state', 'current_job')
+  local j = {false, false, false}
+  if w[3] and w[3] ~= '' then
+    j = redis.call('HMGET', 'rq:job:' .. w[3], 'status', 'started_at', 'timeout')
+  end
+  out[i] = {w[1], w[2], w[3], j[1], j[2], j[3]}
+end
+return out
+"#;
+
+/// Drops members of a queue's worker set (and of `rq:workers`) whose hash has expired.
+/// KEYS: `rq:workers:Q`, `rq:workers`. Returns how many were dropped.
+pub static PRUNE_WORKERS: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE_WORKERS_LUA));
+
+const PRUNE_WORKERS_LUA: &str = r#"
+local n = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', member) == 0 then
+    redis.call('SREM', KEYS[1], member)
+    redis.call('SREM', KEYS[2], member)
+    n = n + 1
+  end
+end
+return n
 "#;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cleanup::{Cleanup, settle_dead_worker};
 use crate::conn::{Backoff, RedisTarget};
+use crate::protocol::scripts::REGISTRATIONS;
 use crate::protocol::{defaults, keys, time};
 use crate::worker::store::{Store, StoreError};
 
@@ -145,8 +146,15 @@ impl Bookkeeping {
     }
 }
 
-type WorkerFields = (Option<String>, Option<String>, Option<String>);
-type JobFields = (Option<String>, Option<String>, Option<String>);
+/// Per worker: last_heartbeat, state, current_job, and that job's status, started_at, timeout.
+type Row = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 fn read_registrations(
     store: &mut Store,
@@ -157,40 +165,17 @@ fn read_registrations(
             .run(|con| redis::cmd("PING").exec(con))
             .map(|_| Vec::new());
     }
-    let rows: Vec<WorkerFields> = store.run(|con| {
-        let mut p = redis::pipe();
+    // One script, one reply: a stalled Redis costs one read timeout, not one per worker.
+    let rows: Vec<Row> = store.run(|con| {
+        let mut inv = REGISTRATIONS.prepare_invoke();
         for n in names {
-            p.cmd("HMGET")
-                .arg(keys::worker(n))
-                .arg("last_heartbeat")
-                .arg("state")
-                .arg("current_job");
+            inv.key(keys::worker(n));
         }
-        p.query(con)
+        inv.invoke(con)
     })?;
-    let jobs: Vec<String> = rows
-        .iter()
-        .filter_map(|(_, _, j)| j.clone().filter(|j| !j.is_empty()))
-        .collect();
-    let job_rows: Vec<JobFields> = if jobs.is_empty() {
-        Vec::new()
-    } else {
-        store.run(|con| {
-            let mut p = redis::pipe();
-            for j in &jobs {
-                p.cmd("HMGET")
-                    .arg(keys::job(j))
-                    .arg("status")
-                    .arg("started_at")
-                    .arg("timeout");
-            }
-            p.query(con)
-        })?
-    };
     let wall = SystemTime::now();
-    let mut job_iter = job_rows.into_iter();
     let mut out = Vec::with_capacity(rows.len());
-    for (heartbeat, state, job) in rows {
+    for (heartbeat, state, job, status, started, timeout) in rows {
         let present = heartbeat.is_some() || state.is_some();
         let heartbeat_age = heartbeat
             .as_deref()
@@ -198,7 +183,6 @@ fn read_registrations(
             .map(|t| wall.duration_since(t.system()).unwrap_or(Duration::ZERO));
         let mut busy_within_timeout = false;
         if job.as_deref().is_some_and(|j| !j.is_empty()) {
-            let (status, started, timeout) = job_iter.next().unwrap_or_default();
             busy_within_timeout = state.as_deref() == Some("busy")
                 && status.as_deref() == Some("started")
                 && within_timeout(wall, started.as_deref(), timeout.as_deref());

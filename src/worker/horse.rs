@@ -290,7 +290,10 @@ impl Horse {
             Ok(WaitStatus::StillAlive) => None,
             Ok(_) => Some(self.kill_and_reap()),
             Err(nix::errno::Errno::EINTR) => None,
-            Err(_) => Some(self.kill_and_reap()),
+            Err(e) => {
+                log::warn!("cannot wait for work horse pid {}: {e}", self.pid);
+                Some(self.kill_and_reap())
+            }
         }
     }
 
@@ -305,7 +308,10 @@ impl Horse {
             match waitpid(self.pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Ok(s) => break s,
-                Err(_) => break WaitStatus::Signaled(self.pid, Signal::SIGKILL, false),
+                Err(e) => {
+                    log::warn!("cannot reap work horse pid {}: {e}", self.pid);
+                    break WaitStatus::Signaled(self.pid, Signal::SIGKILL, false);
+                }
             }
         };
         self.reaped = Some(status);

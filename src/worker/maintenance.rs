@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use crate::protocol::keys;
-use crate::protocol::scripts::REQUEUE_STUCK;
+use crate::protocol::scripts::{PRUNE_WORKERS, REQUEUE_STUCK};
 use crate::protocol::time::Instant;
 
 use super::store::{Settlement, Store, StoreError};
@@ -93,30 +93,11 @@ fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), St
 
 /// Drops members of `rq:workers:Q` (and `rq:workers`) whose hash has expired.
 fn prune_stale_workers(store: &mut Store, q: &str) -> Result<usize, StoreError> {
-    let set = keys::workers_of(q);
     store.run(|con| {
-        let members: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query(con)?;
-        if members.is_empty() {
-            return Ok(0);
-        }
-        let mut p = redis::pipe();
-        for m in &members {
-            p.exists(m);
-        }
-        let alive: Vec<bool> = p.query(con)?;
-        let stale: Vec<&String> = members
-            .iter()
-            .zip(alive)
-            .filter(|(_, a)| !a)
-            .map(|(m, _)| m)
-            .collect();
-        if !stale.is_empty() {
-            redis::pipe()
-                .srem(&set, &stale)
-                .srem(keys::WORKERS, &stale)
-                .exec(con)?;
-        }
-        Ok(stale.len())
+        PRUNE_WORKERS
+            .key(keys::workers_of(q))
+            .key(keys::WORKERS)
+            .invoke(con)
     })
 }
 
@@ -130,20 +111,26 @@ fn requeue_stuck(
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let list = keys::intermediate(q);
+    // Separate commands, not a pipeline: a stalled Redis then costs one read timeout.
     let (ids, wip): (Vec<String>, Vec<String>) = store.run(|con| {
-        redis::pipe()
-            .lrange(&list, 0, -1)
-            .zrange(keys::wip(q), 0, -1)
-            .query(con)
+        let ids: Vec<String> = redis::cmd("LRANGE").arg(&list).arg(0).arg(-1).query(con)?;
+        if ids.is_empty() {
+            return Ok((ids, Vec::new()));
+        }
+        let wip: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::wip(q))
+            .arg(0)
+            .arg(-1)
+            .query(con)?;
+        Ok((ids, wip))
     })?;
     let started: HashSet<&str> = wip.iter().filter_map(|m| m.split(':').next()).collect();
     for id in ids.iter().filter(|id| !started.contains(id.as_str())) {
         let first_seen_key = keys::intermediate_first_seen(q, id);
         let (job_exists, first_seen): (bool, Option<f64>) = store.run(|con| {
-            redis::pipe()
-                .exists(keys::job(id))
-                .get(&first_seen_key)
-                .query(con)
+            let exists: bool = redis::cmd("EXISTS").arg(keys::job(id)).query(con)?;
+            let first_seen: Option<f64> = redis::cmd("GET").arg(&first_seen_key).query(con)?;
+            Ok((exists, first_seen))
         })?;
         if !job_exists {
             store.run(|con| redis::cmd("LREM").arg(&list).arg(1).arg(id).exec(con))?;

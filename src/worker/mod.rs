@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::config::DequeueStrategy;
 use crate::conn::{Backoff, CONNECT_TIMEOUT, RedisTarget};
+use crate::fault::fault_point;
 use crate::handler::{Handler, JobCall, Registry};
 use crate::listener::{Listener, Push};
 use crate::logging::{self, LogContext, shorten};
@@ -39,6 +40,12 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status for bad usage or configuration.
 pub const EXIT_USAGE: i32 = 2;
+
+/// The longest wait between two attempts to reach Redis (taking a job, recording an
+/// outcome). Python RQ waits up to 60 s; this stays well below the smallest `worker_ttl`
+/// (16 s), because rq-supervisor restarts its stuck-worker clocks when Redis comes back and a
+/// healthy worker must have heartbeaten again before they run out.
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
 /// The `python_version` field of the worker record; RQ's tools show it as free text.
 const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERSION"), " (Rust)");
@@ -120,6 +127,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         next_maintenance: std::time::Instant::now(),
         broken_reported: std::collections::HashMap::new(),
         prefetched: None,
+        pending_claim: None,
     };
     if worker.spec.with_scheduler {
         worker.scheduler = Some(Scheduler::new(&worker.queues, &worker.hostname));
@@ -195,6 +203,9 @@ struct Worker {
     broken_reported: std::collections::HashMap<String, std::time::Instant>,
     /// The next job, taken in the same round trip that settled the previous one.
     prefetched: Option<Box<Claimed>>,
+    /// The execution id of a claim whose reply never arrived: the next claim sends it again,
+    /// so a job the lost call took is handed back instead of left started and unattended.
+    pending_claim: Option<String>,
 }
 
 impl Worker {
@@ -220,11 +231,31 @@ impl Worker {
     /// Connects and registers the birth. Fails (exit 1) when Redis is unreachable or the
     /// name is taken: a worker that cannot register must not run jobs.
     fn start(&mut self) -> Result<(), i32> {
-        if let Err(e) = self.store.run(|con| redis::cmd("PING").exec(con)) {
-            log::error!(
-                "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
-            );
-            return Err(EXIT_FAILURE);
+        // A Redis that answers LOADING (restarted, reading its AOF or RDB) is there and will
+        // serve shortly: wait for it instead of failing, which under rq-supervisor would count
+        // as a crash and could turn the pool degraded after every Redis restart.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        loop {
+            match self.store.run(|con| redis::cmd("PING").exec(con)) {
+                Ok(()) => break,
+                Err(e) if e.is_loading() => {
+                    if self.signals.stop_count() > 0 {
+                        log::info!("stopping on request while Redis was still loading its data");
+                        return Err(EXIT_OK);
+                    }
+                    if backoff.attempts() == 0 {
+                        log::warn!("{e}; waiting until Redis has loaded its data");
+                    }
+                    let delay = backoff.next_delay();
+                    self.sleep(delay);
+                }
+                Err(e) => {
+                    log::error!(
+                        "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
+                    );
+                    return Err(EXIT_FAILURE);
+                }
+            }
         }
         match self.register_birth() {
             Ok(true) => {}
@@ -287,7 +318,7 @@ impl Worker {
     }
 
     fn work(&mut self) -> Stop {
-        let mut redis_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut redis_backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         let mut seen_connects = self.store.connects();
         loop {
             if self.signals.stop_count() > 0 && self.prefetched.is_none() {
@@ -342,9 +373,20 @@ impl Worker {
             // A job taken by the settle of the previous one is already started: run it.
             let claimed = match self.prefetched.take() {
                 Some(job) => Ok((ClaimResult::Job(job), ClaimNotes::default())),
-                None => self
-                    .store
-                    .claim(&claim_request(&self.name, &self.order, &self.spec)),
+                None => {
+                    let (execution_id, retry) = claim_id(&mut self.pending_claim);
+                    let claimed = self.store.claim(&claim_request(
+                        &self.name,
+                        &self.order,
+                        &self.spec,
+                        &execution_id,
+                        retry,
+                    ));
+                    if claimed.is_err() {
+                        self.pending_claim = Some(execution_id);
+                    }
+                    claimed
+                }
             };
             match claimed {
                 Ok((claim, notes)) => {
@@ -357,6 +399,7 @@ impl Worker {
                     self.report_broken_queues(notes.broken);
                     match claim {
                         ClaimResult::Job(c) => {
+                            fault_point!("after-claim");
                             if self.suspended {
                                 log::info!("Worker {}: resumed", self.name);
                                 self.suspended = false;
@@ -498,7 +541,10 @@ impl Worker {
         let mut prefixes: Vec<String> = self.queues.iter().map(|q| keys::queue(q)).collect();
         prefixes.push(keys::SUSPENDED.to_string());
         let channels = [keys::pubsub(&self.name)];
-        match Listener::open(self.store.target(), &prefixes, &channels, CONNECT_TIMEOUT) {
+        let opened = crate::conn::uninterrupted(|| {
+            Listener::open(self.store.target(), &prefixes, &channels, CONNECT_TIMEOUT)
+        });
+        match opened {
             Ok(l) => {
                 self.listener = Some(l);
                 self.listener_backoff.reset();
@@ -629,9 +675,9 @@ impl Worker {
         }
     }
 
-    /// Sleeps, waking early only for a shutdown signal. Other wake-ups (a SIGCHLD's byte in
-    /// the signal pipe) are drained and the sleep goes on: otherwise a byte left in the pipe
-    /// would turn every backoff into a busy loop.
+    /// Sleeps for `d` (a backoff delay), waking early only for a stop request. Other
+    /// signals (a late SIGCHLD) are drained and the sleep goes on: a wake-up byte left in the
+    /// signal pipe would otherwise end every later sleep at once.
     fn sleep(&self, d: Duration) {
         let deadline = std::time::Instant::now() + d;
         let stops = self.signals.stop_count();
@@ -641,11 +687,8 @@ impl Worker {
                 return;
             }
             let mut fds = [PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-            if let Ok(n) = poll(&mut fds, timeout(left))
-                && n > 0
-            {
-                self.signals.drain();
-            }
+            let _ = poll(&mut fds, timeout(left));
+            self.signals.drain();
             if self.signals.stop_count() != stops {
                 return;
             }
@@ -675,7 +718,11 @@ impl Worker {
                     Handler::Command(spec) => Horse::spawn_command(spec, &call),
                 };
                 match spawned {
-                    Ok(horse) => self.monitor(horse, &c, timeout),
+                    Ok(horse) => {
+                        log::debug!("job {} work horse pid {}", c.record.id, horse.pid);
+                        fault_point!("after-fork");
+                        self.monitor(horse, &c, timeout)
+                    }
                     Err(e) => Ending::Failed {
                         exc: match &handler {
                             // E2BIG: the program is fine, the job's arguments are not.
@@ -700,7 +747,9 @@ impl Worker {
                 }
             }
         };
+        fault_point!("after-horse-exit");
         self.record(&c, ending, started.elapsed());
+        fault_point!("after-settle");
     }
 
     /// Decodes the payload and finds the handler. An error is the job's failure text.
@@ -913,21 +962,26 @@ impl Worker {
             alive: true,
             allow_retry,
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         let mut first = if self.may_take_next() {
+            let (execution_id, retry) = claim_id(&mut self.pending_claim);
             let (settled, next) = self.store.settle_then_claim(
                 &settlement,
-                &claim_request(&self.name, &self.order, &self.spec),
+                &claim_request(&self.name, &self.order, &self.spec, &execution_id, retry),
             );
-            // Only a job is kept: an empty or suspended answer may be stale by the time the
-            // loop drains its notifications, so the loop asks again.
-            if let Some((ClaimResult::Job(job), notes)) = next {
-                for d in notes.dropped {
-                    log::warn!(
-                        "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
-                    );
+            match next {
+                // Only a job is kept: an empty or suspended answer may be stale by the time
+                // the loop drains its notifications, so the loop asks again.
+                Ok((ClaimResult::Job(job), notes)) => {
+                    for d in notes.dropped {
+                        log::warn!(
+                            "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
+                        );
+                    }
+                    self.prefetched = Some(job);
                 }
-                self.prefetched = Some(job);
+                Ok(_) => {}
+                Err(_) => self.pending_claim = Some(execution_id),
             }
             Some(settled)
         } else {
@@ -984,6 +1038,10 @@ impl Worker {
                 "job {} was deleted while it ran; nothing to record",
                 c.record.id
             ),
+            ("unknown", _) if backoff.attempts() > 0 => log::info!(
+                "job {} was already settled: by an earlier attempt whose reply was lost, or by RQ's abandoned-job cleanup",
+                c.record.id
+            ),
             ("unknown", _) => log::warn!(
                 "job {} was settled by someone else meanwhile (abandoned-job cleanup after missed heartbeats?); this outcome is dropped",
                 c.record.id
@@ -1023,18 +1081,31 @@ fn monitoring_secs(spec: &crate::config::WorkerSpec) -> u64 {
     spec.job_monitoring_interval.0.as_secs().max(1)
 }
 
+/// The execution id for the next claim: the one whose reply was lost, sent again with
+/// `retry` so Redis hands back what it took, or a fresh one.
+fn claim_id(pending: &mut Option<String>) -> (String, bool) {
+    match pending.take() {
+        Some(id) => (id, true),
+        None => (store::new_execution_id(), false),
+    }
+}
+
 /// A claim for this worker; free-standing so it borrows only the fields it reads, not the
 /// store it is sent through.
 fn claim_request<'a>(
     name: &'a str,
     order: &'a [String],
     spec: &crate::config::WorkerSpec,
+    execution_id: &'a str,
+    retry: bool,
 ) -> ClaimRequest<'a> {
     ClaimRequest {
         worker: name,
         queues: order,
         monitoring_interval: monitoring_secs(spec),
         idle_ttl: idle_ttl(spec),
+        execution_id,
+        retry,
     }
 }
 

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use redis::{Connection, RedisError, Value};
 
 use crate::conn::{ConnError, RedisTarget};
+use crate::fault::lose_reply;
 use crate::protocol::job::JobRecord;
 use crate::protocol::keys;
-use crate::protocol::scripts::{BIRTH, CLAIM, SETTLE};
+use crate::protocol::scripts::{BIRTH, CLAIM, DEATH, HEARTBEAT_BUSY, HEARTBEAT_IDLE, SETTLE};
 use crate::protocol::time::Instant;
 use redis::Script;
 
@@ -27,11 +28,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when Redis answered that it is still loading its data (after a restart).
+    pub fn is_loading(&self) -> bool {
+        matches!(self, StoreError::Redis { source, .. }
+            if source.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+    }
+
     /// True when the server itself refused (ACL, wrong type, read-only replica, OOM), as
-    /// opposed to the connection failing. Refusals are logged loudly; both are retried.
+    /// opposed to the connection failing or Redis still loading its data after a restart.
+    /// Refusals are logged at every attempt; both are retried.
     pub fn is_refusal(&self) -> bool {
         matches!(self, StoreError::Redis { source, .. } if source.kind() != redis::ErrorKind::Io
-            && !source.is_connection_dropped() && !source.is_timeout())
+            && !self.is_loading() && !source.is_connection_dropped() && !source.is_timeout())
     }
 }
 
@@ -83,23 +91,27 @@ pub struct ClaimRequest<'a> {
     pub queues: &'a [String],
     pub monitoring_interval: u64,
     pub idle_ttl: u64,
+    /// Kept by the worker until a reply arrives, so a retry can find what a lost call took.
+    pub execution_id: &'a str,
+    /// This execution id was sent before and its reply lost: hand back the job it took.
+    pub retry: bool,
 }
 
 impl ClaimRequest<'_> {
-    /// The CLAIM invocation with a fresh execution id, and the id and time it carries.
-    fn command(&self) -> (redis::Cmd, String, Instant) {
-        let execution_id = new_execution_id();
+    /// The CLAIM invocation, and the time it carries.
+    fn command(&self) -> (redis::Cmd, Instant) {
         let now = Instant::now();
         let mut cmd = evalsha(&CLAIM);
         cmd.arg(self.worker)
-            .arg(&execution_id)
+            .arg(self.execution_id)
             .arg(now.iso())
             .arg(now.unix_float())
             .arg(now.unix_secs())
             .arg(self.monitoring_interval)
             .arg(self.idle_ttl)
+            .arg(if self.retry { "1" } else { "0" })
             .arg(self.queues);
-        (cmd, execution_id, now)
+        (cmd, now)
     }
 }
 
@@ -184,6 +196,13 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        crate::conn::uninterrupted(|| self.run_now(f))
+    }
+
+    fn run_now<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         if self.con.is_none() {
             let mut con = self.target.connect()?;
             // Load the scripts sent in one pipeline up front: EVALSHA of an unknown script
@@ -259,17 +278,17 @@ impl Store {
         let key = keys::worker(name);
         let now = Instant::now();
         self.run(|con| {
-            let (registered, _, _): (bool, i64, i64) = redis::pipe()
-                .hexists(&key, "birth")
-                .hset(&key, "last_heartbeat", now.iso())
-                .expire(&key, ttl as i64)
-                .query(con)?;
-            Ok(!registered)
+            let registered: i64 = HEARTBEAT_IDLE
+                .key(&key)
+                .arg(now.iso())
+                .arg(ttl)
+                .invoke(con)?;
+            Ok(registered == 0)
         })
     }
 
     /// Heartbeat while a horse runs (§7.4): worker hash, execution hash, `rq:wip:Q` score
-    /// and the job's `last_heartbeat`, in one transaction.
+    /// and the job's `last_heartbeat`, in one script.
     pub fn heartbeat_busy(
         &mut self,
         name: &str,
@@ -278,43 +297,24 @@ impl Store {
         ttl: u64,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
-        let (wkey, jkey) = (keys::worker(name), keys::job(&c.record.id));
-        let ekey = keys::execution(&c.record.id, &c.execution_id);
-        let member = keys::wip_member(&c.record.id, &c.execution_id);
-        let executions = keys::executions(&c.record.id);
         let ttl = ttl as i64;
         self.run(|con| {
-            let replies: Vec<Value> = redis::pipe()
-                .atomic()
-                .hset_multiple(
-                    &wkey,
-                    &[
-                        ("current_job_working_time", format!("{working:.6}")),
-                        ("last_heartbeat", now.iso()),
-                    ],
-                )
-                .expire(&wkey, ttl)
-                .hset(&ekey, "last_heartbeat", now.unix_float())
-                .expire(&ekey, ttl)
-                .cmd("ZADD")
-                .arg(keys::wip(&c.queue))
-                .arg("XX")
-                .arg(now.unix_secs() + ttl)
-                .arg(&member)
-                .cmd("ZADD")
-                .arg(&executions)
-                .arg("XX")
-                .arg(now.unix_secs() + ttl + 60)
+            HEARTBEAT_BUSY
+                .key(keys::worker(name))
+                .key(keys::execution(&c.record.id, &c.execution_id))
+                .key(keys::wip(&c.queue))
+                .key(keys::executions(&c.record.id))
+                .key(keys::job(&c.record.id))
+                .arg(format!("{working:.6}"))
+                .arg(now.iso())
+                .arg(now.unix_float())
+                .arg(ttl)
+                .arg(keys::wip_member(&c.record.id, &c.execution_id))
                 .arg(&c.execution_id)
-                .expire(&executions, ttl + 60)
-                .hset(&jkey, "last_heartbeat", now.iso())
-                .query(con)?;
-            // HSET on a job hash that was deleted meanwhile recreates it with one field;
-            // undo that so readers never see a job without data (RQ does the same).
-            if matches!(replies.last(), Some(Value::Int(1))) {
-                redis::cmd("DEL").arg(&jkey).exec(con)?;
-            }
-            Ok(())
+                .arg(now.unix_secs() + ttl)
+                .arg(now.unix_secs() + ttl + 60)
+                .invoke::<i64>(con)
+                .map(drop)
         })
     }
 
@@ -329,17 +329,27 @@ impl Store {
         })
     }
 
-    /// Takes the next job in priority order, recording it as started (§7.2, §7.3).
+    /// Takes the next job in priority order, recording it as started (§7.2, §7.3), under
+    /// the request's execution id. After an error, call again with the same id and `retry`
+    /// set: if Redis ran the lost call, the job it took is returned instead of another one.
     pub fn claim(&mut self, c: &ClaimRequest) -> Result<(ClaimResult, ClaimNotes), StoreError> {
-        let (cmd, execution_id, now) = c.command();
+        let (cmd, now) = c.command();
         let reply: Value = self.run(|con| run_script(con, &CLAIM, &cmd))?;
-        Ok(parse_claim(reply, execution_id, now))
+        let claimed = parse_claim(reply, c.execution_id.to_string(), now);
+        if matches!(claimed.0, ClaimResult::Job(_)) && lose_reply!("lose-claim-reply") {
+            return Err(self.lost_reply());
+        }
+        Ok(claimed)
     }
 
     /// Records an ending; returns the script's verdict (`finished`, `failed`, `requeued`...).
     pub fn settle(&mut self, s: &Settlement) -> Result<String, StoreError> {
         let cmd = s.command();
-        self.run(|con| run_script(con, &SETTLE, &cmd))
+        let verdict = self.run(|con| run_script(con, &SETTLE, &cmd))?;
+        if lose_reply!("lose-settle-reply") {
+            return Err(self.lost_reply());
+        }
+        Ok(verdict)
     }
 
     /// Records an ending and takes the next job in one round trip (two scripts in one
@@ -352,10 +362,10 @@ impl Store {
         c: &ClaimRequest,
     ) -> (
         Result<String, StoreError>,
-        Option<(ClaimResult, ClaimNotes)>,
+        Result<(ClaimResult, ClaimNotes), StoreError>,
     ) {
         let settle = s.command();
-        let (claim, execution_id, now) = c.command();
+        let (claim, now) = c.command();
         let replies = self.run(|con| {
             redis::pipe()
                 .ignore_errors()
@@ -365,13 +375,33 @@ impl Store {
         });
         let mut replies = match replies {
             Ok(r) => r.into_iter(),
-            Err(e) => return (Err(e), None),
+            Err(e) => {
+                // Whether either script ran is unknown: both are safe to send again.
+                let again = self.refused(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the connection broke before the reply",
+                )));
+                return (Err(e), Err(again));
+            }
         };
         let (settled, claimed) = (replies.next(), replies.next());
         let claimed = match claimed {
-            Some(Ok(v)) => Some(parse_claim(v, execution_id, now)),
+            Some(Ok(v)) => Ok(parse_claim(v, c.execution_id.to_string(), now)),
             // Not run (NOSCRIPT after a Redis restart, a refusal): the next loop claims.
-            _ => None,
+            Some(Err(e)) => Err(self.refused(e)),
+            None => Err(self.refused(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "pipeline returned no reply",
+            )))),
+        };
+        if lose_reply!("lose-settle-reply") {
+            return (Err(self.lost_reply()), Err(self.lost_reply()));
+        }
+        let claimed = match claimed {
+            Ok(c) if matches!(c.0, ClaimResult::Job(_)) && lose_reply!("lose-claim-reply") => {
+                Err(self.lost_reply())
+            }
+            other => other,
         };
         let settled = match settled {
             Some(Ok(v)) => redis::from_redis_value(v).map_err(|e| self.refused(e.into())),
@@ -393,19 +423,52 @@ impl Store {
         }
     }
 
+    /// What a connection that broke before the reply arrived leaves behind (fault injection).
+    #[cfg(feature = "fault-injection")]
+    fn lost_reply(&mut self) -> StoreError {
+        self.con = None;
+        StoreError::Redis {
+            url: self.target.masked().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "fault injection: the reply was lost",
+            )
+            .into(),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn lost_reply(&mut self) -> StoreError {
+        unreachable!("replies are lost only with the fault-injection feature")
+    }
+
     /// Death registration (§5): out of the worker sets, `death` written, hash kept 60 s.
     pub fn death(&mut self, name: &str, queues: &[String]) -> Result<(), StoreError> {
-        let key = keys::worker(name);
+        self.record_death(name, queues, false).map(drop)
+    }
+
+    /// Death registration for a worker that died without doing it (rq-supervisor's crash
+    /// cleanup): also drops `current_job`, and does not recreate a record that is gone.
+    /// Returns true when the record existed.
+    pub fn record_death(
+        &mut self,
+        name: &str,
+        queues: &[String],
+        dead: bool,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         self.run(|con| {
-            let mut p = redis::pipe();
-            p.atomic().srem(keys::WORKERS, &key);
+            let mut inv = DEATH.key(keys::worker(name));
+            inv.key(keys::WORKERS);
             for q in queues {
-                p.srem(keys::workers_of(q), &key);
+                inv.key(keys::workers_of(q));
             }
-            p.hset(&key, "death", now.iso())
-                .expire(&key, crate::protocol::defaults::DEATH_TTL);
-            p.exec(con)
+            let marked: i64 = inv
+                .arg(now.iso())
+                .arg(crate::protocol::defaults::DEATH_TTL)
+                .arg(if dead { "dead" } else { "own" })
+                .invoke(con)?;
+            Ok(marked == 1)
         })
     }
 }

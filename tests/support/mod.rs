@@ -135,6 +135,11 @@ impl RedisServer {
     }
 
     fn try_launch(&mut self) -> Result<(), String> {
+        self.spawn_server();
+        self.ready_or_stop()
+    }
+
+    fn spawn_server(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--unixsocket"])
             .arg(&self.socket)
@@ -149,6 +154,16 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
+        if let Err(e) = self.ready_or_stop() {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the server answers PING; stops it and says why if it exits or times out.
+    fn ready_or_stop(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(client) = redis::Client::open(self.url())
@@ -196,6 +211,24 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
+    }
+
+    /// Restarts as an operator would: SIGTERM (Redis writes and syncs its AOF), wait for the
+    /// exit, start again on the same socket with the same data.
+    pub fn restart_graceful(&mut self) {
+        self.restart_graceful_nowait();
+        self.wait_ready();
+    }
+
+    /// `restart_graceful` without waiting until the server answers: it may still be loading
+    /// its data (or not even listening yet) when this returns.
+    pub fn restart_graceful_nowait(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn_server();
     }
 }
 
@@ -782,4 +815,67 @@ pub fn gate_handler(dir: &Path) -> String {
         "[handlers.\"tasks.gate\"]\ncommand = [{}]\n",
         toml_str(gate.display().to_string())
     )
+}
+
+/// Enqueues with the Rust producer through connection losses and Redis restarts. The job
+/// must have its own id (`opts.job_id`): a failed enqueue is repeated only if the job does not
+/// exist, since the producer writes it in one MULTI/EXEC (it either fully happened or not at
+/// all), so nothing is doubled or dropped. `con` is reopened from `client` as needed. Returns
+/// how many attempts failed.
+pub fn enqueue_through_outages(
+    client: &redis::Client,
+    con: &mut Option<redis::Connection>,
+    queue: &str,
+    func: &str,
+    args: Vec<serde_json::Value>,
+    opts: &rq_supervisor::producer::EnqueueOptions,
+    limit: Duration,
+) -> u32 {
+    let id = opts
+        .job_id
+        .clone()
+        .expect("enqueue_through_outages needs a job id");
+    let deadline = Instant::now() + limit;
+    let mut failures = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "cannot enqueue {id} within {limit:?}"
+        );
+        let c = match con {
+            Some(c) => c,
+            None => match client.get_connection_with_timeout(Duration::from_secs(3)) {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(15)));
+                    con.insert(c)
+                }
+                Err(_) => {
+                    failures += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            },
+        };
+        let exists: redis::RedisResult<bool> =
+            redis::cmd("EXISTS").arg(format!("rq:job:{id}")).query(c);
+        let done = match exists {
+            Ok(true) => true,
+            Ok(false) => rq_supervisor::producer::enqueue(
+                c,
+                queue,
+                func,
+                args.clone(),
+                Default::default(),
+                opts,
+            )
+            .is_ok(),
+            Err(_) => false,
+        };
+        if done {
+            return failures;
+        }
+        failures += 1;
+        *con = None;
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
