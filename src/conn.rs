@@ -242,12 +242,16 @@ impl RedisTarget {
             url: self.masked.clone(),
             source,
         };
-        let con = self
+        let mut con = self
             .client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(fail)?;
         con.set_read_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
         con.set_write_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
+        // Nothing is sent while connecting (no AUTH without a password, no CLIENT SETINFO),
+        // and TLS shakes hands on the first write: one PING makes a refused certificate or a
+        // server that does not speak Redis a connect error, reported as such.
+        redis::cmd("PING").exec(&mut con).map_err(fail)?;
         Ok(con)
     }
 }
