@@ -30,8 +30,14 @@ pub enum StoreError {
 impl StoreError {
     /// True when Redis answered that it is still loading its data (after a restart).
     pub fn is_loading(&self) -> bool {
-        matches!(self, StoreError::Redis { source, .. }
-            if source.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+        let loading = |e: &RedisError| {
+            e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        };
+        match self {
+            StoreError::Redis { source, .. } => loading(source),
+            StoreError::Connect(ConnError::Connect { source, .. }) => loading(source),
+            _ => false,
+        }
     }
 
     /// True when the server itself refused (ACL, wrong type, read-only replica, OOM), as
