@@ -139,6 +139,19 @@ impl Bench {
         self.redis.expect_finished("default", n);
         let per_job = (after.0 - before.0) as f64 / n as f64;
         let trips = (after.1 - before.1) as f64 / n as f64;
+        // The same over a unix socket: on this machine loopback TCP moves the worker between
+        // CPUs, and every fork then pays for a TLB shootdown on the other one.
+        self.redis.flush();
+        self.enqueue_ours("default", "rq.builtin.noop", n);
+        let unix_url = self.redis.unix_url.clone();
+        let t = Instant::now();
+        let status = self
+            .ours_worker_at(&unix_url, &["--burst", "--builtin-handlers", "-q"])
+            .wait()
+            .expect("wait");
+        let ours_unix = n as f64 / t.elapsed().as_secs_f64();
+        assert!(status.success(), "rqworker failed");
+        self.redis.expect_finished("default", n);
         // A burst pool of two under rq-supervisor.
         self.redis.flush();
         self.enqueue_ours("default", "rq.builtin.noop", n);
@@ -209,11 +222,47 @@ impl Bench {
                 rq2 = Some(n as f64 / dt);
             }
         }
+        let mut rq_unix = None;
+        if self.py.ok {
+            self.redis.flush();
+            self.py
+                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
+            let t = Instant::now();
+            let ok = self
+                .py
+                .rq_at(
+                    &self.redis,
+                    &unix_url,
+                    &[
+                        "worker",
+                        "--burst",
+                        "-q",
+                        "-S",
+                        "rq.serializers.JSONSerializer",
+                        "default",
+                    ],
+                )
+                .wait()
+                .expect("wait")
+                .success();
+            let dt = t.elapsed().as_secs_f64();
+            if ok && self.redis.finished("default") == n {
+                rq_unix = Some(n as f64 / dt);
+            }
+        }
         self.row(
             "throughput, 1 worker, fork per job (jobs/s)",
             f0(ours1),
             opt(rq1, f0),
             ratio(Some(ours1), rq1),
+            "",
+            None,
+        );
+        self.row(
+            "throughput, 1 worker, fork per job, Redis over a unix socket (jobs/s)",
+            f0(ours_unix),
+            opt(rq_unix, f0),
+            ratio(Some(ours_unix), rq_unix),
             "",
             None,
         );
@@ -646,9 +695,13 @@ impl Bench {
     }
 
     fn ours_worker(&self, args: &[&str]) -> Child {
+        self.ours_worker_at(&self.redis.url, args)
+    }
+
+    fn ours_worker_at(&self, url: &str, args: &[&str]) -> Child {
         Command::new(RQWORKER)
             .args(args)
-            .env("RQ_REDIS_URL", &self.redis.url)
+            .env("RQ_REDIS_URL", url)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn rqworker")
@@ -686,7 +739,10 @@ fn write_report(report: &str) {
 
 struct Redis {
     child: Child,
+    /// Loopback TCP: what every measurement uses unless it says otherwise.
     url: String,
+    /// The same server on a unix socket, for the one comparison that shows the transport.
+    unix_url: String,
 }
 
 impl Redis {
@@ -710,6 +766,8 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(dir)
+            .arg("--unixsocket")
+            .arg(dir.join("redis.sock"))
             .arg("--logfile")
             .arg(dir.join("redis.log"))
             .stdin(Stdio::null())
@@ -718,6 +776,7 @@ impl Redis {
         let r = Redis {
             child,
             url: format!("redis://127.0.0.1:{port}/0"),
+            unix_url: format!("unix://{}", dir.join("redis.sock").display()),
         };
         let t = Instant::now();
         while redis::Client::open(r.url.as_str())
@@ -938,11 +997,15 @@ impl Python {
 
     /// `rq <args> --url URL` with RQ's own CLI, in its own process group.
     fn rq(&self, redis: &Redis, args: &[&str]) -> Child {
+        self.rq_at(redis, &redis.url, args)
+    }
+
+    fn rq_at(&self, redis: &Redis, url: &str, args: &[&str]) -> Child {
         use std::os::unix::process::CommandExt;
         let mut c = self.cmd(redis);
         c.args(["-c", "from rq.cli import main; main()"])
             .args(&args[..1])
-            .args(["--url", &redis.url])
+            .args(["--url", url])
             .args(&args[1..]);
         c.process_group(0)
             .stdout(Stdio::null())
