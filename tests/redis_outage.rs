@@ -299,8 +299,18 @@ fn a_stall_and_killed_connections_lose_nothing_and_run_nothing_twice() {
         .exec(&mut con)
         .unwrap();
     std::thread::sleep(Duration::from_millis(6500));
-    // Then every client connection is cut, three times.
+    // Then every client connection is cut, three times, each time once the workers are back.
     for _ in 0..3 {
+        wait_until("clients reconnected", WAIT, || {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("normal")
+                .query(&mut con)
+                .unwrap();
+            // Ours plus at least one per worker.
+            list.lines().count() >= 3
+        });
         let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
@@ -308,7 +318,6 @@ fn a_stall_and_killed_connections_lose_nothing_and_run_nothing_twice() {
             .query(&mut con)
             .unwrap();
         assert!(killed >= 2, "killed {killed} connections");
-        std::thread::sleep(Duration::from_millis(300));
     }
     let ids = producer.join().expect("producer");
     assert_eq!(ids.len(), 300);
