@@ -7,7 +7,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::supervisor::{PoolFile, supervisor_cmd, wait_job_status, wait_workers};
+use support::supervisor::{PoolFile, supervisor_cmd, wait_workers};
 use support::*;
 
 const GOOD: &str = "[worker]\nbuiltin_handlers = true\n[pools.a]\nqueues = [\"q\"]\n";
@@ -51,7 +51,7 @@ fn refused_everywhere(bad: &str, wanted: &[&str]) {
         assert!(log.contains(w), "reload: wanted {w:?} in {log}");
     }
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["still served"]));
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(
         wait_workers(&mut con, 1),
         before,

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::supervisor::{PoolFile, supervisor_cmd, wait_job_status, wait_workers};
+use support::supervisor::{PoolFile, supervisor_cmd, wait_workers};
 use support::*;
 
 fn pool_file(queues: &str) -> PoolFile {
@@ -45,7 +45,7 @@ fn a_queue_key_of_the_wrong_type_is_skipped_and_reported_while_other_queues_run(
         .map(|i| rs_enqueue(&mut con, "good", "rq.builtin.echo", json!([i])))
         .collect();
     for id in &ids {
-        wait_job_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
     sup.wait_for_log("queue bad: WRONGTYPE");
     let log = sup.log();
@@ -61,7 +61,7 @@ fn a_queue_key_of_the_wrong_type_is_skipped_and_reported_while_other_queues_run(
         .exec(&mut con)
         .unwrap();
     let id = rs_enqueue(&mut con, "bad", "rq.builtin.echo", json!(["fixed"]));
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(wait_workers(&mut con, 1).len(), 1);
     assert!(!sup.log().contains("supervisor: pid"), "no worker exited");
 }
@@ -119,7 +119,7 @@ fn out_of_memory_keeps_the_job_queued_until_redis_accepts_writes_again() {
         .arg("0")
         .exec(&mut con)
         .unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(latest_return(&mut con, &id), Some(json!(["after OOM"])));
     assert_eq!(wait_workers(&mut con, 1)[0].1, worker.1);
     assert!(!sup.log().contains("supervisor: pid"), "no worker exited");
@@ -171,7 +171,7 @@ fn a_read_only_replica_is_named_and_the_job_runs_once_it_is_promoted() {
         .arg("ONE")
         .exec(&mut rcon)
         .unwrap();
-    wait_job_status(&mut rcon, &id, "finished", Duration::from_secs(30));
+    wait_status_within(&mut rcon, &id, &["finished"], Duration::from_secs(30));
     assert_eq!(
         latest_return(&mut rcon, &id),
         Some(json!(["from the primary"]))

@@ -119,7 +119,7 @@ failure_threshold = 1000
     } else {
         "failed"
     };
-    wait_job_status(&mut con, &a, want, WAIT);
+    wait_status(&mut con, &a, &[want]);
     if settled_before_death(point) {
         assert_eq!(latest_return(&mut con, &a), Some(serde_json::json!(["a"])));
     } else {
@@ -166,7 +166,7 @@ failure_threshold = 1000
     arm(&armed);
     let b = retry_once(&redis, queue, "b");
     wait_fired(&armed, &ctx);
-    wait_job_status(&mut con, &b, "finished", WAIT);
+    wait_status(&mut con, &b, &["finished"]);
     assert_eq!(latest_return(&mut con, &b), Some(serde_json::json!(["b"])));
     assert_eq!(result_count(&mut con, &b), 1, "{ctx}");
     let retries_left = hget(&mut con, &format!("rq:job:{b}"), "retries_left");

@@ -53,15 +53,15 @@ fn shutdown_command_while_busy_finishes_the_job_first() {
     let (id, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let next = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut con = redis.con();
-    await_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     rc(&redis, &["shutdown", "w"]);
     w.wait_for_log("warm shut down requested");
     assert!(hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some());
     open_gate(&gate);
     assert_exit_ok(&mut w, WAIT);
-    assert_eq!(status(&mut con, &id).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
     // Warm shutdown: the next job is left for another worker.
-    assert_eq!(status(&mut con, &next).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &next).as_deref(), Some("queued"));
     assert_eq!(lrange(&mut con, "rq:queue:q"), vec![next.clone()]);
 }
 
@@ -75,9 +75,9 @@ fn kill_horse_fails_the_running_job_and_the_worker_goes_on() {
     w.wait_for_log("kill-horse command received while idle");
 
     let id = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
-    await_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     rc(&redis, &["kill_horse", "w"]);
-    await_status(&mut con, &id, "failed", WAIT);
+    wait_status(&mut con, &id, &["failed"]);
     let doc = job(&redis, &id);
     let exc = first_result(&doc)["exc_string"]
         .as_str()
@@ -89,7 +89,7 @@ fn kill_horse_fails_the_running_job_and_the_worker_goes_on() {
     );
     assert_eq!(first_result(&doc)["type"], "FAILED");
     let after = enqueue(&redis, "q", "rq.builtin.echo", "[1]", "{}");
-    await_status(&mut con, &after, "finished", WAIT);
+    wait_status(&mut con, &after, &["finished"]);
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -106,9 +106,9 @@ fn kill_horse_retries_a_job_with_retries_left() {
         "[60]",
         r#"{"retry": {"max": 1, "interval": 600}}"#,
     );
-    await_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     rc(&redis, &["kill_horse", "w"]);
-    await_status(&mut con, &id, "scheduled", WAIT);
+    wait_status(&mut con, &id, &["scheduled"]);
     let doc = job(&redis, &id);
     assert_eq!(doc["retries_left"], 0, "{doc}");
     assert_eq!(doc["results"], serde_json::json!([]), "{doc}");
@@ -134,9 +134,9 @@ fn stop_job_ends_stopped_with_rqs_result_and_no_retry_or_dependents() {
         "[]",
         &serde_json::json!({"depends_on": [id], "allow_failure": true}).to_string(),
     );
-    await_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     rc(&redis, &["stop_job", &id]);
-    await_status(&mut con, &id, "stopped", WAIT);
+    wait_status(&mut con, &id, &["stopped"]);
     let doc = job(&redis, &id);
     assert_eq!(doc["status"], "stopped", "{doc}");
     assert_eq!(doc["retries_left"], 2, "no retry for a stopped job: {doc}");
@@ -151,7 +151,7 @@ fn stop_job_ends_stopped_with_rqs_result_and_no_retry_or_dependents() {
     assert!(zscore_f64(&mut con, "rq:failed:q", &id).is_some());
     assert!(zmembers(&mut con, "rq:wip:q").is_empty());
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
-    assert_eq!(status(&mut con, &child).as_deref(), Some("deferred"));
+    assert_eq!(job_status(&mut con, &child).as_deref(), Some("deferred"));
     wait_idle(&mut con, "w");
     assert_eq!(
         hget(&mut con, "rq:worker:w", "failed_job_count").as_deref(),
@@ -167,16 +167,16 @@ fn stop_job_for_a_job_not_running_here_is_ignored() {
     let mut w = worker(&redis, "w");
     let mut con = redis.con();
     let done = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
-    await_status(&mut con, &done, "finished", WAIT);
+    wait_status(&mut con, &done, &["finished"]);
     let running = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
-    await_status(&mut con, &running, "started", WAIT);
+    wait_status(&mut con, &running, &["started"]);
     // The finished job names w as its worker, so Python sends the command there.
     rc(&redis, &["stop_job", &done]);
     w.wait_for_log("which is not running here; ignored");
-    assert_eq!(status(&mut con, &running).as_deref(), Some("started"));
-    assert_eq!(status(&mut con, &done).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &running).as_deref(), Some("started"));
+    assert_eq!(job_status(&mut con, &done).as_deref(), Some("finished"));
     rc(&redis, &["stop_job", &running]);
-    await_status(&mut con, &running, "stopped", WAIT);
+    wait_status(&mut con, &running, &["stopped"]);
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -203,14 +203,14 @@ fn commands_reach_a_burst_worker_too() {
             "q",
         ],
     ));
-    await_status(&mut con, &long, "started", WAIT);
+    wait_status(&mut con, &long, &["started"]);
     rc(&redis, &["stop_job", &long]);
-    await_status(&mut con, &long, "stopped", WAIT);
-    await_status(&mut con, &short, "started", WAIT);
+    wait_status(&mut con, &long, &["stopped"]);
+    wait_status(&mut con, &short, &["started"]);
     rc(&redis, &["shutdown", "b"]);
     w.wait_for_log("warm shut down requested");
     open_gate(&gate);
     assert_exit_ok(&mut w, WAIT);
-    assert_eq!(status(&mut con, &short).as_deref(), Some("finished"));
-    assert_eq!(status(&mut con, &last).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &short).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &last).as_deref(), Some("queued"));
 }

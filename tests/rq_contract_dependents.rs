@@ -41,7 +41,7 @@ fn a_chain_runs_in_order_and_each_link_leaves_rq_deferred() {
         &deps_opts(&[&b]),
     );
     let mut con = redis.con();
-    assert_eq!(status(&mut con, &b).as_deref(), Some("deferred"));
+    assert_eq!(job_status(&mut con, &b).as_deref(), Some("deferred"));
     assert_eq!(zmembers(&mut con, "rq:deferred:q").len(), 2);
     // The producer's keys, which the worker must read exactly.
     assert_eq!(
@@ -65,7 +65,11 @@ fn a_chain_runs_in_order_and_each_link_leaves_rq_deferred() {
         "{log}"
     );
     for id in [&a, &b, &c] {
-        assert_eq!(status(&mut con, id).as_deref(), Some("finished"), "{id}");
+        assert_eq!(
+            job_status(&mut con, id).as_deref(),
+            Some("finished"),
+            "{id}"
+        );
     }
     assert!(zmembers(&mut con, "rq:deferred:q").is_empty());
     // All children enqueued: the dependents set is deleted, as RQ does.
@@ -98,8 +102,8 @@ fn two_dependencies_on_two_queues_wait_for_both_then_go_to_the_childs_own_queue(
 
     // Only a is done: c still waits for b.
     burst(&redis, &["qa"]);
-    assert_eq!(status(&mut con, &a).as_deref(), Some("finished"));
-    assert_eq!(status(&mut con, &c).as_deref(), Some("deferred"));
+    assert_eq!(job_status(&mut con, &a).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &c).as_deref(), Some("deferred"));
     assert!(zscore_f64(&mut con, "rq:deferred:qc", &c).is_some());
     assert_eq!(llen(&mut con, "rq:queue:qc"), 0);
     // a's dependents set is kept while c is not enqueued.
@@ -110,7 +114,7 @@ fn two_dependencies_on_two_queues_wait_for_both_then_go_to_the_childs_own_queue(
 
     // b is done too: c moves to its own queue qc, which no worker here serves.
     burst(&redis, &["qb"]);
-    assert_eq!(status(&mut con, &c).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &c).as_deref(), Some("queued"));
     assert_eq!(lrange(&mut con, "rq:queue:qc"), vec![c.clone()]);
     assert!(zmembers(&mut con, "rq:deferred:qc").is_empty());
 
@@ -149,9 +153,9 @@ fn allow_failure_children_follow_a_failed_parent_and_others_stay_deferred() {
         Some("1")
     );
     burst(&redis, &["q"]);
-    assert_eq!(status(&mut con, &p).as_deref(), Some("failed"));
-    assert_eq!(status(&mut con, &lenient).as_deref(), Some("finished"));
-    assert_eq!(status(&mut con, &strict).as_deref(), Some("deferred"));
+    assert_eq!(job_status(&mut con, &p).as_deref(), Some("failed"));
+    assert_eq!(job_status(&mut con, &lenient).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &strict).as_deref(), Some("deferred"));
     assert_eq!(zmembers(&mut con, "rq:deferred:q"), vec![strict.clone()]);
 }
 
@@ -174,8 +178,8 @@ fn a_parent_being_retried_does_not_release_its_allow_failure_children() {
     );
     burst(&redis, &["q"]);
     let mut con = redis.con();
-    assert_eq!(status(&mut con, &p).as_deref(), Some("scheduled"));
-    assert_eq!(status(&mut con, &child).as_deref(), Some("deferred"));
+    assert_eq!(job_status(&mut con, &p).as_deref(), Some("scheduled"));
+    assert_eq!(job_status(&mut con, &child).as_deref(), Some("deferred"));
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
 }
 

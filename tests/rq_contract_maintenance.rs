@@ -186,7 +186,7 @@ fn abandoned_executions_fail_with_rqs_text_or_are_retried() {
             "q",
         ],
     ));
-    await_status(&mut con, &plain, "failed", WAIT);
+    wait_status(&mut con, &plain, &["failed"]);
     let doc = job(&redis, &plain);
     let res = &doc["results"][0];
     assert_eq!(res["type"], "FAILED", "{doc}");
@@ -205,18 +205,18 @@ fn abandoned_executions_fail_with_rqs_text_or_are_retried() {
     assert!(zscore_f64(&mut con, "rq:failed:q", &plain).is_some());
 
     // The retried one went back to the queue, and this worker ran it.
-    await_status(&mut con, &retried, "finished", WAIT);
+    wait_status(&mut con, &retried, &["finished"]);
     let doc = job(&redis, &retried);
     assert_eq!(doc["retries_left"], 0, "{doc}");
     assert_eq!(doc["results"].as_array().unwrap().len(), 1, "{doc}");
     assert_eq!(doc["results"][0]["type"], "SUCCESSFUL", "{doc}");
 
     // allow_failure children of the abandoned job are released, as RQ's cleanup does.
-    await_status(&mut con, &child, "finished", WAIT);
+    wait_status(&mut con, &child, &["finished"]);
 
     // The live execution is left alone.
     assert_eq!(zmembers(&mut con, "rq:wip:q"), vec![live_member.clone()]);
-    assert_eq!(status(&mut con, &live).as_deref(), Some("started"));
+    assert_eq!(job_status(&mut con, &live).as_deref(), Some("started"));
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -298,8 +298,8 @@ fn ids_stuck_in_the_intermediate_list_are_requeued_at_the_front_after_a_minute()
             "q",
         ],
     ));
-    await_status(&mut con, &stuck, "finished", WAIT);
-    await_status(&mut con, &other, "finished", WAIT);
+    wait_status(&mut con, &stuck, &["finished"]);
+    wait_status(&mut con, &other, &["finished"]);
     let log = w.log();
     let stuck_at = log.find("Got rq.builtin.echo('stuck')").expect(&log);
     let other_at = log.find("Got rq.builtin.echo('other')").expect(&log);
@@ -327,7 +327,7 @@ fn ids_stuck_in_the_intermediate_list_are_requeued_at_the_front_after_a_minute()
     assert_eq!(get(&mut con, &first_seen(&fresh)), fresh_seen);
     assert!(!exists(&mut con, &first_seen(&running)));
     assert_eq!(zmembers(&mut con, "rq:wip:q"), vec![running_member]);
-    assert_eq!(status(&mut con, &fresh).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &fresh).as_deref(), Some("queued"));
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }

@@ -170,7 +170,7 @@ fn python_and_rust_workers_share_queues_without_running_a_job_twice_or_losing_on
     wait_until("every job settled", SLOW, || {
         all.iter().all(|id| {
             matches!(
-                status(&mut con, id).as_deref(),
+                job_status(&mut con, id).as_deref(),
                 Some("finished") | Some("failed")
             )
         })
@@ -181,7 +181,11 @@ fn python_and_rust_workers_share_queues_without_running_a_job_twice_or_losing_on
     for (id, want) in &expected {
         let who = runs.get(id).cloned().unwrap_or_default();
         assert_eq!(who.len(), 1, "job {id} ran {who:?}");
-        assert_eq!(status(&mut con, id).as_deref(), Some("finished"), "{id}");
+        assert_eq!(
+            job_status(&mut con, id).as_deref(),
+            Some("finished"),
+            "{id}"
+        );
         assert_eq!(
             xlen(&mut con, &format!("rq:results:{id}")),
             1,
@@ -280,7 +284,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
     ));
     wait_until("all four long jobs started", SLOW, || {
         slow.iter()
-            .all(|id| status(&mut con, id).as_deref() == Some("started"))
+            .all(|id| job_status(&mut con, id).as_deref() == Some("started"))
     });
     // Two more workers, one of each kind, stay idle-ish and clean registries between the
     // short jobs fed to them below.
@@ -303,7 +307,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
     let mut i = 0;
     while slow
         .iter()
-        .any(|id| status(&mut con, id).as_deref() == Some("started"))
+        .any(|id| job_status(&mut con, id).as_deref() == Some("started"))
     {
         // `rq info` runs RQ's abandoned-job cleanup on every queue.
         rq_cli_ok(&redis, &["info"]);
@@ -311,7 +315,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
         quick.extend(square_batch(&redis, "q", i, 2));
         i += 2;
         for id in &slow {
-            let s = status(&mut con, id);
+            let s = job_status(&mut con, id);
             assert!(
                 matches!(s.as_deref(), Some("started") | Some("finished")),
                 "long job {id} is {s:?}"
@@ -325,7 +329,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
     wait_until("short jobs finished", SLOW, || {
         quick
             .iter()
-            .all(|id| status(&mut con, id).as_deref() == Some("finished"))
+            .all(|id| job_status(&mut con, id).as_deref() == Some("finished"))
     });
     stop_all(&mut ws);
 
@@ -393,7 +397,7 @@ fn scheduled_jobs_run_once_whichever_kind_holds_the_scheduler_lock() {
         )));
         wait_until("scheduled jobs finished", SLOW, || {
             ids.iter()
-                .all(|id| status(&mut con, id).as_deref() == Some("finished"))
+                .all(|id| job_status(&mut con, id).as_deref() == Some("finished"))
         });
         // A job moved twice would run again shortly after.
         std::thread::sleep(Duration::from_millis(1500));

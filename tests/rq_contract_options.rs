@@ -51,7 +51,7 @@ fn max_jobs_exits_cleanly_after_n_jobs() {
     let mut con = redis.con();
     let finished = ids
         .iter()
-        .filter(|id| status(&mut con, id).as_deref() == Some("finished"))
+        .filter(|id| job_status(&mut con, id).as_deref() == Some("finished"))
         .count();
     assert_eq!(finished, 2);
     assert_eq!(llen(&mut con, "rq:queue:q"), 3);
@@ -78,7 +78,7 @@ fn max_idle_time_counts_from_the_last_job() {
     std::thread::sleep(Duration::from_millis(1500));
     let id = enqueue(&redis, "q", "rq.builtin.sleep", "[1]", "{}");
     let mut con = redis.con();
-    await_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     let ended_at = job(&redis, &id)["ended_at"].as_f64().unwrap();
     assert_exit_ok(&mut w, WAIT);
     let idle_after_job = Duration::from_secs_f64(now_secs() - ended_at);
@@ -183,14 +183,14 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     // Busy: min(timeout, job_monitoring_interval) + 60.
     let before = redis_now(&mut con);
     let id = enqueue(&redis, "q", "rq.builtin.sleep", "[3]", "{}");
-    await_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     let t = ttl(&mut con, "rq:worker:w");
     assert!((55..=65).contains(&t), "busy ttl {t}, want 5 + 60");
     let member = zmembers(&mut con, "rq:wip:q").pop().expect("wip entry");
     let score = zscore_f64(&mut con, "rq:wip:q", &member).unwrap();
     let now = redis_now(&mut con);
     assert_due_in(score, before, now, 65.0);
-    await_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     let t = ttl(&mut con, "rq:worker:w");
     assert!((80..=90).contains(&t), "idle again: ttl {t}");
     w.signal(Signal::SIGTERM);

@@ -179,9 +179,9 @@ fn retry_interval_runs_again_through_our_scheduler_with_no_python_process() {
         &["--with-scheduler", "--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    await_status(&mut con, &id, "scheduled", WAIT);
+    wait_status(&mut con, &id, &["scheduled"]);
     let due = zscore_f64(&mut con, "rq:scheduled:q", &id).expect("scheduled retry");
-    await_status(&mut con, &id, "failed", WAIT);
+    wait_status(&mut con, &id, &["failed"]);
     let doc = job(&redis, &id);
     let second_start = doc["started_at"].as_f64().unwrap();
     assert!(
@@ -286,7 +286,7 @@ fn a_cold_shutdown_requeues_a_job_with_retries_and_fails_one_without() {
             &["--builtin-handlers", "--name", "w", "q"],
         ));
         let mut con = redis.con();
-        await_status(&mut con, &id, "started", WAIT);
+        wait_status(&mut con, &id, &["started"]);
         w.signal(Signal::SIGTERM);
         w.wait_for_log("warm shut down requested");
         w.signal(Signal::SIGTERM);

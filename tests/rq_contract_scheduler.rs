@@ -39,7 +39,7 @@ fn assert_each_ran_once(redis: &RedisServer, ids: &[String], workers: &[&str], l
     let mut con = redis.con();
     wait_until("all scheduled jobs finished", limit, || {
         ids.iter()
-            .all(|id| status(&mut con, id).as_deref() == Some("finished"))
+            .all(|id| job_status(&mut con, id).as_deref() == Some("finished"))
     });
     for id in ids {
         assert_eq!(
@@ -144,7 +144,7 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     let enqueued_by = now_secs();
     assert_eq!(zscore_f64(&mut con, "rq:scheduled:q", &b), Some(at));
     for id in [&a, &b] {
-        await_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
     let docs = jobs(&redis, &[a.clone(), b.clone()]);
     for (doc, score) in docs.iter().zip([score_a, at]) {
@@ -221,7 +221,7 @@ fn another_worker_takes_the_lock_when_the_holder_stops() {
         .as_str()
         .unwrap()
         .to_string();
-    await_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(moved_by(&b.log()), 1, "{}", b.log());
     b.signal(Signal::SIGTERM);
     assert_exit_ok(&mut b, WAIT);
@@ -337,7 +337,7 @@ fn scheduled_jobs_honour_at_front_and_keep_moving_while_workers_are_suspended() 
         vec![front.clone(), x.clone(), back.clone()]
     );
     for id in [&front, &back] {
-        assert_eq!(status(&mut con, id).as_deref(), Some("queued"));
+        assert_eq!(job_status(&mut con, id).as_deref(), Some("queued"));
     }
     assert_eq!(
         hget(&mut con, "rq:worker:w", "state").as_deref(),
@@ -345,7 +345,7 @@ fn scheduled_jobs_honour_at_front_and_keep_moving_while_workers_are_suspended() 
     );
     rq_cli_ok(&redis, &["resume"]);
     for id in [&front, &x, &back] {
-        await_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
@@ -365,16 +365,16 @@ fn a_scheduled_retry_with_enqueue_at_front_goes_to_the_front() {
     // A burst worker without a scheduler makes the first try and schedules the retry.
     let mut b = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
     assert_exit_ok(&mut b, WAIT);
-    assert_eq!(status(&mut con, &id).as_deref(), Some("scheduled"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("scheduled"));
     let x = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     // Suspended, the scheduling worker moves the retry but runs nothing, so the order shows.
     rq_cli_ok(&redis, &["suspend"]);
     let mut w = sched_worker(&redis, "w", &["q"]);
-    await_status(&mut con, &id, "queued", WAIT);
+    wait_status(&mut con, &id, &["queued"]);
     assert_eq!(lrange(&mut con, "rq:queue:q"), vec![id.clone(), x.clone()]);
     rq_cli_ok(&redis, &["resume"]);
-    await_status(&mut con, &id, "failed", WAIT);
-    await_status(&mut con, &x, "finished", WAIT);
+    wait_status(&mut con, &id, &["failed"]);
+    wait_status(&mut con, &x, &["finished"]);
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }

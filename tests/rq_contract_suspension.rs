@@ -31,13 +31,13 @@ fn a_burst_worker_exits_without_taking_jobs_while_suspended() {
     let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
     assert_exit_ok(&mut w, WAIT);
     assert!(w.log().contains("suspended in burst mode"), "{}", w.log());
-    assert_eq!(status(&mut con, &id).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     assert_eq!(lrange(&mut con, "rq:queue:q"), vec![id.clone()]);
 
     rq_cli_ok(&redis, &["resume"]);
     let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
     assert_exit_ok(&mut w, WAIT);
-    assert_eq!(status(&mut con, &id).as_deref(), Some("finished"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
 }
 
 #[test]
@@ -54,14 +54,14 @@ fn a_worker_idles_suspended_until_resumed_then_takes_jobs_again() {
     let id = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     // Time must pass here: the job has to stay put while the suspension holds.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(status(&mut con, &id).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     assert_eq!(worker_state(&mut con, "w").as_deref(), Some("suspended"));
     // `rq info` reads the state RQ's way.
     let info = rq_cli_ok(&redis, &["info", "q"]);
     assert!(info.contains("w (") && info.contains("suspended"), "{info}");
 
     rq_cli_ok(&redis, &["resume"]);
-    await_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     wait_state(&mut con, "w", "idle");
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
@@ -79,14 +79,14 @@ fn a_busy_worker_finishes_its_job_then_suspends() {
     let mut con = redis.con();
     let (running, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let waiting = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
-    await_status(&mut con, &running, "started", WAIT);
+    wait_status(&mut con, &running, &["started"]);
     rq_cli_ok(&redis, &["suspend"]);
     open_gate(&gate);
-    await_status(&mut con, &running, "finished", WAIT);
+    wait_status(&mut con, &running, &["finished"]);
     wait_state(&mut con, "w", "suspended");
-    assert_eq!(status(&mut con, &waiting).as_deref(), Some("queued"));
+    assert_eq!(job_status(&mut con, &waiting).as_deref(), Some("queued"));
     rq_cli_ok(&redis, &["resume"]);
-    await_status(&mut con, &waiting, "finished", WAIT);
+    wait_status(&mut con, &waiting, &["finished"]);
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -113,7 +113,7 @@ fn a_suspension_with_a_duration_ends_by_itself() {
     let expires = redis_now(&mut con) + pttl as f64 / 1000.0;
     wait_state(&mut con, "w", "suspended");
     let id = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
-    await_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     let started = job(&redis, &id)["started_at"].as_f64().unwrap();
     assert!(
         started >= expires - 0.05,

@@ -9,7 +9,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::supervisor::{PoolFile, wait_job_status, wait_workers};
+use support::supervisor::{PoolFile, wait_workers};
 use support::*;
 
 const USER: &str = "rqworker";
@@ -97,22 +97,22 @@ fn the_documented_minimum_rules_are_enough_for_workers_and_the_supervisor() {
     )
     .unwrap();
     for id in [&ok, &parent, &child, &scheduled] {
-        wait_job_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
-    wait_job_status(&mut con, &retried, "failed", WAIT);
+    wait_status(&mut con, &retried, &["failed"]);
 
     // RQ's stop-job command over pub/sub.
     let long = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([30]));
-    wait_job_status(&mut con, &long, "started", WAIT);
+    wait_status(&mut con, &long, &["started"]);
     python(&redis, "rqtool.py", &["send", "stop-job", &long]);
-    wait_job_status(&mut con, &long, "stopped", WAIT);
+    wait_status(&mut con, &long, &["stopped"]);
 
     // A crash: the supervisor's cleanup (same user) settles the job and registers the death.
     let crashed = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([30]));
-    wait_job_status(&mut con, &crashed, "started", WAIT);
+    wait_status(&mut con, &crashed, &["started"]);
     let pid = wait_workers(&mut con, 1)[0].1;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    wait_job_status(&mut con, &crashed, "failed", WAIT);
+    wait_status(&mut con, &crashed, &["failed"]);
     sup.wait_for_log("crash cleanup done");
     wait_until("a replacement worker", WAIT, || {
         support::supervisor::workers(&mut con)
@@ -177,11 +177,11 @@ fn a_refused_settle_names_the_permission_and_the_outcome_is_written_once_granted
         .arg("+xadd")
         .exec(&mut con)
         .unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(latest_return(&mut con, &id), Some(json!(["kept"])));
     // And it goes on with the next job.
     let next = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["next"]));
-    wait_job_status(&mut con, &next, "finished", WAIT);
+    wait_status(&mut con, &next, &["finished"]);
     assert!(!w.log().contains(PASSWORD));
 }
 
@@ -221,7 +221,7 @@ fn a_refused_claim_leaves_the_job_queued_and_names_the_fix() {
         .arg("+lpop")
         .exec(&mut con)
         .unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn a_user_without_client_tracking_still_works_and_is_told_the_fix() {
     // Without notices it checks the queues every second.
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["polled"]));
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
 }
 
 #[test]

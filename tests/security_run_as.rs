@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use support::supervisor::{PoolFile, wait_job_status, wait_workers};
+use support::supervisor::{PoolFile, wait_workers};
 use support::*;
 
 const NOBODY: u32 = 65534;
@@ -121,7 +121,7 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
     assert_eq!(uid, expect_uid, "handler uid");
     assert_eq!(gid, expect_uid, "handler gid");
     std::fs::write(&gate, "").unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(
         latest_return(&mut con, &id),
         Some(serde_json::json!(format!("{NOBODY} {NOBODY}")))
@@ -137,7 +137,7 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_job_status(&mut con, &id, "failed", WAIT);
+    wait_status(&mut con, &id, &["failed"]);
     assert!(!sup.log().contains("cannot read config"), "{}", sup.log());
 }
 

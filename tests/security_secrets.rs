@@ -10,7 +10,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::supervisor::{PoolFile, wait_job_status, wait_workers};
+use support::supervisor::{PoolFile, wait_workers};
 use support::*;
 
 const PASSWORD: &str = "Sup3r-Secret-pw-4711";
@@ -161,7 +161,7 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
         "tasks.gate",
         json!([gate.display().to_string()]),
     );
-    wait_job_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     let mut tree = Vec::new();
     wait_until("2 workers and a handler", WAIT, || {
         tree = descendants(sup.pid().as_raw() as u32);
@@ -173,13 +173,13 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
         assert!(!argv.contains("pass="), "pid {pid} argv: {argv}");
     }
     std::fs::write(&gate, "").unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
 
     // Failures.
     let failed = rs_enqueue(&mut con, "q", "rq.builtin.fail", json!(["boom"]));
     let unknown = rs_enqueue(&mut con, "q", "tasks.nobody_knows", json!([]));
-    wait_job_status(&mut con, &failed, "failed", WAIT);
-    wait_job_status(&mut con, &unknown, "failed", WAIT);
+    wait_status(&mut con, &failed, &["failed"]);
+    wait_status(&mut con, &unknown, &["failed"]);
     // A crash and its cleanup.
     let victim = wait_workers(&mut con, 2)[0].1;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
@@ -198,7 +198,7 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
         support::supervisor::workers(&mut con).len() == 2
     });
     let after = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["after"]));
-    wait_job_status(&mut con, &after, "finished", WAIT);
+    wait_status(&mut con, &after, &["finished"]);
     sup.signal(Signal::SIGTERM);
     sup.wait_exit(WAIT);
     assert!(
@@ -290,6 +290,6 @@ fn handlers_inherit_no_redis_url_tls_settings_or_worker_descriptors() {
         "the worker kept {worker_fds:?}"
     );
     std::fs::write(&gate, "").unwrap();
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert!(!sup.log().contains(PASSWORD), "{}", sup.log());
 }

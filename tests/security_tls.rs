@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::supervisor::{PoolFile, wait_job_status};
+use support::supervisor::PoolFile;
 use support::*;
 
 /// `rqworker` against the TLS port, the CA in the environment; extra env pairs and args.
@@ -282,7 +282,7 @@ fn the_supervisor_hands_its_tls_files_to_the_workers_and_check_shows_them() {
         .map(|i| rs_enqueue(&mut con, "q", "rq.builtin.echo", json!([i])))
         .collect();
     for id in &ids {
-        wait_job_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
     assert!(!sup.log().contains("ERROR"), "{}", sup.log());
 }

@@ -232,8 +232,8 @@ fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
         "rq.builtin.echo",
         serde_json::json!(["hi"]),
     );
-    wait_job_status(&mut con, &mail, "finished", WAIT);
-    wait_job_status(&mut con, &echo, "finished", WAIT);
+    wait_status(&mut con, &mail, &["finished"]);
+    wait_status(&mut con, &echo, &["finished"]);
     let result = rq_supervisor::producer::latest_result(&mut con, &mail)
         .unwrap()
         .and_then(|r| r.return_value)

@@ -47,7 +47,7 @@ workers = 2
     let mut name = None;
     wait_until("job started", WAIT, || {
         name = hget(&mut con, &format!("rq:job:{id}"), "worker_name").filter(|n| !n.is_empty());
-        name.is_some() && status(&mut con, &id).as_deref() == Some("started")
+        name.is_some() && job_status(&mut con, &id).as_deref() == Some("started")
     });
     let name = name.unwrap();
     let victim: u32 = hget(&mut con, &format!("rq:worker:{name}"), "pid")
@@ -62,7 +62,7 @@ workers = 2
         !workers(&mut con).iter().any(|(n, _)| *n == name)
     });
     wait_until("job settled", Duration::from_secs(1), || {
-        status(&mut con, &id).as_deref() == Some("failed")
+        job_status(&mut con, &id).as_deref() == Some("failed")
     });
     let mut now = Vec::new();
     wait_until("a replacement registered", Duration::from_secs(1), || {
@@ -134,7 +134,7 @@ queues = ["good"]
     let elapsed = t0.elapsed();
     // The healthy pool keeps working, with the same worker.
     let id = enqueue(&mut con, "good", "rq.builtin.echo", json!(["still here"]));
-    wait_job_status(&mut con, &id, "finished", WAIT);
+    wait_status(&mut con, &id, &["finished"]);
     assert_eq!(workers(&mut con), good);
     let log = sup.log();
     let ceilings: Vec<f64> = lines_with(&log, "[bad/rq-supervisor] restart in")
@@ -182,7 +182,7 @@ max_jobs_jitter = 3
         .map(|i| enqueue(&mut con, "default", "rq.builtin.echo", json!([i])))
         .collect();
     for id in &ids {
-        wait_job_status(&mut con, id, "finished", WAIT);
+        wait_status(&mut con, id, &["finished"]);
     }
     wait_workers(&mut con, 2);
     let log = sup.log();
@@ -322,7 +322,7 @@ failure_threshold = 1000
     let mut con = redis.con();
     let (name, pid) = wait_workers(&mut con, 1)[0].clone();
     let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
-    wait_job_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     drop(con);
     redis.stop();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
@@ -333,7 +333,7 @@ failure_threshold = 1000
     });
     redis.restart();
     let mut con = redis.con();
-    wait_job_status(&mut con, &id, "failed", WAIT);
+    wait_status(&mut con, &id, &["failed"]);
     wait_until("old registration gone", WAIT, || {
         !workers(&mut con).iter().any(|(n, _)| *n == name)
     });
@@ -362,7 +362,7 @@ command = ["{}"]
     let mut con = redis.con();
     let (_, worker) = wait_workers(&mut con, 1)[0].clone();
     let id = enqueue(&mut con, "default", "tasks.spawner", json!([]));
-    wait_job_status(&mut con, &id, "started", WAIT);
+    wait_status(&mut con, &id, &["started"]);
     let horse = wait_horse_pid(worker);
     let bg_file = file.dir.path().join("bg.pid");
     wait_until("the background process", WAIT, || {
@@ -374,7 +374,7 @@ command = ["{}"]
         .parse()
         .unwrap();
     kill(Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
-    wait_job_status(&mut con, &id, "failed", Duration::from_secs(2));
+    wait_status_within(&mut con, &id, &["failed"], Duration::from_secs(2));
     wait_until(
         "horse and its children gone",
         Duration::from_secs(2),

@@ -30,7 +30,7 @@ fn runner(con: &mut redis::Connection, id: &str) -> u32 {
     let mut name = None;
     wait_until("job to be started", WAIT, || {
         name = hget(con, &format!("rq:job:{id}"), "worker_name").filter(|n| !n.is_empty());
-        name.is_some() && status(con, id).as_deref() == Some("started")
+        name.is_some() && job_status(con, id).as_deref() == Some("started")
     });
     hget(con, &format!("rq:worker:{}", name.unwrap()), "pid")
         .unwrap()
@@ -64,7 +64,11 @@ fn warm_shutdown_waits_for_the_running_job_and_exits_zero() {
         took >= Duration::from_millis(700),
         "did not wait: {took:?}\n{log}"
     );
-    assert_eq!(status(&mut con, &id).as_deref(), Some("finished"), "{log}");
+    assert_eq!(
+        job_status(&mut con, &id).as_deref(),
+        Some("finished"),
+        "{log}"
+    );
     assert_eq!(lines_with(&log, "shutdown: warm stage").len(), 1, "{log}");
     assert!(log.contains("every worker stopped warm"), "{log}");
     assert!(!log.contains("shutdown: cold stage"), "{log}");
@@ -88,7 +92,11 @@ fn second_signal_kills_the_horse_and_the_job_ends_failed() {
     let log = sup.log();
     assert_eq!(code.code(), Some(1), "escalated shutdown exits 1:\n{log}");
     assert!(log.contains("cold stage after a second signal"), "{log}");
-    assert_eq!(status(&mut con, &id).as_deref(), Some("failed"), "{log}");
+    assert_eq!(
+        job_status(&mut con, &id).as_deref(),
+        Some("failed"),
+        "{log}"
+    );
     assert!(
         exc_string(&mut con, &id).contains("cold shutdown"),
         "{}",
@@ -115,7 +123,11 @@ fn warm_timeout_escalates_by_itself() {
     assert_eq!(code.code(), Some(1), "{log}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(log.contains("cold stage after warm_timeout"), "{log}");
-    assert_eq!(status(&mut con, &id).as_deref(), Some("failed"), "{log}");
+    assert_eq!(
+        job_status(&mut con, &id).as_deref(),
+        Some("failed"),
+        "{log}"
+    );
     assert!(!pid_alive(worker));
 }
 
@@ -211,7 +223,11 @@ fn ctrl_c_in_a_terminal_reaches_only_the_supervisor() {
     // Had the worker received it too, the supervisor's TERM would have been its second
     // signal (cold) and the job would have failed.
     assert!(code.success(), "{log}");
-    assert_eq!(status(&mut con, &id).as_deref(), Some("finished"), "{log}");
+    assert_eq!(
+        job_status(&mut con, &id).as_deref(),
+        Some("finished"),
+        "{log}"
+    );
     assert!(!log.contains("shutdown: cold stage"), "{log}");
 }
 
@@ -234,9 +250,9 @@ fn sigkill_of_the_supervisor_leaves_no_process_and_no_started_job() {
         || pids.iter().all(|p| !pid_alive(*p)),
     );
     wait_until("the job settled", Duration::from_secs(1), || {
-        status(&mut con, &id).as_deref() != Some("started")
+        job_status(&mut con, &id).as_deref() != Some("started")
     });
-    assert_eq!(status(&mut con, &id).as_deref(), Some("failed"));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("failed"));
     assert!(exc_string(&mut con, &id).contains("rq-supervisor died"));
     wait_until("no registered worker", Duration::from_secs(1), || {
         workers(&mut con).is_empty()
@@ -271,7 +287,11 @@ burst = true
     let log = sup.log();
     assert!(code.success(), "{log}");
     for id in &ids {
-        assert_eq!(status(&mut con, id).as_deref(), Some("finished"), "{log}");
+        assert_eq!(
+            job_status(&mut con, id).as_deref(),
+            Some("finished"),
+            "{log}"
+        );
     }
     assert_eq!(
         lines_with(&log, "burst finished, not restarted").len(),
@@ -320,7 +340,7 @@ fn a_supervised_worker_whose_supervisor_died_stops_cold_on_one_term() {
     });
     // One SIGTERM (what the parent-death signal delivers) is enough: no job left running.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
-    wait_job_status(&mut con, &id, "failed", Duration::from_secs(5));
+    wait_status_within(&mut con, &id, &["failed"], Duration::from_secs(5));
     assert!(exc_string(&mut con, &id).contains("its rq-supervisor died"));
     wait_until("worker and horse gone", Duration::from_secs(5), || {
         !pid_alive(worker) && !pid_alive(horse)

@@ -51,23 +51,14 @@ pub fn ids_of(v: Value) -> Vec<String> {
 
 /// The `rq` command line (`rq suspend`, `rq info`...) against `redis`.
 pub fn rq_cli_output(redis: &RedisServer, args: &[&str]) -> Output {
-    Command::new(python_bin())
-        .args(["-c", "from rq.cli import main; main()"])
-        .args(args)
+    rq_cli(args)
         .args(["-u", &redis.url()])
         .output()
         .expect("python3 with rq")
 }
 
 pub fn rq_cli_ok(redis: &RedisServer, args: &[&str]) -> String {
-    let out = rq_cli_output(redis, args);
-    assert!(
-        out.status.success(),
-        "rq {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of_success(&format!("rq {args:?}"), &rq_cli_output(redis, args))
 }
 
 /// A long-running `rq_contract.py` command (e.g. `scheduler`) as a killable process.
@@ -178,30 +169,10 @@ pub fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(con).expect("GET")
 }
 
-pub fn status(con: &mut redis::Connection, id: &str) -> Option<String> {
-    hget(con, &format!("rq:job:{id}"), "status")
-}
-
 /// Redis' clock, which every score and TTL here is relative to.
 pub fn redis_now(con: &mut redis::Connection) -> f64 {
     let (s, us): (String, String) = redis::cmd("TIME").query(con).expect("TIME");
     s.parse::<f64>().unwrap() + us.parse::<f64>().unwrap() / 1e6
-}
-
-/// Waits for a job's status to become `want`.
-pub fn await_status(con: &mut redis::Connection, id: &str, want: &str, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let last = status(con, id);
-        if last.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for job {id} to be {want}; it is {last:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Positions of the `Got ...` lines of a worker log, in order, as the queue names they name.

@@ -432,23 +432,27 @@ pub fn py_dir() -> PathBuf {
 /// set; panics with its output if it fails.
 pub fn python(redis: &RedisServer, script: &str, args: &[&str]) -> String {
     let out = python_output(redis, script, args);
-    assert!(
-        out.status.success(),
-        "python {script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of_success(&format!("python {script} {args:?}"), &out)
 }
 
 pub fn python_output(redis: &RedisServer, script: &str, args: &[&str]) -> Output {
-    let py = std::env::var("RQ_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    Command::new(py)
+    Command::new(python_bin())
         .arg(py_dir().join(script))
         .args(args)
         .env("RQ_REDIS_URL", redis.url())
         .output()
         .expect("python3 must be installed")
+}
+
+/// The stdout of a process that must have succeeded; panics with both streams if not.
+pub fn stdout_of_success(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Reads one field of a hash as text.
@@ -515,13 +519,7 @@ pub fn rq_info(redis: &RedisServer, args: &[&str]) -> String {
     let mut all = vec!["info", "--url", url.as_str()];
     all.extend_from_slice(args);
     let out = rq_cli(&all).output().expect("python3");
-    assert!(
-        out.status.success(),
-        "rq info failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of_success("rq info", &out)
 }
 
 /// Writes an executable script (mode 0755) and returns its path.
@@ -637,7 +635,17 @@ pub fn job_status(con: &mut redis::Connection, id: &str) -> Option<String> {
 
 /// Waits until the job's status is one of `wanted`; returns it.
 pub fn wait_status(con: &mut redis::Connection, id: &str, wanted: &[&str]) -> String {
-    let deadline = Instant::now() + WAIT;
+    wait_status_within(con, id, wanted, WAIT)
+}
+
+/// `wait_status` with a limit of its own, for jobs that take longer than `WAIT` to settle.
+pub fn wait_status_within(
+    con: &mut redis::Connection,
+    id: &str,
+    wanted: &[&str],
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
     loop {
         let last = job_status(con, id);
         if let Some(s) = &last
@@ -647,7 +655,7 @@ pub fn wait_status(con: &mut redis::Connection, id: &str, wanted: &[&str]) -> St
         }
         assert!(
             Instant::now() < deadline,
-            "job {id}: wanted status {wanted:?}, last seen {last:?}"
+            "timed out after {limit:?}: job {id}: wanted status {wanted:?}, last seen {last:?}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use super::{Proc, RedisServer, WAIT, bin, hget, wait_until};
 
@@ -138,25 +137,6 @@ pub fn enqueue(
         &Default::default(),
     )
     .expect("enqueue")
-}
-
-pub fn status(con: &mut redis::Connection, id: &str) -> Option<String> {
-    hget(con, &format!("rq:job:{id}"), "status")
-}
-
-pub fn wait_job_status(con: &mut redis::Connection, id: &str, want: &str, limit: Duration) {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let last = status(con, id);
-        if last.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {id}: wanted status {want}, last saw {last:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Lines of a log that contain `text`.
