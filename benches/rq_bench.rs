@@ -139,8 +139,7 @@ impl Bench {
         self.redis.expect_finished("default", n);
         let per_job = (after.0 - before.0) as f64 / n as f64;
         let trips = (after.1 - before.1) as f64 / n as f64;
-        // The same over a unix socket: on this machine loopback TCP moves the worker between
-        // CPUs, and every fork then pays for a TLB shootdown on the other one.
+        // The same over a unix socket, to show how much of a job's cost is the TCP round trip.
         self.redis.flush();
         self.enqueue_ours("default", "rq.builtin.noop", n);
         let unix_url = self.redis.unix_url.clone();
