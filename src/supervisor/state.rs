@@ -435,6 +435,17 @@ impl State {
                         msg.push_str(" (--burst)");
                     }
                     out.worker(Level::Info, &w, msg);
+                    // A spawn decided before a stop signal and performed after it: this
+                    // worker missed the signals the others got, so it gets them now.
+                    match self.phase {
+                        Phase::Warm { .. } => {
+                            self.term_all_to(1, out);
+                        }
+                        Phase::Cold { .. } => {
+                            self.term_all_to(2, out);
+                        }
+                        _ => {}
+                    }
                 }
             }
             Event::SpawnFailed { id, error } => {

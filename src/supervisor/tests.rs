@@ -341,6 +341,31 @@ fn warm_timeout_escalates_by_itself_and_all_warm_exits_zero() {
 }
 
 #[test]
+fn a_worker_spawned_after_the_stop_signal_gets_the_signals_the_others_got() {
+    for stops in [1, 2] {
+        let mut h = Harness::new(TWO_POOLS);
+        h.settle();
+        // The runtime handles every event of a batch before it performs any action, so a
+        // TTIN and a TERM arriving together leave a spawn pending into the shutdown.
+        let pending = spawns(&handle(&mut h.st, h.now, Event::Signal(Sig::More)));
+        assert_eq!(pending.len(), 1);
+        for _ in 0..stops {
+            assert_eq!(terms(&h.feed(Event::Signal(Sig::Stop))).len(), 3);
+        }
+        let acts = h.feed(Event::Spawned {
+            id: pending[0].id,
+            pid: 4242,
+            name: "host.4242".into(),
+        });
+        assert_eq!(
+            terms(&acts),
+            vec![4242; stops],
+            "after {stops} stop signal(s) the late worker gets as many SIGTERMs"
+        );
+    }
+}
+
+#[test]
 fn retired_workers_get_no_second_warm_signal() {
     let mut h = Harness::new(&TWO_POOLS.replace("workers = 2", "workers = 3"));
     h.settle();
