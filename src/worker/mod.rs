@@ -317,32 +317,45 @@ impl Worker {
             .max(Duration::from_secs(1))
     }
 
+    /// Why the loop should end now, if it should: a stop request, `--max-jobs` reached or
+    /// `--max-idle-time` passed.
+    fn stop_due(&self) -> Option<Stop> {
+        if self.signals.stop_count() > 0 {
+            return Some(Stop::Signal);
+        }
+        if let Some(max) = self.spec.max_jobs
+            && self.jobs_done >= max
+        {
+            log::info!(
+                "Worker {}: finished executing {} jobs, quitting",
+                self.name,
+                self.jobs_done
+            );
+            return Some(Stop::MaxJobs);
+        }
+        if let Some(max) = self.spec.max_idle_time
+            && self.idle_since.elapsed() >= max.0
+        {
+            log::info!(
+                "Worker {}: idle for {} seconds, quitting",
+                self.name,
+                max.0.as_secs()
+            );
+            return Some(Stop::MaxIdle);
+        }
+        None
+    }
+
     fn work(&mut self) -> Stop {
         let mut redis_backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         let mut seen_connects = self.store.connects();
         loop {
-            if self.signals.stop_count() > 0 && self.prefetched.is_none() {
-                return Stop::Signal;
-            }
-            if let Some(max) = self.spec.max_jobs
-                && self.jobs_done >= max
+            // A job taken by the previous settle is already started: nothing may end the
+            // loop before it has run.
+            if self.prefetched.is_none()
+                && let Some(stop) = self.stop_due()
             {
-                log::info!(
-                    "Worker {}: finished executing {} jobs, quitting",
-                    self.name,
-                    self.jobs_done
-                );
-                return Stop::MaxJobs;
-            }
-            if let Some(max) = self.spec.max_idle_time
-                && self.idle_since.elapsed() >= max.0
-            {
-                log::info!(
-                    "Worker {}: idle for {} seconds, quitting",
-                    self.name,
-                    max.0.as_secs()
-                );
-                return Stop::MaxIdle;
+                return stop;
             }
             // Burst workers listen too: like RQ's, they obey stop-job, kill-horse and
             // shutdown commands sent to rq:pubsub:<worker>.
@@ -391,12 +404,7 @@ impl Worker {
             match claimed {
                 Ok((claim, notes)) => {
                     redis_backoff.reset();
-                    for d in notes.dropped {
-                        log::warn!(
-                            "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
-                        );
-                    }
-                    self.report_broken_queues(notes.broken);
+                    report_claim_notes(&mut self.broken_reported, notes);
                     match claim {
                         ClaimResult::Job(c) => {
                             fault_point!("after-claim");
@@ -499,25 +507,6 @@ impl Worker {
                 }
             }
             Err(e) => log::warn!("registry maintenance failed: {e}; will retry next time"),
-        }
-    }
-
-    /// Logs queues whose key cannot be used, at most once a minute per queue, so a broken
-    /// key is loud without flooding the log; the other queues keep being served.
-    fn report_broken_queues(&mut self, broken: Vec<String>) {
-        let now = std::time::Instant::now();
-        for b in broken {
-            let queue = b.split(':').next().unwrap_or_default().to_string();
-            let due = self
-                .broken_reported
-                .get(&queue)
-                .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
-            if due {
-                log::error!(
-                    "queue {b}; rq:queue:{queue} must be a list of job ids: delete or rename that key. Skipping this queue, serving the others"
-                );
-                self.broken_reported.insert(queue, now);
-            }
         }
     }
 
@@ -973,11 +962,7 @@ impl Worker {
                 // Only a job is kept: an empty or suspended answer may be stale by the time
                 // the loop drains its notifications, so the loop asks again.
                 Ok((ClaimResult::Job(job), notes)) => {
-                    for d in notes.dropped {
-                        log::warn!(
-                            "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
-                        );
-                    }
+                    report_claim_notes(&mut self.broken_reported, notes);
                     self.prefetched = Some(job);
                 }
                 Ok(_) => {}
@@ -1079,6 +1064,33 @@ fn idle_ttl(spec: &crate::config::WorkerSpec) -> u64 {
 
 fn monitoring_secs(spec: &crate::config::WorkerSpec) -> u64 {
     spec.job_monitoring_interval.0.as_secs().max(1)
+}
+
+/// Logs what a claim stepped over: ids whose job hash is gone, and queues whose key
+/// cannot be used (at most once a minute per queue, so a broken key is loud without
+/// flooding the log; the other queues keep being served).
+fn report_claim_notes(
+    reported: &mut std::collections::HashMap<String, std::time::Instant>,
+    notes: ClaimNotes,
+) {
+    for d in notes.dropped {
+        log::warn!(
+            "dropped job id {d} (queue:id): its job hash is gone (expired or deleted), as RQ drops such ids"
+        );
+    }
+    let now = std::time::Instant::now();
+    for b in notes.broken {
+        let queue = b.split(':').next().unwrap_or_default().to_string();
+        let due = reported
+            .get(&queue)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+        if due {
+            log::error!(
+                "queue {b}; rq:queue:{queue} must be a list of job ids: delete or rename that key. Skipping this queue, serving the others"
+            );
+            reported.insert(queue, now);
+        }
+    }
 }
 
 /// The execution id for the next claim: the one whose reply was lost, sent again with

@@ -215,10 +215,9 @@ impl Store {
             // fails on its own while the next command in the pipeline still runs, which
             // would let a claim overtake the settle that should come first.
             for script in [&*SETTLE, &*CLAIM] {
-                script.load(&mut con).map_err(|source| StoreError::Redis {
-                    url: self.target.masked().to_string(),
-                    source,
-                })?;
+                script
+                    .load(&mut con)
+                    .map_err(|source| self.refused(source))?;
             }
             self.con = Some(con);
             self.connects += 1;
@@ -228,10 +227,7 @@ impl Store {
             Ok(v) => Ok(v),
             Err(source) => {
                 self.con = None;
-                Err(StoreError::Redis {
-                    url: self.target.masked().to_string(),
-                    source,
-                })
+                Err(self.refused(source))
             }
         }
     }
@@ -422,6 +418,7 @@ impl Store {
         (settled, claimed)
     }
 
+    /// A Redis error as this store reports it, with the masked URL.
     fn refused(&self, source: redis::RedisError) -> StoreError {
         StoreError::Redis {
             url: self.target.masked().to_string(),
@@ -433,14 +430,13 @@ impl Store {
     #[cfg(feature = "fault-injection")]
     fn lost_reply(&mut self) -> StoreError {
         self.con = None;
-        StoreError::Redis {
-            url: self.target.masked().to_string(),
-            source: std::io::Error::new(
+        self.refused(
+            std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "fault injection: the reply was lost",
             )
             .into(),
-        }
+        )
     }
 
     #[cfg(not(feature = "fault-injection"))]
