@@ -66,17 +66,11 @@ pub fn decode(data: &[u8]) -> Result<Call, PayloadError> {
     if data.is_empty() {
         return Err(PayloadError::Missing);
     }
-    let inflated = {
-        let mut out = Vec::new();
-        match ZlibDecoder::new(data)
-            .take(MAX_INFLATED + 1)
-            .read_to_end(&mut out)
-        {
-            Ok(_) if out.len() as u64 > MAX_INFLATED => return Err(PayloadError::TooLarge),
-            Ok(_) => out,
-            // Not zlib: Python reads such data as it is, and so do we.
-            Err(_) => data.to_vec(),
-        }
+    let inflated = match inflate(data) {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return Err(PayloadError::TooLarge),
+        // Not zlib: Python reads such data as it is, and so do we.
+        Err(_) => data.to_vec(),
     };
     if looks_pickled(&inflated) {
         return Err(PayloadError::Pickle);
@@ -154,9 +148,19 @@ pub fn encode(call: &Call) -> Vec<u8> {
     deflate(&python_json(&value))
 }
 
+/// Inflates zlib data; more than `MAX_INFLATED` bytes of output is an error of kind
+/// `FileTooLarge`, whoever wrote the data.
 pub fn inflate(data: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() * 4);
-    ZlibDecoder::new(data).read_to_end(&mut out)?;
+    ZlibDecoder::new(data)
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("inflates to more than {MAX_INFLATED} bytes"),
+        ));
+    }
     Ok(out)
 }
 

@@ -99,4 +99,17 @@ mod tests {
         let e = encode_exc_string("boom\n");
         assert_eq!(decode_exc_string(e.as_bytes()).unwrap(), "boom\n");
     }
+
+    #[test]
+    fn an_exc_string_that_inflates_beyond_the_cap_is_not_decoded() {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..=(payload::MAX_INFLATED >> 20) {
+            z.write_all(&chunk).unwrap();
+        }
+        let bomb = B64.encode(z.finish().unwrap());
+        assert!(bomb.len() < 4 << 20, "a small field: {} bytes", bomb.len());
+        assert_eq!(decode_exc_string(bomb.as_bytes()), None);
+    }
 }
