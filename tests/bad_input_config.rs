@@ -144,7 +144,10 @@ fn bad_redis_url() {
         .arg(&pool.path)
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("pw-visible"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("redis://u:***@host:notaport"), "{stderr}");
+    assert!(!stderr.contains("pw-visible"), "{stderr}");
 }
 
 #[test]

@@ -442,7 +442,7 @@ fn a_job_finishing_during_a_stall_is_recorded_once() {
             .exec(&mut c)
             .unwrap();
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_redis_stalled(&redis.url());
     std::fs::write(&open, "").unwrap();
     sleeper.join().unwrap();
     let deadline = Instant::now() + WAIT;
@@ -508,7 +508,7 @@ queues = ["other"]
             .exec(&mut c)
             .unwrap();
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_redis_stalled(&redis.url());
     for _ in 0..20 {
         sup.signal(nix::sys::signal::Signal::SIGCHLD);
         w.signal(nix::sys::signal::Signal::SIGCHLD);

@@ -55,8 +55,11 @@ fn shutdown_command_while_busy_finishes_the_job_first() {
     let mut con = redis.con();
     wait_status(&mut con, &id, &["started"]);
     rc(&redis, &["shutdown", "w"]);
+    // The worker logs the request before it writes the date.
     w.wait_for_log("warm shut down requested");
-    assert!(hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some());
+    wait_until("shutdown_requested_date written", WAIT, || {
+        hget(&mut con, "rq:worker:w", "shutdown_requested_date").is_some()
+    });
     open_gate(&gate);
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));

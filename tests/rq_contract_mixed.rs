@@ -305,10 +305,15 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
     let mut infos = 0;
     let mut quick = Vec::new();
     let mut i = 0;
+    let deadline = std::time::Instant::now() + SLOW;
     while slow
         .iter()
         .any(|id| job_status(&mut con, id).as_deref() == Some("started"))
     {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long jobs still run after {SLOW:?}"
+        );
         // `rq info` runs RQ's abandoned-job cleanup on every queue.
         rq_cli_ok(&redis, &["info"]);
         infos += 1;

@@ -191,6 +191,11 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     let now = redis_now(&mut con);
     assert_due_in(score, before, now, 65.0);
     wait_status(&mut con, &id, &["finished"]);
+    // The idle TTL comes with the claim that finds the queue empty, a script after the
+    // settle that finished the job.
+    wait_until("idle again", WAIT, || {
+        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
+    });
     let t = ttl(&mut con, "rq:worker:w");
     assert!((80..=90).contains(&t), "idle again: ttl {t}");
     w.signal(Signal::SIGTERM);

@@ -41,6 +41,9 @@ fn assert_each_ran_once(redis: &RedisServer, ids: &[String], workers: &[&str], l
         ids.iter()
             .all(|id| job_status(&mut con, id).as_deref() == Some("finished"))
     });
+    // A job moved twice would sit in the queue again, be running a second time or have
+    // run again by now.
+    std::thread::sleep(Duration::from_millis(500));
     for id in ids {
         assert_eq!(
             xlen(&mut con, &format!("rq:results:{id}")),
@@ -48,8 +51,6 @@ fn assert_each_ran_once(redis: &RedisServer, ids: &[String], workers: &[&str], l
             "job {id} ran more than once"
         );
     }
-    // A job moved twice would sit in the queue again or be running a second time.
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
     assert!(zmembers(&mut con, "rq:wip:q").is_empty());
     let total: i64 = workers
@@ -284,6 +285,11 @@ fn python_and_our_schedulers_on_one_queue_never_move_a_job_twice() {
 
     // And a Python scheduler started now finds the queue taken.
     let mut py2 = spawn_rc(&redis, &["scheduler", "q"]);
+    // It prints its name once Python and rq are loaded, just before it tries the lock; the
+    // window in which it could (wrongly) take the lock starts there.
+    wait_until("the second Python scheduler running", SLOW, || {
+        !py2.log().trim().is_empty()
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(lock(&mut con, "q").as_deref(), Some(ours.as_str()));
     let late = ids_of(rc(

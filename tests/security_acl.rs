@@ -196,6 +196,11 @@ fn a_refused_claim_leaves_the_job_queued_and_names_the_fix() {
     w.wait_for_log("cannot take a job");
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["waits"]));
+    // A refusal is logged at every attempt: wait for one made with the job in the queue.
+    let refusals = w.log().matches("cannot take a job").count();
+    wait_until("a claim attempt after the enqueue", WAIT, || {
+        w.log().matches("cannot take a job").count() > refusals
+    });
     let log = w.log();
     assert!(
         log.contains("the 'lpop' command") && log.contains("ACL SETUSER <user> +lpop"),

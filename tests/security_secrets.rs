@@ -200,7 +200,7 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
     let after = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["after"]));
     wait_status(&mut con, &after, &["finished"]);
     sup.signal(Signal::SIGTERM);
-    sup.wait_exit(WAIT);
+    assert!(sup.wait_exit(WAIT).success(), "{}", sup.log());
     assert!(
         !redis.log_text().contains("crashed by signal"),
         "redis-server crashed:\n{}",

@@ -372,7 +372,7 @@ fn cold_shutdown_kills_the_horse_fails_the_job_and_registers_death() {
     });
     let second = Instant::now();
     w.signal(Signal::SIGTERM);
-    w.wait_exit(WAIT);
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert!(
         second.elapsed() < Duration::from_secs(10),
         "cold shutdown took {:?}",

@@ -407,6 +407,22 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Waits until Redis stops answering (a `DEBUG SLEEP` or `CLIENT PAUSE` under way): a fresh
+/// connection's PING gets no reply within 100 ms.
+pub fn wait_redis_stalled(url: &str) {
+    let client = redis::Client::open(url).expect("redis URL");
+    let probe = Duration::from_millis(100);
+    wait_until("Redis to stall", WAIT, || {
+        client
+            .get_connection_with_timeout(probe)
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(probe))?;
+                redis::cmd("PING").exec(&mut c)
+            })
+            .is_err()
+    });
+}
+
 /// A `Command` for one of this package's binaries.
 pub fn bin(name: &str) -> Command {
     let path = match name {
