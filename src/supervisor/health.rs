@@ -80,12 +80,7 @@ impl State {
                     w.mem_strikes += 1;
                     if w.mem_strikes >= MEMORY_STRIKES {
                         w.retire = Some(Retire::Memory);
-                        if let Some(pid) = w.pid
-                            && w.terms_sent == 0
-                        {
-                            w.terms_sent = 1;
-                            out.0.push(Action::Term { id: w.id, pid });
-                        }
+                        w.term_warm(out);
                         let w = w.clone();
                         out.worker(
                             Level::Warn,

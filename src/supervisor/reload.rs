@@ -6,7 +6,7 @@
 
 use log::Level;
 
-use super::state::{Action, Out, Phase, Retire, Settings, State, new_pool};
+use super::state::{Out, Phase, Retire, Settings, State, new_pool};
 use crate::config::{Config, PoolSpec};
 
 /// A pool's identity for reloads: everything a running worker was started with.
@@ -49,12 +49,9 @@ impl State {
                     if pool.spec.workers != spec.workers {
                         changes.push((
                             name.clone(),
-                            format!("workers {} -> {}", pool.desired, spec.workers),
+                            format!("workers {} -> {}", pool.desired(), spec.workers),
                         ));
-                        pool.desired = spec.workers;
                         pool.scale_override = None;
-                    } else if let Some(n) = pool.scale_override {
-                        pool.desired = n;
                     }
                     if pool.fingerprint != fresh.fingerprint {
                         pool.generation += 1;
@@ -102,12 +99,7 @@ impl State {
                 if w.retire.is_none() {
                     w.retire = Some(Retire::PoolRemoved);
                 }
-                if w.terms_sent == 0
-                    && let Some(pid) = w.pid
-                {
-                    w.terms_sent = 1;
-                    out.0.push(Action::Term { id: w.id, pid });
-                }
+                w.term_warm(out);
                 n += 1;
             }
             changes.push((

@@ -31,8 +31,6 @@ pub struct RestartTracker {
     consecutive: u32,
     /// Set once `failure_threshold` failures fall inside `failure_window`.
     degraded: bool,
-    /// The latest failure, so recovery can require a worker started after it.
-    last_failure: Option<Instant>,
 }
 
 /// The ceiling of the `attempt`-th consecutive delay (1-based): `initial * 2^(attempt-1)`,
@@ -55,8 +53,10 @@ impl RestartTracker {
         self.consecutive
     }
 
+    /// The latest failure (pruning never drops the newest), so recovery can require a worker
+    /// started after it.
     pub fn last_failure(&self) -> Option<Instant> {
-        self.last_failure
+        self.failures.back().copied()
     }
 
     /// Records a failure at `now` and says how long to wait before the next start.
@@ -67,7 +67,6 @@ impl RestartTracker {
         rng: &mut fastrand::Rng,
     ) -> Verdict {
         self.consecutive = self.consecutive.saturating_add(1);
-        self.last_failure = Some(now);
         self.failures.push_back(now);
         while let Some(first) = self.failures.front() {
             if now.duration_since(*first) > policy.failure_window.0 {
@@ -106,7 +105,7 @@ impl RestartTracker {
         policy: &RestartPolicy,
         survivor_started: Option<Instant>,
     ) -> bool {
-        let (Some(last), Some(started)) = (self.last_failure, survivor_started) else {
+        let (Some(last), Some(started)) = (self.last_failure(), survivor_started) else {
             return false;
         };
         if started >= last && now.duration_since(started) >= policy.failure_window.0 {

@@ -209,6 +209,19 @@ pub struct Worker {
     pub redis_state: Option<String>,
 }
 
+impl Worker {
+    /// The one warm SIGTERM that asks a worker to finish its job and leave; never a second,
+    /// which the worker would take as the cold one.
+    pub(super) fn term_warm(&mut self, out: &mut Out) {
+        if self.terms_sent == 0
+            && let Some(pid) = self.pid
+        {
+            self.terms_sent = 1;
+            out.0.push(Action::Term { id: self.id, pid });
+        }
+    }
+}
+
 /// A rolling restart's step in progress: the new worker, and when it was started.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RollStep {
@@ -224,8 +237,6 @@ pub struct Pool {
     /// What the workers' command line and config depend on; a change means a roll.
     pub(super) fingerprint: String,
     pub generation: u64,
-    /// Target number of workers.
-    pub desired: u32,
     /// Set by TTIN/TTOU; survives reloads that leave the pool's count alone.
     pub scale_override: Option<u32>,
     /// Removed from the file: draining, then forgotten.
@@ -236,6 +247,13 @@ pub struct Pool {
     /// No start before this instant (crash backoff).
     pub next_start: Option<Instant>,
     pub(super) roll: Option<RollStep>,
+}
+
+impl Pool {
+    /// Target number of workers: the file's count unless TTIN/TTOU changed it.
+    pub fn desired(&self) -> u32 {
+        self.scale_override.unwrap_or(self.spec.workers)
+    }
 }
 
 #[derive(Debug)]
@@ -258,7 +276,6 @@ pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
         worker_ttl: cfg.worker_for_pool(spec).worker_ttl.0,
         fingerprint: fingerprint(cfg, spec),
         generation: 0,
-        desired: spec.workers,
         scale_override: None,
         removed: false,
         burst_finished: 0,
@@ -357,12 +374,8 @@ impl State {
                     }
                     if let Some(last) = pool.restart.last_failure()
                         && let Some(started) = self
-                            .workers
-                            .values()
-                            .filter(|w| w.pool == pool.spec.name && w.retire.is_none())
-                            .map(|w| w.spawned_at)
+                            .newest_live_start(&pool.spec.name)
                             .filter(|t| *t >= last)
-                            .max()
                     {
                         consider(started + pool.spec.restart.failure_window.0);
                     }
@@ -395,7 +408,7 @@ impl State {
         if pool.removed {
             0
         } else {
-            pool.desired.saturating_sub(pool.burst_finished)
+            pool.desired().saturating_sub(pool.burst_finished)
         }
     }
 
@@ -562,15 +575,14 @@ impl State {
         let Some(pool) = self.pools.values_mut().find(|p| !p.removed) else {
             return;
         };
-        let before = pool.desired;
-        pool.desired = match sig {
+        let before = pool.desired();
+        pool.scale_override = Some(match sig {
             Sig::More => before.saturating_add(1).min(10_000),
             _ => before.saturating_sub(1).max(1),
-        };
-        pool.scale_override = Some(pool.desired);
+        });
         let name = pool.spec.name.clone();
         let what = if sig == Sig::More { "TTIN" } else { "TTOU" };
-        if before == pool.desired {
+        if before == pool.desired() {
             out.pool(
                 Level::Info,
                 &name,
@@ -582,7 +594,7 @@ impl State {
                 &name,
                 format!(
                     "{what}: workers {before} -> {} (kept across reloads that leave this pool's count alone)",
-                    pool.desired
+                    pool.desired()
                 ),
             );
         }
@@ -799,13 +811,18 @@ impl State {
         }
     }
 
-    fn recover(&mut self, now: Instant, name: &str, out: &mut Out) {
-        let survivor = self
-            .workers
+    /// When the pool's newest running, non-retiring worker was started: recovery from
+    /// failures needs one started after the latest failure.
+    fn newest_live_start(&self, pool: &str) -> Option<Instant> {
+        self.workers
             .values()
-            .filter(|w| w.pool == name && w.pid.is_some() && w.retire.is_none())
+            .filter(|w| w.pool == pool && w.pid.is_some() && w.retire.is_none())
             .map(|w| w.spawned_at)
-            .max();
+            .max()
+    }
+
+    fn recover(&mut self, now: Instant, name: &str, out: &mut Out) {
+        let survivor = self.newest_live_start(name);
         let Some(pool) = self.pools.get_mut(name) else {
             return;
         };
@@ -948,12 +965,7 @@ impl State {
             return;
         };
         w.retire = Some(why);
-        if w.terms_sent == 0
-            && let Some(pid) = w.pid
-        {
-            w.terms_sent = 1;
-            out.0.push(Action::Term { id, pid });
-        }
+        w.term_warm(out);
         let w = w.clone();
         let state = w.redis_state.clone().unwrap_or_else(|| "unknown".into());
         out.worker(
@@ -1022,8 +1034,10 @@ impl State {
             }
             return;
         }
+        // Only at the target: below it the missing workers are started first, above it the
+        // extra ones are retired first, so a roll never adds a worker over the count.
         if self.outdated_active(pool).next().is_none()
-            || self.occupying(name) < self.target(pool)
+            || self.occupying(name) != self.target(pool)
             || !self.gate_open(now, pool)
         {
             return;

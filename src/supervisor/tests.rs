@@ -455,6 +455,35 @@ fn reload_diff_scales_in_place_rolls_changed_pools_adds_and_drains() {
 }
 
 #[test]
+fn a_reload_that_shrinks_and_changes_a_pool_retires_the_extra_workers_before_rolling() {
+    let mut h = Harness::new(&TWO_POOLS.replace("workers = 2", "workers = 3"));
+    h.settle();
+    let before = h.pids("a");
+    assert_eq!(before.len(), 3);
+    let text = TWO_POOLS.replace("queues = [\"qa\"]", "queues = [\"qa\", \"qa2\"]");
+    let acts = h.feed(Event::Reload(Box::new(config(&text))));
+    assert_eq!(
+        terms(&acts).len(),
+        1,
+        "one of three retired for the new count"
+    );
+    assert!(
+        spawns(&acts).is_empty(),
+        "no worker started above the count"
+    );
+    // Then the roll, one worker at a time: the new count plus the one a roll step starts
+    // before it retires an old worker.
+    for _ in 0..200 {
+        let live = h.pids("a").len();
+        assert!(live <= 3, "{live} workers in a pool of 2 during a roll");
+        h.advance(Duration::from_millis(50));
+    }
+    let after = h.pids("a");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "both rolled");
+}
+
+#[test]
 fn runtime_scale_survives_reload_unless_the_file_changes_the_count() {
     let mut h = Harness::new(TWO_POOLS);
     h.settle();
