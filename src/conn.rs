@@ -53,10 +53,6 @@ pub struct TlsPaths {
 }
 
 impl TlsPaths {
-    pub fn is_empty(&self) -> bool {
-        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
-    }
-
     /// Reads the files. Errors name the setting, the path and the fix.
     pub fn read(&self) -> Result<TlsMaterial, ConnError> {
         let read = |f: &Option<TlsFile>| -> Result<Option<Vec<u8>>, ConnError> {
@@ -136,6 +132,41 @@ impl std::fmt::Debug for RedisTarget {
     }
 }
 
+/// Checks a Redis URL without building a client (no TLS set-up, no certificates loaded):
+/// what validating a config file needs.
+pub fn check_url(url: &str) -> Result<(), ConnError> {
+    connection_info(url, &mask_url(url)).map(drop)
+}
+
+/// Parses a URL into what the client needs, refusing what this project does not support.
+fn connection_info(url: &str, masked: &str) -> Result<ConnectionInfo, ConnError> {
+    let bad = |reason: String| ConnError::BadUrl {
+        url: masked.to_string(),
+        reason,
+    };
+    let info: ConnectionInfo =
+        redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| bad(e.to_string()))?;
+    // No CLIENT SETINFO after connecting: Redis < 7.2 answers it with an error anyway, and
+    // each of its two replies waits out the whole timeout while Redis is stalled, which made
+    // a reconnect take 6 s before the first real command was even sent.
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let info = info.set_redis_settings(settings);
+    if let ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+        if *insecure {
+            return Err(bad(
+                "#insecure (no certificate verification) is not supported; give the CA that signed the server's certificate with [redis] tls_ca_file or $RQ_REDIS_TLS_CA_FILE".into(),
+            ));
+        }
+        if cfg!(not(feature = "tls")) {
+            return Err(bad(
+                "TLS (rediss://) needs rq-supervisor built with its `tls` feature (on by default)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(info)
+}
+
 impl RedisTarget {
     /// A target without TLS files: `rediss://` URLs verify the server against the system's
     /// root certificates.
@@ -148,17 +179,7 @@ impl RedisTarget {
     /// than silently unused: the operator meant the connection to be encrypted.
     pub fn with_tls(url: &str, tls: &TlsMaterial) -> Result<RedisTarget, ConnError> {
         let masked = mask_url(url);
-        let bad = |reason: String| ConnError::BadUrl {
-            url: masked.clone(),
-            reason,
-        };
-        let info: ConnectionInfo =
-            redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| bad(e.to_string()))?;
-        // No CLIENT SETINFO after connecting: Redis < 7.2 answers it with an error anyway,
-        // and each of its two replies waits out the whole timeout while Redis is stalled, which
-        // made a reconnect take 6 s before the first real command was even sent.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let info = info.set_redis_settings(settings);
+        let info = connection_info(url, &masked)?;
         let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
         if !is_tls && !tls.is_empty() {
             return Err(ConnError::Tls(format!(
@@ -166,7 +187,10 @@ impl RedisTarget {
             )));
         }
         if !is_tls {
-            let client = redis::Client::open(info).map_err(|e| bad(e.to_string()))?;
+            let client = redis::Client::open(info).map_err(|e| ConnError::BadUrl {
+                url: masked.clone(),
+                reason: e.to_string(),
+            })?;
             return Ok(RedisTarget {
                 client,
                 masked,
@@ -174,18 +198,9 @@ impl RedisTarget {
                 tls: None,
             });
         }
-        if let ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
-            return Err(bad(
-                "#insecure (no certificate verification) is not supported; give the CA that signed the server's certificate with [redis] tls_ca_file or $RQ_REDIS_TLS_CA_FILE".into(),
-            ));
-        }
         #[cfg(not(feature = "tls"))]
         {
-            let _ = info;
-            Err(bad(
-                "TLS (rediss://) needs rq-supervisor built with its `tls` feature (on by default)"
-                    .into(),
-            ))
+            unreachable!("connection_info refuses TLS URLs without the tls feature")
         }
         #[cfg(feature = "tls")]
         {
@@ -216,15 +231,6 @@ impl RedisTarget {
     #[cfg(feature = "tls")]
     pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.tls.clone()
-    }
-
-    /// The Redis user the URL names (`default` when none), for ACL hints.
-    pub fn user(&self) -> String {
-        self.info()
-            .redis_settings()
-            .username()
-            .unwrap_or("default")
-            .to_string()
     }
 
     /// The URL with any password replaced by `***`, safe for logs and error messages.

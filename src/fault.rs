@@ -60,16 +60,6 @@ macro_rules! lose_reply {
 
 pub(crate) use lose_reply;
 
-/// The points where the worker dies, for documentation and for tests.
-pub const POINTS: [&str; 4] = [
-    "after-claim",
-    "after-fork",
-    "after-horse-exit",
-    "after-settle",
-];
-/// The points where a reply is lost.
-pub const LOST_REPLIES: [&str; 2] = ["lose-claim-reply", "lose-settle-reply"];
-
 /// The variable naming the armed points.
 pub const FAULT_ENV: &str = "RQ_FAULT";
 /// The variable naming the arming file.

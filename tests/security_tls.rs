@@ -232,6 +232,21 @@ fn client_certificates_from_the_config_file_satisfy_a_server_that_requires_them(
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["over mTLS"]));
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, &id), Some(json!(["over mTLS"])));
+    // The certificate from the file and its key from the environment are a pair as well.
+    let cfg = write_config(
+        dir.path(),
+        "[redis]\ntls_ca_file = \"ca.pem\"\ntls_cert_file = \"client.pem\"\n\
+         [worker]\nbuiltin_handlers = true\n",
+    );
+    let key = dir.path().join("client.key").display().to_string();
+    let mut w = Proc::spawn(tls_worker(
+        &redis,
+        &[("RQ_REDIS_TLS_KEY_FILE", &key)],
+        &["-c", &cfg, "--burst", "--name", "w", "q"],
+    ));
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["key from env"]));
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(latest_return(&mut con, &id), Some(json!(["key from env"])));
 }
 
 #[test]

@@ -399,7 +399,7 @@ impl Validator {
 
     fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         if let Some(url) = &raw.redis.url {
-            crate::conn::RedisTarget::parse(url)
+            crate::conn::check_url(url)
                 .map_err(|e| self.invalid("[redis] url", e.to_string(), "fix the URL"))?;
         }
         let s = &raw.supervisor;
@@ -467,7 +467,10 @@ impl Validator {
             cert: tls_file("tls_cert_file", raw.redis.tls_cert_file)?,
             key: tls_file("tls_key_file", raw.redis.tls_key_file)?,
         };
-        if redis_tls.cert.is_some() != redis_tls.key.is_some() {
+        // After the environment's overrides: a certificate in the file and its key in
+        // $RQ_REDIS_TLS_KEY_FILE is a pair.
+        let effective = Config::resolve_tls(&redis_tls);
+        if effective.cert.is_some() != effective.key.is_some() {
             return Err(self.invalid(
                 "[redis] tls_cert_file / tls_key_file",
                 "only one of them is set",
