@@ -689,29 +689,16 @@ impl Validator {
         use nix::unistd::{Group, User};
         let user = match user {
             None => None,
-            Some(name) => match User::from_name(&name) {
-                Ok(Some(u)) => Some((
+            Some(name) => {
+                let u = self.account(table, "user", &name, User::from_name(&name))?;
+                Some((
                     Account {
                         name,
                         id: u.uid.as_raw(),
                     },
                     u.gid.as_raw(),
-                )),
-                Ok(None) => {
-                    return Err(self.invalid(
-                        format!("{table} user"),
-                        format!("there is no user {name:?} on this system"),
-                        "create the account (e.g. useradd --system NAME) or fix the name",
-                    ));
-                }
-                Err(e) => {
-                    return Err(self.invalid(
-                        format!("{table} user"),
-                        format!("cannot look up user {name:?}: {e}"),
-                        "check /etc/passwd or the system's user database",
-                    ));
-                }
-            },
+                ))
+            }
         };
         let group = match group {
             None => user.as_ref().map(|(_, gid)| Account {
@@ -722,28 +709,44 @@ impl Validator {
                     .unwrap_or_else(|| gid.to_string()),
                 id: *gid,
             }),
-            Some(name) => match Group::from_name(&name) {
-                Ok(Some(g)) => Some(Account {
+            Some(name) => {
+                let g = self.account(table, "group", &name, Group::from_name(&name))?;
+                Some(Account {
                     name,
                     id: g.gid.as_raw(),
-                }),
-                Ok(None) => {
-                    return Err(self.invalid(
-                        format!("{table} group"),
-                        format!("there is no group {name:?} on this system"),
-                        "create the group (e.g. groupadd --system NAME) or fix the name",
-                    ));
-                }
-                Err(e) => {
-                    return Err(self.invalid(
-                        format!("{table} group"),
-                        format!("cannot look up group {name:?}: {e}"),
-                        "check /etc/group or the system's group database",
-                    ));
-                }
-            },
+                })
+            }
         };
         Ok((user.map(|(u, _)| u), group))
+    }
+
+    /// The result of looking up a `user` or `group` by name, or an error naming the key and
+    /// the fix.
+    fn account<T>(
+        &self,
+        table: &str,
+        kind: &str,
+        name: &str,
+        found: nix::Result<Option<T>>,
+    ) -> Result<T, ConfigError> {
+        let (create, file) = if kind == "user" {
+            ("the account (e.g. useradd --system NAME)", "/etc/passwd")
+        } else {
+            ("the group (e.g. groupadd --system NAME)", "/etc/group")
+        };
+        match found {
+            Ok(Some(account)) => Ok(account),
+            Ok(None) => Err(self.invalid(
+                format!("{table} {kind}"),
+                format!("there is no {kind} {name:?} on this system"),
+                format!("create {create} or fix the name"),
+            )),
+            Err(e) => Err(self.invalid(
+                format!("{table} {kind}"),
+                format!("cannot look up {kind} {name:?}: {e}"),
+                format!("check {file} or the system's {kind} database"),
+            )),
+        }
     }
 
     fn restart(&self, table: &str, r: RawRestart) -> Result<RestartPolicy, ConfigError> {

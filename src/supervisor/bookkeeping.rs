@@ -92,11 +92,9 @@ impl Bookkeeping {
     pub fn flush(&mut self, force: bool) -> Vec<Outcome> {
         let now = Instant::now();
         let mut out = Vec::new();
-        if self.pending.is_empty() || (!force && self.backing_off(now)) {
-            if let Some(last) = self.pending.back()
-                && self.backing_off(now)
-                && !force
-            {
+        if !force && self.backing_off(now) {
+            // Only the newest is reported: the others were when they were queued.
+            if let Some(last) = self.pending.back() {
                 out.push(Outcome::Deferred(
                     last.clone(),
                     "Redis refused or could not be reached at the last try; waiting out the backoff".to_string(),

@@ -81,18 +81,18 @@ pub fn render(
         }
     }
     let _ = writeln!(o, "[supervisor]");
-    let _ = writeln!(o, "  warm_timeout = {}", d(s.warm_timeout.0));
-    let _ = writeln!(o, "  cold_timeout = {}", d(s.cold_timeout.0));
-    let _ = writeln!(o, "  spawn_stagger = {}", d(s.spawn_stagger.0));
-    let _ = writeln!(o, "  health_interval = {}", d(s.health_interval.0));
+    let _ = writeln!(o, "  warm_timeout = {}", s.warm_timeout);
+    let _ = writeln!(o, "  cold_timeout = {}", s.cold_timeout);
+    let _ = writeln!(o, "  spawn_stagger = {}", s.spawn_stagger);
+    let _ = writeln!(o, "  health_interval = {}", s.health_interval);
     let _ = writeln!(o, "  log_format = {}", format(s.log_format));
     let _ = writeln!(o, "  log_level = {}", level(s.log_level));
     let _ = writeln!(
         o,
         "shutdown budget: {} (warm_timeout {} + cold_timeout {} + 5s margin)",
         d(budget),
-        d(s.warm_timeout.0),
-        d(s.cold_timeout.0)
+        s.warm_timeout,
+        s.cold_timeout
     );
     let secs = budget.as_secs() + u64::from(budget.subsec_nanos() > 0);
     let _ = writeln!(
@@ -175,11 +175,11 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
     let _ = writeln!(
         o,
         "  restart: backoff {} doubling up to {} (full jitter); degraded after {} failures within {}, then a try every {}",
-        d(r.backoff_initial.0),
-        d(r.backoff_max.0),
+        r.backoff_initial,
+        r.backoff_max,
         r.failure_threshold,
-        d(r.failure_window.0),
-        d(r.degraded_interval.0)
+        r.failure_window,
+        r.degraded_interval
     );
     let w = cfg.worker_for_pool(p);
     let _ = writeln!(

@@ -144,11 +144,13 @@ impl Runtime {
             }
             // Never spin: something due "now" is handled by the tick below anyway.
             wake = wake.max(now + Duration::from_millis(2));
+            let mut child_signal = false;
             match self.signals.recv_deadline(wake) {
                 Ok(sig) => {
                     let mut sigs = vec![sig];
                     sigs.extend(self.signals.try_iter());
                     for s in sigs {
+                        child_signal |= s == SIGCHLD;
                         events.extend(self.on_signal(s));
                     }
                 }
@@ -159,7 +161,9 @@ impl Runtime {
                 }
             }
             let exits = self.reap();
-            if !exits.is_empty() {
+            // Orphans (horses of dead workers, a handler's leftovers) are reparented here:
+            // killed before the crash cleanup settles their job, and reaped.
+            if child_signal || !exits.is_empty() {
                 self.reap_orphans();
             }
             events.extend(exits);
@@ -184,10 +188,6 @@ impl Runtime {
 
     fn on_signal(&mut self, sig: i32) -> Vec<Event> {
         match sig {
-            SIGCHLD => {
-                self.reap_orphans();
-                Vec::new()
-            }
             SIGTERM | SIGINT => vec![Event::Signal(Sig::Stop)],
             SIGTTIN => vec![Event::Signal(Sig::More)],
             // Scaling down picks idle workers: read their states first.
