@@ -59,26 +59,20 @@ impl Stream {
             Stream::Tls(s) => s.as_mut(),
         }
     }
-    fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Tcp(s) => Some(s),
-            Stream::Unix(_) => None,
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => Some(&s.sock),
-        }
-    }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match (self, self.tcp()) {
-            (Stream::Unix(s), _) => s.set_nonblocking(on),
-            (_, Some(s)) => s.set_nonblocking(on),
-            _ => Ok(()),
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.set_nonblocking(on),
         }
     }
     fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match (self, self.tcp()) {
-            (Stream::Unix(s), _) => s.set_read_timeout(d),
-            (_, Some(s)) => s.set_read_timeout(d),
-            _ => Ok(()),
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(d),
+            Stream::Unix(s) => s.set_read_timeout(d),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.set_read_timeout(d),
         }
     }
 }
@@ -194,15 +188,21 @@ impl Listener {
         timeout: Duration,
     ) -> io::Result<Listener> {
         let info = target.info();
+        // Every address the host resolves to, in order, as the main connection does: a
+        // `localhost` that resolves to ::1 first must not fail where 127.0.0.1 works.
         let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
-                .next()
-                .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no address for host"))?;
-            let s = TcpStream::connect_timeout(&addr, timeout)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            Ok(s)
+            let mut last = io::Error::new(ErrorKind::NotFound, "no address for host");
+            for addr in std::net::ToSocketAddrs::to_socket_addrs(&(host, port))? {
+                match TcpStream::connect_timeout(&addr, timeout) {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        s.set_write_timeout(Some(timeout))?;
+                        return Ok(s);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         };
         let stream = match info.addr() {
             ConnectionAddr::Tcp(host, port) => Stream::Tcp(tcp(host, *port)?),
