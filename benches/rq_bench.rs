@@ -66,6 +66,13 @@ fn main() {
     }
 }
 
+/// One timed burst run: jobs/s, and Redis commands and round trips per job.
+struct Burst {
+    rate: f64,
+    commands: f64,
+    trips: f64,
+}
+
 /// One line of the results table.
 struct Row {
     what: String,
@@ -114,6 +121,28 @@ impl Bench {
         });
     }
 
+    /// Empties Redis, enqueues `n` jobs with `enqueue`, then times `start`'s workers until
+    /// they exit. `None` when they failed or left jobs unfinished.
+    fn burst(
+        &self,
+        n: usize,
+        enqueue: impl Fn(&Self),
+        start: impl FnOnce(&Self) -> Child,
+    ) -> Option<Burst> {
+        self.redis.flush();
+        enqueue(self);
+        let before = self.redis.stats();
+        let t = Instant::now();
+        let ok = start(self).wait().expect("wait").success();
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let after = self.redis.stats();
+        (ok && self.redis.finished("default") == n).then(|| Burst {
+            rate,
+            commands: (after.0 - before.0) as f64 / n as f64,
+            trips: (after.1 - before.1) as f64 / n as f64,
+        })
+    }
+
     fn config(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.join(name);
         std::fs::write(&path, text).expect("write config");
@@ -124,131 +153,51 @@ impl Bench {
     fn throughput(&mut self) {
         let n = self.n_jobs();
         eprintln!("throughput: {n} no-op jobs");
-        // One worker.
-        self.redis.flush();
-        self.enqueue_ours("default", "rq.builtin.noop", n);
-        let before = self.redis.stats();
-        let t = Instant::now();
-        let status = self
-            .ours_worker(&["--burst", "--builtin-handlers", "-q"])
-            .wait()
-            .expect("wait");
-        let ours1 = n as f64 / t.elapsed().as_secs_f64();
-        let after = self.redis.stats();
-        assert!(status.success(), "rqworker failed");
-        self.redis.expect_finished("default", n);
-        let per_job = (after.0 - before.0) as f64 / n as f64;
-        let trips = (after.1 - before.1) as f64 / n as f64;
+        let noop = |s: &Self| s.enqueue_ours("default", "rq.builtin.noop", n);
+        let one = self.burst(n, noop, |s| {
+            s.ours_worker(&["--burst", "--builtin-handlers", "-q"])
+        });
+        let one = one.expect("rqworker --burst failed or left jobs unfinished");
+        let (ours1, per_job, trips) = (one.rate, one.commands, one.trips);
         // The same over a unix socket, to show how much of a job's cost is the TCP round trip.
-        self.redis.flush();
-        self.enqueue_ours("default", "rq.builtin.noop", n);
         let unix_url = self.redis.unix_url.clone();
-        let t = Instant::now();
-        let status = self
-            .ours_worker_at(&unix_url, &["--burst", "--builtin-handlers", "-q"])
-            .wait()
-            .expect("wait");
-        let ours_unix = n as f64 / t.elapsed().as_secs_f64();
-        assert!(status.success(), "rqworker failed");
-        self.redis.expect_finished("default", n);
+        let ours_unix = self
+            .burst(n, noop, |s| {
+                s.ours_worker_at(&unix_url, &["--burst", "--builtin-handlers", "-q"])
+            })
+            .expect("rqworker --burst over the unix socket failed or left jobs unfinished")
+            .rate;
         // A burst pool of two under rq-supervisor.
-        self.redis.flush();
-        self.enqueue_ours("default", "rq.builtin.noop", n);
         let cfg = self.config(
             "burst2.toml",
             "[supervisor]\nlog_level = \"warning\"\n[worker]\nbuiltin_handlers = true\nlog_level = \"warning\"\n[pools.bench]\nqueues = [\"default\"]\nworkers = 2\nburst = true\n",
         );
-        let t = Instant::now();
-        let status = self.supervisor(&cfg).wait().expect("wait");
-        let ours2 = n as f64 / t.elapsed().as_secs_f64();
-        assert!(status.success(), "rq-supervisor burst pool failed");
-        self.redis.expect_finished("default", n);
+        let ours2 = self
+            .burst(n, noop, |s| s.supervisor(&cfg))
+            .expect("rq-supervisor burst pool failed or left jobs unfinished")
+            .rate;
 
-        let (mut rq1, mut rq2, mut rq_per_job, mut rq_trips) = (None, None, None, None);
+        let (mut rq1, mut rq2, mut rq_unix) = (None, None, None);
         if self.py.ok {
-            self.redis.flush();
-            self.py
-                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
-            let before = self.redis.stats();
-            let t = Instant::now();
-            let ok = self
-                .py
-                .rq(
-                    &self.redis,
-                    &[
-                        "worker",
-                        "--burst",
-                        "-q",
-                        "-S",
-                        "rq.serializers.JSONSerializer",
-                        "default",
-                    ],
-                )
-                .wait()
-                .expect("wait")
-                .success();
-            let dt = t.elapsed().as_secs_f64();
-            let after = self.redis.stats();
-            if ok && self.redis.finished("default") == n {
-                rq1 = Some(n as f64 / dt);
-                rq_per_job = Some((after.0 - before.0) as f64 / n as f64);
-                rq_trips = Some((after.1 - before.1) as f64 / n as f64);
-            }
-            self.redis.flush();
-            self.py
-                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
-            let t = Instant::now();
-            let ok = self
-                .py
-                .rq(
-                    &self.redis,
-                    &[
-                        "worker-pool",
-                        "-n",
-                        "2",
-                        "--burst",
-                        "-q",
-                        "-S",
-                        "rq.serializers.JSONSerializer",
-                        "default",
-                    ],
-                )
-                .wait()
-                .expect("wait")
-                .success();
-            let dt = t.elapsed().as_secs_f64();
-            if ok && self.redis.finished("default") == n {
-                rq2 = Some(n as f64 / dt);
-            }
+            let py_noop = |s: &Self| s.py.enqueue(&s.redis, "default", "benchjobs.noop", n, 0);
+            let url = self.redis.url.clone();
+            rq1 = self.burst(n, py_noop, |s| {
+                s.py.rq_at(&s.redis, &url, &["worker", "--burst"])
+            });
+            rq2 = self.burst(n, py_noop, |s| {
+                s.py.rq_at(&s.redis, &url, &["worker-pool", "-n", "2", "--burst"])
+            });
+            rq_unix = self.burst(n, py_noop, |s| {
+                s.py.rq_at(&s.redis, &unix_url, &["worker", "--burst"])
+            });
         }
-        let mut rq_unix = None;
-        if self.py.ok {
-            self.redis.flush();
-            self.py
-                .enqueue(&self.redis, "default", "benchjobs.noop", n, 0);
-            let t = Instant::now();
-            let ok = self
-                .py
-                .rq_at(
-                    &self.redis,
-                    &unix_url,
-                    &[
-                        "worker",
-                        "--burst",
-                        "-q",
-                        "-S",
-                        "rq.serializers.JSONSerializer",
-                        "default",
-                    ],
-                )
-                .wait()
-                .expect("wait")
-                .success();
-            let dt = t.elapsed().as_secs_f64();
-            if ok && self.redis.finished("default") == n {
-                rq_unix = Some(n as f64 / dt);
-            }
-        }
+        let rq_per_job = rq1.as_ref().map(|b| b.commands);
+        let rq_trips = rq1.as_ref().map(|b| b.trips);
+        let (rq1, rq2, rq_unix) = (
+            rq1.map(|b| b.rate),
+            rq2.map(|b| b.rate),
+            rq_unix.map(|b| b.rate),
+        );
         self.row(
             "throughput, 1 worker, fork per job (jobs/s)",
             f0(ours1),
@@ -363,16 +312,7 @@ impl Bench {
         let (mut rq_started, mut rq_finished) = (Vec::new(), Vec::new());
         if self.py.ok {
             self.redis.flush();
-            let mut w = self.py.rq(
-                &self.redis,
-                &[
-                    "worker",
-                    "-q",
-                    "-S",
-                    "rq.serializers.JSONSerializer",
-                    "default",
-                ],
-            );
+            let mut w = self.py.rq(&self.redis, &["worker"]);
             self.redis.wait_workers(1);
             let rq_n = n / 5;
             self.py
@@ -435,16 +375,7 @@ impl Bench {
         let mut rq = None;
         if self.py.ok {
             self.redis.flush();
-            let mut w = self.py.rq(
-                &self.redis,
-                &[
-                    "worker",
-                    "-q",
-                    "-S",
-                    "rq.serializers.JSONSerializer",
-                    "default",
-                ],
-            );
+            let mut w = self.py.rq(&self.redis, &["worker"]);
             self.redis.wait_workers(1);
             rq = Some(rss_kib(w.id()));
             stop(&mut w);
@@ -480,18 +411,7 @@ impl Bench {
         let mut rq = None;
         if self.py.ok {
             self.redis.flush();
-            let mut pool = self.py.rq(
-                &self.redis,
-                &[
-                    "worker-pool",
-                    "-n",
-                    "4",
-                    "-q",
-                    "-S",
-                    "rq.serializers.JSONSerializer",
-                    "default",
-                ],
-            );
+            let mut pool = self.py.rq(&self.redis, &["worker-pool", "-n", "4"]);
             rq = Some(self.kill_and_time(4, kills));
             stop(&mut pool);
         }
@@ -551,18 +471,7 @@ impl Bench {
         let mut rq = None;
         if self.py.ok {
             self.redis.flush();
-            let mut pool = self.py.rq(
-                &self.redis,
-                &[
-                    "worker-pool",
-                    "-n",
-                    "16",
-                    "-q",
-                    "-S",
-                    "rq.serializers.JSONSerializer",
-                    "default",
-                ],
-            );
+            let mut pool = self.py.rq(&self.redis, &["worker-pool", "-n", "16"]);
             self.redis.wait_workers(16);
             rq = Some(time_exit(&mut pool, Signal::SIGTERM));
         }
@@ -994,7 +903,8 @@ impl Python {
         serde_json::from_slice(&out.stdout).expect("times JSON")
     }
 
-    /// `rq <args> --url URL` with RQ's own CLI, in its own process group.
+    /// `rq <args> --url URL -q -S JSONSerializer default` with RQ's own CLI, in its own
+    /// process group.
     fn rq(&self, redis: &Redis, args: &[&str]) -> Child {
         self.rq_at(redis, &redis.url, args)
     }
@@ -1005,7 +915,8 @@ impl Python {
         c.args(["-c", "from rq.cli import main; main()"])
             .args(&args[..1])
             .args(["--url", url])
-            .args(&args[1..]);
+            .args(&args[1..])
+            .args(["-q", "-S", "rq.serializers.JSONSerializer", "default"]);
         c.process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null());

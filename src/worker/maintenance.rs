@@ -70,13 +70,13 @@ fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), St
             .arg(now.unix_secs())
             .query(con)
     })?;
+    // RQ's text, with Python's str(datetime) of an aware UTC time.
+    let when = now.iso().replace('T', " ").replace('Z', "+00:00");
+    let exc = format!("Moved to FailedJobRegistry, due to AbandonedJobError, at {when}");
     for member in expired {
         let Some((job, execution)) = member.split_once(':') else {
             continue;
         };
-        // RQ's text, with Python's str(datetime) of an aware UTC time.
-        let when = now.iso().replace('T', " ").replace('Z', "+00:00");
-        let exc = format!("Moved to FailedJobRegistry, due to AbandonedJobError, at {when}");
         let verdict = store.settle(&Settlement::orphaned(job, q, execution, "", &exc))?;
         report.abandoned.push((job.to_string(), verdict));
     }
