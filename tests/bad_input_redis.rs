@@ -20,15 +20,6 @@ fn pool_file(queues: &str) -> PoolFile {
     ))
 }
 
-fn lrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query(con)
-        .unwrap()
-}
-
 #[test]
 fn a_queue_key_of_the_wrong_type_is_skipped_and_reported_while_other_queues_run() {
     let redis = RedisServer::start();
@@ -80,9 +71,7 @@ fn out_of_memory_keeps_the_job_queued_until_redis_accepts_writes_again() {
         .arg("1")
         .exec(&mut con)
         .unwrap();
-    wait_until("the worker suspended", WAIT, || {
-        hget(&mut con, &format!("rq:worker:{}", worker.0), "state").as_deref() == Some("suspended")
-    });
+    wait_worker_state(&mut con, &worker.0, "suspended");
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["after OOM"]));
     redis::cmd("CONFIG")
         .arg("SET")

@@ -184,9 +184,7 @@ fn rq_info_and_worker_all_list_a_running_worker_and_forget_it_after_death() {
     ));
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
-    wait_until("idle", WAIT, || {
-        hget(&mut con, "rq:worker:w-interop", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w-interop", "idle");
 
     let info = rq_info(&redis, &[]);
     let line = info_line(&info, "w-interop").unwrap_or_else(|| panic!("not listed:\n{info}"));
@@ -223,9 +221,7 @@ fn rq_info_and_worker_all_list_a_running_worker_and_forget_it_after_death() {
     assert_eq!(py_json(&redis, &["workers"])[0]["state"], "busy");
     std::fs::write(&open, "").unwrap();
     wait_status(&mut con, &id, &["finished"]);
-    wait_until("idle", WAIT, || {
-        hget(&mut con, "rq:worker:w-interop", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w-interop", "idle");
     let info = rq_info(&redis, &[]);
     let line = info_line(&info, "w-interop").unwrap_or_else(|| panic!("not listed:\n{info}"));
     assert!(line.contains("jobs: 1 finished, 0 failed"), "{line}");

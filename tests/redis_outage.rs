@@ -74,9 +74,7 @@ fn assert_backs_off_calmly(w: &Proc) {
 /// The worker is registered once, idle, with no job, and its queues have nothing in flight.
 fn assert_settled_worker(con: &mut redis::Connection, name: &str, queues: &[&str]) {
     let key = format!("rq:worker:{name}");
-    wait_until(&format!("{name} idle"), WAIT, || {
-        hget(con, &key, "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(con, name, "idle");
     assert!(hget(con, &key, "current_job").is_none());
     assert!(smembers(con, "rq:workers").contains(&key));
     for q in queues {

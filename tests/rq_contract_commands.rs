@@ -18,12 +18,6 @@ fn worker(redis: &RedisServer, name: &str) -> Proc {
     w
 }
 
-fn wait_idle(con: &mut redis::Connection, name: &str) {
-    wait_until(&format!("worker {name} idle"), WAIT, || {
-        hget(con, &format!("rq:worker:{name}"), "state").as_deref() == Some("idle")
-    });
-}
-
 fn first_result(doc: &serde_json::Value) -> &serde_json::Value {
     &doc["results"][0]
 }
@@ -33,7 +27,7 @@ fn shutdown_command_stops_an_idle_worker() {
     let redis = RedisServer::start();
     let mut w = worker(&redis, "w");
     let mut con = redis.con();
-    wait_idle(&mut con, "w");
+    wait_worker_state(&mut con, "w", "idle");
     rc(&redis, &["shutdown", "w"]);
     assert_exit_ok(&mut w, WAIT);
     assert!(w.log().contains("shutdown command received"), "{}", w.log());
@@ -152,10 +146,10 @@ fn stop_job_ends_stopped_with_rqs_result_and_no_retry_or_dependents() {
     );
     assert_eq!(results[0]["worker_name"], "w");
     assert!(zscore_f64(&mut con, "rq:failed:q", &id).is_some());
-    assert!(zmembers(&mut con, "rq:wip:q").is_empty());
+    assert!(zrange(&mut con, "rq:wip:q").is_empty());
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
     assert_eq!(job_status(&mut con, &child).as_deref(), Some("deferred"));
-    wait_idle(&mut con, "w");
+    wait_worker_state(&mut con, "w", "idle");
     assert_eq!(
         hget(&mut con, "rq:worker:w", "failed_job_count").as_deref(),
         Some("1")

@@ -42,7 +42,7 @@ fn a_chain_runs_in_order_and_each_link_leaves_rq_deferred() {
     );
     let mut con = redis.con();
     assert_eq!(job_status(&mut con, &b).as_deref(), Some("deferred"));
-    assert_eq!(zmembers(&mut con, "rq:deferred:q").len(), 2);
+    assert_eq!(zrange(&mut con, "rq:deferred:q").len(), 2);
     // The producer's keys, which the worker must read exactly.
     assert_eq!(
         smembers(&mut con, &format!("rq:job::{c}:dependencies")),
@@ -71,7 +71,7 @@ fn a_chain_runs_in_order_and_each_link_leaves_rq_deferred() {
             "{id}"
         );
     }
-    assert!(zmembers(&mut con, "rq:deferred:q").is_empty());
+    assert!(zrange(&mut con, "rq:deferred:q").is_empty());
     // All children enqueued: the dependents set is deleted, as RQ does.
     assert!(!exists(&mut con, &format!("rq:job:{a}:dependents")));
     // On success RQ gives the job's dependencies key the result TTL too (double colon).
@@ -116,7 +116,7 @@ fn two_dependencies_on_two_queues_wait_for_both_then_go_to_the_childs_own_queue(
     burst(&redis, &["qb"]);
     assert_eq!(job_status(&mut con, &c).as_deref(), Some("queued"));
     assert_eq!(lrange(&mut con, "rq:queue:qc"), vec![c.clone()]);
-    assert!(zmembers(&mut con, "rq:deferred:qc").is_empty());
+    assert!(zrange(&mut con, "rq:deferred:qc").is_empty());
 
     burst(&redis, &["qc"]);
     let doc = job(&redis, &c);
@@ -156,7 +156,7 @@ fn allow_failure_children_follow_a_failed_parent_and_others_stay_deferred() {
     assert_eq!(job_status(&mut con, &p).as_deref(), Some("failed"));
     assert_eq!(job_status(&mut con, &lenient).as_deref(), Some("finished"));
     assert_eq!(job_status(&mut con, &strict).as_deref(), Some("deferred"));
-    assert_eq!(zmembers(&mut con, "rq:deferred:q"), vec![strict.clone()]);
+    assert_eq!(zrange(&mut con, "rq:deferred:q"), vec![strict.clone()]);
 }
 
 #[test]

@@ -31,8 +31,8 @@ fn seed_expiring_entries(con: &mut redis::Connection, q: &str, now: f64) {
 
 fn entries(con: &mut redis::Connection, q: &str) -> (Vec<String>, Vec<String>) {
     (
-        zmembers(con, &format!("rq:finished:{q}")),
-        zmembers(con, &format!("rq:failed:{q}")),
+        zrange(con, &format!("rq:finished:{q}")),
+        zrange(con, &format!("rq:failed:{q}")),
     )
 }
 
@@ -215,7 +215,7 @@ fn abandoned_executions_fail_with_rqs_text_or_are_retried() {
     wait_status(&mut con, &child, &["finished"]);
 
     // The live execution is left alone.
-    assert_eq!(zmembers(&mut con, "rq:wip:q"), vec![live_member.clone()]);
+    assert_eq!(zrange(&mut con, "rq:wip:q"), vec![live_member.clone()]);
     assert_eq!(job_status(&mut con, &live).as_deref(), Some("started"));
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
@@ -326,7 +326,7 @@ fn ids_stuck_in_the_intermediate_list_are_requeued_at_the_front_after_a_minute()
     assert_eq!(left, vec![fresh.clone(), unseen.clone(), running.clone()]);
     assert_eq!(get(&mut con, &first_seen(&fresh)), fresh_seen);
     assert!(!exists(&mut con, &first_seen(&running)));
-    assert_eq!(zmembers(&mut con, "rq:wip:q"), vec![running_member]);
+    assert_eq!(zrange(&mut con, "rq:wip:q"), vec![running_member]);
     assert_eq!(job_status(&mut con, &fresh).as_deref(), Some("queued"));
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);

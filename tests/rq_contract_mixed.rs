@@ -100,9 +100,7 @@ command = ["/bin/sh", "-c", "{record}; echo boom from rust >&2; exit 1", "sh"]
 
 fn wait_workers_idle(con: &mut redis::Connection, names: &[&str]) {
     for n in names {
-        wait_until(&format!("worker {n} idle"), SLOW, || {
-            hget(con, &format!("rq:worker:{n}"), "state").as_deref() == Some("idle")
-        });
+        wait_worker_state_within(con, n, "idle", SLOW);
     }
 }
 
@@ -222,10 +220,10 @@ fn python_and_rust_workers_share_queues_without_running_a_job_twice_or_losing_on
     }
     for q in ["q1", "q2"] {
         assert_eq!(llen(&mut con, &format!("rq:queue:{q}")), 0);
-        assert!(zmembers(&mut con, &format!("rq:wip:{q}")).is_empty());
+        assert!(zrange(&mut con, &format!("rq:wip:{q}")).is_empty());
     }
     assert_eq!(llen(&mut con, "rq:queue:q1:intermediate"), 0);
-    let failed = zmembers(&mut con, "rq:failed:q1");
+    let failed = zrange(&mut con, "rq:failed:q1");
     assert_eq!(failed.len(), failing.len(), "{failed:?}");
     // Counters across both kinds add up to the executions.
     let (mut ok, mut ko) = (0i64, 0i64);
@@ -359,7 +357,7 @@ fn neither_kind_fails_the_others_live_jobs_as_abandoned() {
         assert_eq!(doc["results"].as_array().unwrap().len(), 1, "{doc}");
         assert_eq!(doc["results"][0]["type"], "SUCCESSFUL", "{doc}");
     }
-    assert!(zmembers(&mut con, "rq:failed:q").is_empty());
+    assert!(zrange(&mut con, "rq:failed:q").is_empty());
 }
 
 #[test]

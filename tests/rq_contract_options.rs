@@ -81,7 +81,7 @@ fn max_idle_time_counts_from_the_last_job() {
     wait_status(&mut con, &id, &["finished"]);
     let ended_at = job(&redis, &id)["ended_at"].as_f64().unwrap();
     assert_exit_ok(&mut w, WAIT);
-    let idle_after_job = Duration::from_secs_f64(now_secs() - ended_at);
+    let idle_after_job = Duration::from_secs_f64(unix_now() - ended_at);
     assert!(
         idle_after_job >= Duration::from_millis(2500),
         "quit {idle_after_job:?} after its last job, before 3 s of idleness"
@@ -174,9 +174,7 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
             "q",
         ],
     ));
-    wait_until("idle", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     // TTLs only shrink between the write and the read; the margins are for a loaded machine.
     let t = ttl(&mut con, "rq:worker:w");
     assert!((80..=90).contains(&t), "idle ttl {t}, want 30 + 60");
@@ -186,16 +184,14 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     wait_status(&mut con, &id, &["started"]);
     let t = ttl(&mut con, "rq:worker:w");
     assert!((55..=65).contains(&t), "busy ttl {t}, want 5 + 60");
-    let member = zmembers(&mut con, "rq:wip:q").pop().expect("wip entry");
+    let member = zrange(&mut con, "rq:wip:q").pop().expect("wip entry");
     let score = zscore_f64(&mut con, "rq:wip:q", &member).unwrap();
     let now = redis_now(&mut con);
     assert_due_in(score, before, now, 65.0);
     wait_status(&mut con, &id, &["finished"]);
     // The idle TTL comes with the claim that finds the queue empty, a script after the
     // settle that finished the job.
-    wait_until("idle again", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     let t = ttl(&mut con, "rq:worker:w");
     assert!((80..=90).contains(&t), "idle again: ttl {t}");
     w.signal(Signal::SIGTERM);
@@ -203,9 +199,7 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
 
     // RQ's defaults: 420 + 60 idle.
     let mut w = Proc::spawn(rqworker(&redis, &["--name", "d", "q"]));
-    wait_until("idle", WAIT, || {
-        hget(&mut con, "rq:worker:d", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "d", "idle");
     let t = ttl(&mut con, "rq:worker:d");
     assert!((470..=480).contains(&t), "default idle ttl {t}");
     w.signal(Signal::SIGTERM);

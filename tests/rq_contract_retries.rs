@@ -292,7 +292,7 @@ fn a_cold_shutdown_requeues_a_job_with_retries_and_fails_one_without() {
         w.signal(Signal::SIGTERM);
         assert_exit_ok(&mut w, WAIT);
         assert_eq!(worker_hash_int(&mut con, "w", "failed_job_count"), 1);
-        assert!(zmembers(&mut con, "rq:wip:q").is_empty());
+        assert!(zrange(&mut con, "rq:wip:q").is_empty());
         let doc = job(&redis, &id);
         if retries > 0 {
             assert_eq!(doc["status"], "queued", "{doc}");

@@ -52,7 +52,7 @@ fn assert_each_ran_once(redis: &RedisServer, ids: &[String], workers: &[&str], l
         );
     }
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
-    assert!(zmembers(&mut con, "rq:wip:q").is_empty());
+    assert!(zrange(&mut con, "rq:wip:q").is_empty());
     let total: i64 = workers
         .iter()
         .map(|w| {
@@ -87,7 +87,7 @@ fn the_lock_holds_the_scheduler_name_and_python_can_read_our_scheduler() {
     assert_eq!(info["pid"], w.child.id(), "{info}");
     assert_eq!(info["queues"], serde_json::json!(["q1", "q2"]), "{info}");
     assert!(
-        info["last_heartbeat"].as_f64().unwrap() > now_secs() - 10.0,
+        info["last_heartbeat"].as_f64().unwrap() > unix_now() - 10.0,
         "{info}"
     );
 
@@ -128,7 +128,7 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     .unwrap()
     .to_string();
     let score_a = zscore_f64(&mut con, "rq:scheduled:q", &a).expect("a scheduled");
-    let at = (now_secs() + 5.0).floor();
+    let at = (unix_now() + 5.0).floor();
     let b = rc(
         &redis,
         &[
@@ -142,7 +142,7 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     .as_str()
     .unwrap()
     .to_string();
-    let enqueued_by = now_secs();
+    let enqueued_by = unix_now();
     assert_eq!(zscore_f64(&mut con, "rq:scheduled:q", &b), Some(at));
     for id in [&a, &b] {
         wait_status(&mut con, id, &["finished"]);
@@ -162,7 +162,7 @@ fn enqueue_in_and_enqueue_at_run_on_time_with_only_our_scheduler() {
     }
     assert_eq!(docs[0]["return_value"], serde_json::json!(["in"]));
     assert_eq!(docs[1]["return_value"], serde_json::json!(["at"]));
-    assert!(zmembers(&mut con, "rq:scheduled:q").is_empty());
+    assert!(zrange(&mut con, "rq:scheduled:q").is_empty());
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }

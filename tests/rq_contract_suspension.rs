@@ -15,12 +15,6 @@ fn worker_state(con: &mut redis::Connection, name: &str) -> Option<String> {
     hget(con, &format!("rq:worker:{name}"), "state")
 }
 
-fn wait_state(con: &mut redis::Connection, name: &str, want: &str) {
-    wait_until(&format!("worker {name} in state {want}"), WAIT, || {
-        worker_state(con, name).as_deref() == Some(want)
-    });
-}
-
 #[test]
 fn a_burst_worker_exits_without_taking_jobs_while_suspended() {
     let redis = RedisServer::start();
@@ -48,9 +42,9 @@ fn a_worker_idles_suspended_until_resumed_then_takes_jobs_again() {
         &["--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend"]);
-    wait_state(&mut con, "w", "suspended");
+    wait_worker_state(&mut con, "w", "suspended");
     let id = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     // Time must pass here: the job has to stay put while the suspension holds.
     std::thread::sleep(Duration::from_millis(2500));
@@ -62,7 +56,7 @@ fn a_worker_idles_suspended_until_resumed_then_takes_jobs_again() {
 
     rq_cli_ok(&redis, &["resume"]);
     wait_status(&mut con, &id, &["finished"]);
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -83,7 +77,7 @@ fn a_busy_worker_finishes_its_job_then_suspends() {
     rq_cli_ok(&redis, &["suspend"]);
     open_gate(&gate);
     wait_status(&mut con, &running, &["finished"]);
-    wait_state(&mut con, "w", "suspended");
+    wait_worker_state(&mut con, "w", "suspended");
     assert_eq!(job_status(&mut con, &waiting).as_deref(), Some("queued"));
     rq_cli_ok(&redis, &["resume"]);
     wait_status(&mut con, &waiting, &["finished"]);
@@ -99,7 +93,7 @@ fn a_suspension_with_a_duration_ends_by_itself() {
         &["--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend", "--duration", "2"]);
     // When the key expires, in Unix time (Redis' clock; PTTL -2 would mean already gone).
     let pttl: i64 = redis::cmd("PTTL")
@@ -111,7 +105,7 @@ fn a_suspension_with_a_duration_ends_by_itself() {
         "the suspension expired before it could be observed"
     );
     let expires = redis_now(&mut con) + pttl as f64 / 1000.0;
-    wait_state(&mut con, "w", "suspended");
+    wait_worker_state(&mut con, "w", "suspended");
     let id = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     wait_status(&mut con, &id, &["finished"]);
     let started = job(&redis, &id)["started_at"].as_f64().unwrap();
@@ -119,7 +113,7 @@ fn a_suspension_with_a_duration_ends_by_itself() {
         started >= expires - 0.05,
         "ran at {started}, before the suspension expired at {expires}"
     );
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
 }
@@ -132,15 +126,15 @@ fn every_suspension_shows_even_with_no_job_in_between() {
         &["--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     for _ in 0..2 {
         rq_cli_ok(&redis, &["suspend"]);
-        wait_state(&mut con, "w", "suspended");
+        wait_worker_state(&mut con, "w", "suspended");
         // Time must pass: the state has to stay `suspended`, not flip back on the next poll.
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(worker_state(&mut con, "w").as_deref(), Some("suspended"));
         rq_cli_ok(&redis, &["resume"]);
-        wait_state(&mut con, "w", "idle");
+        wait_worker_state(&mut con, "w", "idle");
     }
     w.signal(Signal::SIGTERM);
     assert_exit_ok(&mut w, WAIT);
@@ -154,9 +148,9 @@ fn a_suspended_worker_still_obeys_shutdown() {
         &["--builtin-handlers", "--name", "w", "q"],
     ));
     let mut con = redis.con();
-    wait_state(&mut con, "w", "idle");
+    wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend"]);
-    wait_state(&mut con, "w", "suspended");
+    wait_worker_state(&mut con, "w", "suspended");
     rc(&redis, &["shutdown", "w"]);
     assert_exit_ok(&mut w, WAIT);
     assert!(hget(&mut con, "rq:worker:w", "death").is_some());

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use support::supervisor::{PoolFile, wait_workers};
+use support::supervisor::{PoolFile, wait_horse_pid, wait_workers};
 use support::*;
 
 const NOBODY: u32 = 65534;
@@ -116,7 +116,7 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
         "tasks.whoami",
         serde_json::json!([gate.display().to_string()]),
     );
-    let horse = wait_horse_pid_of(worker_pid);
+    let horse = wait_horse_pid(worker_pid);
     let (uid, gid, _) = ids(horse);
     assert_eq!(uid, expect_uid, "handler uid");
     assert_eq!(gid, expect_uid, "handler gid");
@@ -129,7 +129,7 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
 
     // A native horse (a fork of the worker) as well.
     let id = rs_enqueue(&mut con, "q", "rq.builtin.sleep", serde_json::json!([30]));
-    let horse = wait_horse_pid_of(worker_pid);
+    let horse = wait_horse_pid(worker_pid);
     let (uid, _, _) = ids(horse);
     assert_eq!(uid, expect_uid, "native horse uid");
     nix::sys::signal::kill(
@@ -139,10 +139,6 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
     .unwrap();
     wait_status(&mut con, &id, &["failed"]);
     assert!(!sup.log().contains("cannot read config"), "{}", sup.log());
-}
-
-fn wait_horse_pid_of(worker: u32) -> u32 {
-    support::supervisor::wait_horse_pid(worker)
 }
 
 #[test]

@@ -226,7 +226,7 @@ fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
         &Default::default(),
     )
     .unwrap();
-    let echo = enqueue(
+    let echo = rs_enqueue(
         &mut con,
         "low",
         "rq.builtin.echo",

@@ -43,7 +43,7 @@ workers = 2
     let sup = start(&redis, &file);
     let mut con = redis.con();
     wait_workers(&mut con, 2);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     let mut name = None;
     wait_until("job started", WAIT, || {
         name = hget(&mut con, &format!("rq:job:{id}"), "worker_name").filter(|n| !n.is_empty());
@@ -133,7 +133,7 @@ queues = ["good"]
     sup.wait_for_log("pool degraded: trying to start a worker again");
     let elapsed = t0.elapsed();
     // The healthy pool keeps working, with the same worker.
-    let id = enqueue(&mut con, "good", "rq.builtin.echo", json!(["still here"]));
+    let id = rs_enqueue(&mut con, "good", "rq.builtin.echo", json!(["still here"]));
     wait_status(&mut con, &id, &["finished"]);
     assert_eq!(workers(&mut con), good);
     let log = sup.log();
@@ -179,7 +179,7 @@ max_jobs_jitter = 3
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     let ids: Vec<String> = (0..30)
-        .map(|i| enqueue(&mut con, "default", "rq.builtin.echo", json!([i])))
+        .map(|i| rs_enqueue(&mut con, "default", "rq.builtin.echo", json!([i])))
         .collect();
     for id in &ids {
         wait_status(&mut con, id, &["finished"]);
@@ -321,7 +321,7 @@ failure_threshold = 1000
     let sup = start(&redis, &file);
     let mut con = redis.con();
     let (name, pid) = wait_workers(&mut con, 1)[0].clone();
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     wait_status(&mut con, &id, &["started"]);
     drop(con);
     redis.stop();
@@ -361,7 +361,7 @@ command = ["{}"]
     let sup = start(&redis, &file);
     let mut con = redis.con();
     let (_, worker) = wait_workers(&mut con, 1)[0].clone();
-    let id = enqueue(&mut con, "default", "tasks.spawner", json!([]));
+    let id = rs_enqueue(&mut con, "default", "tasks.spawner", json!([]));
     wait_status(&mut con, &id, &["started"]);
     let horse = wait_horse_pid(worker);
     let bg_file = file.dir.path().join("bg.pid");

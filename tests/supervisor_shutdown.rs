@@ -52,7 +52,7 @@ fn warm_shutdown_waits_for_the_running_job_and_exits_zero() {
     let mut sup = start(&redis, &file);
     let mut con = redis.con();
     wait_workers(&mut con, 2);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([1.5]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([1.5]));
     runner(&mut con, &id);
     let t0 = Instant::now();
     sup.signal(Signal::SIGTERM);
@@ -82,7 +82,7 @@ fn second_signal_kills_the_horse_and_the_job_ends_failed() {
     let mut sup = start(&redis, &file);
     let mut con = redis.con();
     wait_workers(&mut con, 1);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     let worker = runner(&mut con, &id);
     let horses = [wait_horse_pid(worker)];
     sup.signal(Signal::SIGTERM);
@@ -113,7 +113,7 @@ fn warm_timeout_escalates_by_itself() {
     let mut sup = start(&redis, &file);
     let mut con = redis.con();
     wait_workers(&mut con, 1);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     let worker = runner(&mut con, &id);
     let t0 = Instant::now();
     sup.signal(Signal::SIGTERM);
@@ -214,7 +214,7 @@ fn ctrl_c_in_a_terminal_reaches_only_the_supervisor() {
     let mut sup = start(&redis, &file);
     let mut con = redis.con();
     wait_workers(&mut con, 1);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([1]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([1]));
     runner(&mut con, &id);
     // A terminal's Ctrl-C signals the whole foreground process group: the supervisor's.
     nix::sys::signal::killpg(sup.pid(), Signal::SIGINT).unwrap();
@@ -238,7 +238,7 @@ fn sigkill_of_the_supervisor_leaves_no_process_and_no_started_job() {
     let sup = start(&redis, &file);
     let mut con = redis.con();
     let registered = wait_workers(&mut con, 2);
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     let busy = runner(&mut con, &id);
     let horses = [wait_horse_pid(busy)];
     let mut pids: Vec<u32> = registered.iter().map(|(_, p)| *p).collect();
@@ -266,8 +266,8 @@ fn burst_pools_drain_their_queues_and_the_supervisor_exits_zero() {
     let mut con = redis.con();
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(enqueue(&mut con, "one", "rq.builtin.echo", json!([i])));
-        ids.push(enqueue(&mut con, "two", "rq.builtin.echo", json!([i])));
+        ids.push(rs_enqueue(&mut con, "one", "rq.builtin.echo", json!([i])));
+        ids.push(rs_enqueue(&mut con, "two", "rq.builtin.echo", json!([i])));
     }
     let file = PoolFile::new(
         r#"
@@ -321,7 +321,7 @@ fn a_supervised_worker_whose_supervisor_died_stops_cold_on_one_term() {
     let shell = Proc::spawn(cmd);
     let mut con = redis.con();
     let (_, worker) = wait_workers(&mut con, 1)[0].clone();
-    let id = enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
+    let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
     let horse = {
         runner(&mut con, &id);
         wait_horse_pid(worker)

@@ -74,9 +74,7 @@ fn sandwich(
         w.log()
     );
     assert!(zscore(&mut con, "rq:failed:q", &bad_id).is_some());
-    wait_until("worker idle", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     assert!(alive(w.pid()), "the worker died:\n{}", w.log());
     assert!(zrange(&mut con, "rq:wip:q").is_empty());
     latest_exc(&mut con, &bad_id)

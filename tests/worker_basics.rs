@@ -8,16 +8,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use support::*;
 
-fn enqueue(redis: &RedisServer, queue: &str, func: &str, args: &str) -> String {
-    let out = python(redis, "rqtool.py", &["enqueue", queue, func, args]);
-    serde_json::from_str(out.trim()).expect("job id")
-}
-
 #[test]
 fn burst_runs_queued_jobs_in_priority_order_and_registers_death() {
     let redis = RedisServer::start();
-    let low = enqueue(&redis, "low", "rq.builtin.echo", r#"["low"]"#);
-    let high = enqueue(&redis, "high", "rq.builtin.echo", r#"["high"]"#);
+    let low = py_enqueue_args(&redis, "low", "rq.builtin.echo", r#"["low"]"#);
+    let high = py_enqueue_args(&redis, "high", "rq.builtin.echo", r#"["high"]"#);
     let mut w = Proc::spawn(rqworker(
         &redis,
         &[
@@ -63,9 +58,7 @@ fn idle_worker_stops_at_once_on_sigterm() {
     let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "idle"]));
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
-    wait_until("idle state", WAIT, || {
-        hget(&mut con, "rq:worker:idle", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "idle", "idle");
     let start = std::time::Instant::now();
     w.signal(Signal::SIGTERM);
     let status = w.wait_exit(WAIT);

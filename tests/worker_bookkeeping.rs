@@ -78,9 +78,7 @@ fn a_finished_job_is_recorded_as_rq_records_it() {
     ));
     wait_status(&mut con, &id, &["finished"]);
     // The settle step writes the job and the worker in one go; wait for the worker to be idle.
-    wait_until("worker idle", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     let after_worker_settled = unix_now();
 
     // Job hash: only status, timestamps and worker_name change; meta and unknown fields stay.
@@ -415,9 +413,7 @@ fn a_running_job_is_in_the_started_registry_with_an_execution_record() {
 
     std::fs::write(&gate, "").unwrap();
     wait_status(&mut con, &id, &["finished"]);
-    wait_until("worker idle", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     assert!(zrange(&mut con, "rq:wip:q").is_empty());
     assert!(!exists(&mut con, &ekey));
     assert!(hget(&mut con, "rq:worker:w", "current_job").is_none());

@@ -470,9 +470,7 @@ fn a_rotated_password_is_not_logged_when_the_notification_connection_reconnects(
     cmd.env("RQ_REDIS_URL", &url);
     let w = Proc::spawn(cmd);
     w.wait_for_log("Listening for work");
-    wait_until("idle", WAIT, || {
-        hget(&mut admin, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut admin, "w", "idle");
     // The password is rotated; connections already open stay authenticated. Then the
     // worker's notification connection drops and must be opened again, with the old password.
     redis::cmd("CONFIG")
@@ -578,9 +576,7 @@ fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     // A normal worker waits in state `suspended`...
     let w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w"]));
-    wait_until("suspended state", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("suspended")
-    });
+    wait_worker_state(&mut con, "w", "suspended");
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     // ...and works again after `rq resume`.
     assert!(

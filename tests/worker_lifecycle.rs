@@ -263,9 +263,7 @@ fn a_horse_that_kills_itself_fails_its_job_and_the_worker_goes_on() {
     wait_status(&mut con, &next, &["finished"]);
     assert_eq!(latest_return(&mut con, &next), Some(json!(["after"])));
     assert!(alive(w.pid()), "{}", w.log());
-    wait_until("worker idle", WAIT, || {
-        hget(&mut con, "rq:worker:w", "state").as_deref() == Some("idle")
-    });
+    wait_worker_state(&mut con, "w", "idle");
     let wh = hgetall(&mut con, "rq:worker:w");
     assert_eq!(wh["failed_job_count"], "1");
     assert_eq!(wh["successful_job_count"], "1");

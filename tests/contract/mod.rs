@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -124,26 +124,6 @@ pub fn runs(log: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-pub fn llen(con: &mut redis::Connection, key: &str) -> usize {
-    redis::cmd("LLEN").arg(key).query(con).expect("LLEN")
-}
-
-pub fn lrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query(con)
-        .expect("LRANGE")
-}
-
 pub fn zscore_f64(con: &mut redis::Connection, key: &str, member: &str) -> Option<f64> {
     redis::cmd("ZSCORE")
         .arg(key)
@@ -152,21 +132,8 @@ pub fn zscore_f64(con: &mut redis::Connection, key: &str, member: &str) -> Optio
         .expect("ZSCORE")
 }
 
-pub fn zmembers(con: &mut redis::Connection, key: &str) -> Vec<String> {
-    redis::cmd("ZRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query(con)
-        .expect("ZRANGE")
-}
-
 pub fn xlen(con: &mut redis::Connection, key: &str) -> usize {
     redis::cmd("XLEN").arg(key).query(con).expect("XLEN")
-}
-
-pub fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(con).expect("GET")
 }
 
 /// Redis' clock, which every score and TTL here is relative to.

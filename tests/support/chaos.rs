@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -495,13 +495,6 @@ struct KillRecord {
     horse: bool,
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 /// Workers (children of the supervisor) and their horses (children of a worker).
 fn victims(sup: u32) -> Vec<(u32, u32, bool)> {
     let mut out = Vec::new();
@@ -673,11 +666,11 @@ pub fn run(p: Params) -> Report {
         let v = victims(sup.pid());
         if !v.is_empty() {
             let (pid, worker, horse) = v[rng.usize(0..v.len())];
-            let at = now();
+            let at = unix_now();
             if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                 kills.push(KillRecord {
                     at,
-                    done: now(),
+                    done: unix_now(),
                     pid,
                     worker,
                     horse,

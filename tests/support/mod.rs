@@ -593,6 +593,23 @@ pub fn zrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
         .expect("ZRANGE")
 }
 
+pub fn lrange(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(con)
+        .expect("LRANGE")
+}
+
+pub fn llen(con: &mut redis::Connection, key: &str) -> usize {
+    redis::cmd("LLEN").arg(key).query(con).expect("LLEN")
+}
+
+pub fn get(con: &mut redis::Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(con).expect("GET")
+}
+
 /// A set's members, sorted.
 pub fn smembers(con: &mut redis::Connection, key: &str) -> Vec<String> {
     let mut v: Vec<String> = redis::cmd("SMEMBERS")
@@ -675,6 +692,24 @@ pub fn wait_status_within(
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until the `state` field of worker `name`'s hash (`rq:worker:<name>`) is `state`.
+pub fn wait_worker_state(con: &mut redis::Connection, name: &str, state: &str) {
+    wait_worker_state_within(con, name, state, WAIT);
+}
+
+/// `wait_worker_state` with a limit of its own.
+pub fn wait_worker_state_within(
+    con: &mut redis::Connection,
+    name: &str,
+    state: &str,
+    limit: Duration,
+) {
+    let key = format!("rq:worker:{name}");
+    wait_until(&format!("worker {name} in state {state}"), limit, || {
+        hget(con, &key, "state").as_deref() == Some(state)
+    });
 }
 
 /// The failure text of the job's latest result (type 2), panicking if there is none.

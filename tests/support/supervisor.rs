@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Proc, RedisServer, WAIT, bin, hget, wait_until};
+use nix::unistd::Pid;
+
+use super::{Proc, RedisServer, WAIT, alive, bin, children, hget, wait_until, write_script};
 
 /// A pool file plus the directory it lives in (kept alive with it).
 pub struct PoolFile {
@@ -29,11 +31,7 @@ impl PoolFile {
 
     /// Writes an executable script next to the pool file; returns its path.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, body).expect("write script");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        p
+        write_script(self.dir.path(), name, body)
     }
 }
 
@@ -90,53 +88,17 @@ pub fn wait_workers(con: &mut redis::Connection, n: usize) -> Vec<(String, u32)>
     last
 }
 
-/// True while the process exists and is not a zombie.
+/// [`alive`] for a `u32` pid.
 pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    alive(Pid::from_raw(pid as i32))
 }
 
-/// Direct children of `pid` (its work horse, for a worker).
+/// [`children`] as `u32` pids.
 pub fn child_pids(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|s| s.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Enqueues with the Rust producer (as Python RQ writes jobs); returns the job id.
-pub fn enqueue(
-    con: &mut redis::Connection,
-    queue: &str,
-    func: &str,
-    args: serde_json::Value,
-) -> String {
-    let args = match args {
-        serde_json::Value::Array(a) => a,
-        other => vec![other],
-    };
-    rq_supervisor::producer::enqueue(
-        con,
-        queue,
-        func,
-        args,
-        Default::default(),
-        &Default::default(),
-    )
-    .expect("enqueue")
+    children(Pid::from_raw(pid as i32))
+        .into_iter()
+        .map(|p| p.as_raw() as u32)
+        .collect()
 }
 
 /// Lines of a log that contain `text`.
