@@ -14,7 +14,7 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::rc::Rc;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid, setsid};
 use serde_json::{Value, json};
@@ -304,6 +304,9 @@ impl Horse {
             return s;
         }
         let _ = killpg(self.pid, Signal::SIGKILL);
+        // A horse killed right after the fork may not have run setsid() yet: its group does
+        // not exist, and without this the wait below lasts as long as the job.
+        let _ = kill(self.pid, Signal::SIGKILL);
         let status = loop {
             match waitpid(self.pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
