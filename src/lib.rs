@@ -26,6 +26,7 @@
 //! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill),
 //!   the Redis bookkeeping, and the handoff through which a supervised worker receives its
 //!   configuration (it may run as a user that cannot read the pool file).
+//! - [`procfs`]: what `/proc` says about processes: children, state, resident memory.
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
 //! - [`fault`]: named points where a worker built with the `fault-injection` feature kills
@@ -45,6 +46,7 @@ pub mod fault;
 pub mod handler;
 pub mod listener;
 pub mod logging;
+pub mod procfs;
 pub mod producer;
 pub mod protocol;
 pub mod supervisor;

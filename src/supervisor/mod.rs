@@ -8,13 +8,11 @@
 //! - [`reload`]: the diff between a reloaded file and the running pools.
 //! - [`runtime`]: the event loop that performs actions on real processes.
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
-//! - [`procfs`]: children and memory from `/proc`.
 //! - [`check`]: `rq-supervisor check`, the effective configuration.
 
 pub mod bookkeeping;
 pub mod check;
 pub mod health;
-pub mod procfs;
 pub mod reload;
 pub mod restart;
 pub mod runtime;

@@ -21,7 +21,7 @@ use nix::unistd::{Pid, getpid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
-use super::procfs;
+use crate::procfs;
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
 use crate::config::{Config, LogFormat, REDIS_URL_ENV};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};

@@ -1,4 +1,4 @@
-//! What Linux's `/proc` tells the supervisor: a process's children (the worker's horses,
+//! What Linux's `/proc` tells us: a process's children (the worker's horses,
 //! orphans re-parented to the supervisor as subreaper) and resident memory.
 
 use std::fs;
