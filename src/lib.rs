@@ -12,8 +12,10 @@
 //! # Layout
 //!
 //! - [`protocol`]: RQ 2.12 on the wire. Key names, timestamps, the job record and payload
-//!   codec, result stream entries, and the Lua scripts that take and settle jobs
-//!   atomically. Knows nothing of processes.
+//!   codec, result stream entries. Knows nothing of processes.
+//! - [`store`]: the one Redis gateway: claim, settle, registrations, crash cleanup,
+//!   maintenance, the scheduler's moves, and the producer's writes; each Lua script in its own
+//!   `.lua` file beside the typed wrapper that builds its arguments and reads its reply.
 //! - [`conn`]: Redis URLs (masked in every message), TLS (`rediss://`, CA and client
 //!   certificate), connecting, hints for errors an operator must fix (ACL, read-only replica,
 //!   out of memory), capped jittered backoff.
@@ -21,27 +23,30 @@
 //!   `rq:pubsub:<worker>` commands, so an idle worker sleeps in `poll(2)` and still reacts to
 //!   signals at once.
 //! - [`config`]: `pool.toml`, parsed raw then validated into typed specs.
-//! - [`handler`]: what a `func_name` runs: native functions, config-declared commands,
-//!   built-ins.
-//! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill),
-//!   the Redis bookkeeping, and the handoff through which a supervised worker receives its
-//!   configuration (it may run as a user that cannot read the pool file).
+//! - [`handler`]: the registry of what a `func_name` runs: native functions,
+//!   config-declared commands, built-ins.
+//! - [`execution`]: the seam between the loop and a running job: each handler kind starts an
+//!   [`execution::Execution`] (today a forked work horse), and every ending is an
+//!   [`execution::Outcome`] whose failures render RQ's exception texts in one place.
+//! - [`worker`]: the life-cycle loop (claim -> execute -> settle), signals, heartbeats,
+//!   commands, and the handoff through which a supervised worker receives its configuration
+//!   (it may run as a user that cannot read the pool file).
 //! - [`procfs`]: what `/proc` says about processes: children, state, resident memory.
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
 //! - [`fault`]: named points where a worker built with the `fault-injection` feature kills
 //!   itself, for the reliability tests; nothing at all without the feature.
-//! - [`cleanup`]: what only a supervisor can do: settle a dead worker's job and record its death.
 //! - [`supervisor`]: `rq-supervisor`: a pure state machine (events in, actions out), the
 //!   event loop that performs its actions on real processes, restart policy, health checks
 //!   from `/proc` and Redis, reload diffs, and the `check` report.
 //!
-//! Data flows one way: queue -> claim -> horse -> outcome -> settle; and config -> spec ->
-//! supervisor state -> actions -> processes.
+//! Data flows one way: queue -> claim -> execution -> outcome -> settle; and config -> spec ->
+//! supervisor state -> actions -> processes. `docs/architecture.md` says what each module may
+//! import and which invariants hold.
 
-pub mod cleanup;
 pub mod config;
 pub mod conn;
+pub mod execution;
 pub mod fault;
 pub mod handler;
 pub mod listener;
@@ -49,6 +54,7 @@ pub mod logging;
 pub mod procfs;
 pub mod producer;
 pub mod protocol;
+pub mod store;
 pub mod supervisor;
 pub mod worker;
 

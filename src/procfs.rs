@@ -50,22 +50,31 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The fields of `/proc/PID/stat` the supervisor uses.
+/// The fields of `/proc/PID/stat` we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     /// `R`, `S`, `D`, `Z`, `T`...
     pub state: char,
     pub ppid: u32,
+    /// How many threads the process has (`num_threads`).
+    pub threads: u32,
 }
 
 pub fn stat(pid: u32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses the text of a `/proc/PID/stat` file.
+pub fn parse_stat(text: &str) -> Option<Stat> {
     // The command name is in parentheses and may contain anything; fields follow the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (field 3 of proc(5)), ppid (4), ... num_threads (20).
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        threads: fields.get(17)?.parse().ok()?,
+    })
 }
 
 /// Resident memory of one process in bytes (`VmRSS`), `None` if it is gone or a zombie.
@@ -97,6 +106,17 @@ mod tests {
         let me = std::process::id();
         let s = stat(me).expect("own stat");
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw() as u32);
+        // The test harness runs tests on threads of its own.
+        assert!(s.threads >= 1, "{s:?}");
+        let with_space = "42 (a) b) S 7 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 3 0 1 2 3";
+        assert_eq!(
+            parse_stat(with_space),
+            Some(Stat {
+                state: 'S',
+                ppid: 7,
+                threads: 3
+            })
+        );
         assert!(rss(me).unwrap() > 0);
         let mut child = std::process::Command::new("sleep")
             .arg("5")

@@ -1,14 +1,16 @@
 //! The client side: enqueue jobs exactly as Python RQ 2.12 writes a JSON job (so a Python
-//! worker could run them too), and read their status and results back.
+//! worker could run them too), and read their status and results back. The Redis commands
+//! are in [`crate::store::jobs`].
 
 use std::collections::HashMap;
 
-use redis::{Connection, Value as RValue};
+use redis::Connection;
 use serde_json::{Map, Value};
 
 use crate::protocol::result::ResultEntry;
 use crate::protocol::time::Instant;
-use crate::protocol::{defaults, keys, payload, pyrepr, status};
+use crate::protocol::{defaults, payload, pyrepr, status};
+use crate::store::jobs;
 
 /// RQ's `enqueue` options that matter on the wire.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +63,19 @@ pub fn enqueue(
         Some(id) => return Err(ProducerError::BadId(id.clone())),
         None => new_job_id(),
     };
+    let fields = new_job_hash(queue, func_name, args, kwargs, opts);
+    jobs::enqueue(con, queue, &id, &fields, opts.ttl, opts.at_front)?;
+    Ok(id)
+}
+
+/// The job hash, field by field in the order RQ's `Job.to_dict` writes them.
+fn new_job_hash(
+    queue: &str,
+    func_name: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    opts: &EnqueueOptions,
+) -> Vec<(&'static str, Vec<u8>)> {
     let description = opts
         .description
         .clone()
@@ -71,7 +86,6 @@ pub fn enqueue(
         kwargs,
     });
     let now = Instant::now().iso();
-    let key = keys::job(&id);
     let mut fields: Vec<(&str, Vec<u8>)> = vec![
         ("status", status::QUEUED.into()),
         ("created_at", now.clone().into_bytes()),
@@ -122,44 +136,17 @@ pub fn enqueue(
     if let Some(t) = opts.ttl {
         fields.push(("ttl", t.to_string().into_bytes()));
     }
-    let mut p = redis::pipe();
-    p.atomic().sadd(keys::QUEUES, keys::queue(queue));
-    p.hset_multiple(&key, &fields);
-    if let Some(ttl) = opts.ttl {
-        p.expire(&key, ttl)
-            .expire(keys::dependents(&id), ttl)
-            .expire(keys::dependencies(&id), ttl);
-    }
-    if opts.at_front {
-        p.lpush(keys::queue(queue), &id);
-    } else {
-        p.rpush(keys::queue(queue), &id);
-    }
-    p.exec(con)?;
-    Ok(id)
+    fields
 }
 
 /// The job's status, or `None` when the job does not exist (expired or deleted).
 pub fn status(con: &mut Connection, id: &str) -> Result<Option<String>, ProducerError> {
-    Ok(redis::cmd("HGET")
-        .arg(keys::job(id))
-        .arg("status")
-        .query(con)?)
+    Ok(jobs::status(con, id)?)
 }
 
 /// The newest result entry, as `job.latest_result()` reads it.
 pub fn latest_result(con: &mut Connection, id: &str) -> Result<Option<ResultEntry>, ProducerError> {
-    let reply: RValue = redis::cmd("XREVRANGE")
-        .arg(keys::results(id))
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query(con)?;
-    let RValue::Array(entries) = reply else {
-        return Ok(None);
-    };
-    Ok(entries.into_iter().next().and_then(parse_entry))
+    Ok(jobs::latest_result(con, id)?)
 }
 
 /// The job hash as text fields (binary `data` excluded), for inspection.
@@ -167,38 +154,12 @@ pub fn job_fields(
     con: &mut Connection,
     id: &str,
 ) -> Result<HashMap<String, String>, ProducerError> {
-    let raw: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(keys::job(id)).query(con)?;
-    Ok(raw
-        .into_iter()
-        .filter(|(k, _)| k != "data")
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect())
-}
-
-fn parse_entry(entry: RValue) -> Option<ResultEntry> {
-    let RValue::Array(mut parts) = entry else {
-        return None;
-    };
-    let fields = parts.pop()?;
-    let id = match parts.pop()? {
-        RValue::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        RValue::SimpleString(s) => s,
-        _ => return None,
-    };
-    let RValue::Array(flat) = fields else {
-        return None;
-    };
-    let mut pairs = Vec::new();
-    let mut it = flat.into_iter();
-    while let (Some(RValue::BulkString(k)), Some(RValue::BulkString(v))) = (it.next(), it.next()) {
-        pairs.push((String::from_utf8_lossy(&k).into_owned(), v));
-    }
-    ResultEntry::from_fields(id, &pairs)
+    Ok(jobs::fields(con, id)?)
 }
 
 /// `str(uuid4())`: what RQ uses for job ids.
 pub fn new_job_id() -> String {
-    let hex = crate::worker::store::new_execution_id();
+    let hex = crate::protocol::new_execution_id();
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

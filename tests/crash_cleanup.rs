@@ -1,12 +1,12 @@
-//! rq-supervisor's crash cleanup (`cleanup::settle_dead_worker`) settles exactly the execution
+//! rq-supervisor's crash cleanup (`supervisor::bookkeeping::crash_cleanup`) settles exactly the execution
 //! the dead worker ran, never another worker's execution of the same job. The states are
 //! written by hand to reach windows a live run only hits under long outages.
 
 mod support;
 
-use rq_supervisor::cleanup::settle_dead_worker;
 use rq_supervisor::conn::RedisTarget;
-use rq_supervisor::worker::store::Store;
+use rq_supervisor::store::{Store, Verdict};
+use rq_supervisor::supervisor::bookkeeping::crash_cleanup as settle_dead_worker;
 use serde_json::json;
 use support::*;
 
@@ -83,7 +83,7 @@ fn another_workers_execution_of_the_same_job_is_left_alone() {
         "was killed by signal 9 (SIGKILL)",
     )
     .unwrap();
-    assert_eq!(c.job, Some((id.clone(), "unknown".to_string())));
+    assert_eq!(c.job, Some((id.clone(), Verdict::Unknown)));
     assert_eq!(
         zrange(&mut con, "rq:wip:q"),
         vec![format!("{id}:{LIVE_EID}")],
@@ -112,7 +112,7 @@ fn the_dead_workers_own_execution_is_settled_even_after_its_hash_expired() {
         "was killed by signal 9 (SIGKILL)",
     )
     .unwrap();
-    assert_eq!(c.job, Some((id.clone(), "failed".to_string())));
+    assert_eq!(c.job, Some((id.clone(), Verdict::Failed)));
     assert!(zrange(&mut con, "rq:wip:q").is_empty());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("failed"));
     assert_eq!(
@@ -131,7 +131,7 @@ fn with_two_executions_only_the_dead_workers_one_is_settled() {
     add_execution(&mut con, &id, LIVE_EID, Some("live"));
 
     let c = settle_dead_worker(&mut store(&redis), "dead", "exited with status 1").unwrap();
-    assert_eq!(c.job.as_ref().map(|j| j.1.as_str()), Some("failed"));
+    assert_eq!(c.job.as_ref().map(|j| j.1), Some(Verdict::Failed));
     assert_eq!(
         zrange(&mut con, "rq:wip:q"),
         vec![format!("{id}:{LIVE_EID}")]

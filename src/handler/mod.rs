@@ -1,5 +1,6 @@
-//! What a job's `func_name` runs: native Rust functions registered through the library,
-//! command handlers declared in the config, and the `rq.builtin.*` functions.
+//! What a job's `func_name` runs: the registry of handlers (native Rust functions registered
+//! through the library, command handlers declared in the config, and the `rq.builtin.*`
+//! functions). How each kind runs a job is in [`crate::execution`].
 
 pub mod builtin;
 
@@ -10,6 +11,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use crate::config::HandlerSpec;
+use crate::execution::{CommandHandler, Handler, NativeHandler};
 
 /// The job as a handler sees it.
 #[derive(Debug, Clone)]
@@ -24,6 +26,18 @@ pub struct JobCall {
     pub meta: Value,
     pub worker_name: String,
     pub execution_id: String,
+}
+
+/// The `RQ_*` variables a job's process sees: native horses set them, command handlers get
+/// them in their environment.
+pub fn job_env(call: &JobCall) -> [(&'static str, String); 5] {
+    [
+        ("RQ_JOB_ID", call.id.clone()),
+        ("RQ_WORKER_ID", call.worker_name.clone()),
+        ("RQ_EXECUTION_ID", call.execution_id.clone()),
+        ("RQ_FUNC_NAME", call.func_name.clone()),
+        ("RQ_QUEUE", call.origin.clone()),
+    ]
 }
 
 impl JobCall {
@@ -78,31 +92,12 @@ impl<E: std::error::Error> From<E> for JobError {
     }
 }
 
-/// A native handler: runs in the forked work horse.
-pub type NativeFn = dyn Fn(&JobCall) -> Result<Value, JobError>;
-
-/// How a function name is executed.
-#[derive(Clone)]
-pub enum Handler {
-    Native(Rc<NativeFn>),
-    Command(Rc<HandlerSpec>),
-}
-
-impl fmt::Debug for Handler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Handler::Native(_) => f.write_str("Handler::Native"),
-            Handler::Command(spec) => write!(f, "Handler::Command({:?})", spec.command),
-        }
-    }
-}
-
 /// Function names to handlers. Exact names win over globs; among globs the longest
 /// pattern (the most specific) wins.
 #[derive(Default, Clone)]
 pub struct Registry {
-    exact: HashMap<String, Handler>,
-    globs: Vec<(String, Handler)>,
+    exact: HashMap<String, Rc<dyn Handler>>,
+    globs: Vec<(String, Rc<dyn Handler>)>,
 }
 
 impl Registry {
@@ -115,20 +110,20 @@ impl Registry {
     where
         F: Fn(&JobCall) -> Result<Value, JobError> + 'static,
     {
-        self.insert(name, Handler::Native(Rc::new(f)));
+        self.insert(name, Rc::new(NativeHandler(Rc::new(f))));
         self
     }
 
     pub fn add_command(&mut self, spec: HandlerSpec) {
         let name = spec.name.clone();
-        self.insert(&name, Handler::Command(Rc::new(spec)));
+        self.insert(&name, Rc::new(CommandHandler(spec)));
     }
 
     pub fn add_builtins(&mut self) {
         builtin::register(self);
     }
 
-    fn insert(&mut self, name: &str, handler: Handler) {
+    fn insert(&mut self, name: &str, handler: Rc<dyn Handler>) {
         if name.contains('*') || name.contains('?') {
             self.globs.retain(|(p, _)| p != name);
             self.globs.push((name.to_string(), handler));
@@ -138,7 +133,7 @@ impl Registry {
         }
     }
 
-    pub fn lookup(&self, func_name: &str) -> Option<&Handler> {
+    pub fn lookup(&self, func_name: &str) -> Option<&Rc<dyn Handler>> {
         self.exact.get(func_name).or_else(|| {
             self.globs
                 .iter()
@@ -161,21 +156,6 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.globs.is_empty()
-    }
-
-    /// The failure text for a job naming a function nobody handles.
-    pub fn unknown_function_message(&self, func_name: &str) -> String {
-        let known = self.names();
-        let known = if known.is_empty() {
-            "none are configured".to_string()
-        } else {
-            known.join(", ")
-        };
-        format!(
-            "UnknownFunction: no handler for function {func_name:?} on this worker; known handlers: {known}. \
-             Declare it as [handlers.\"{func_name}\"] in the config, register it in a native worker, \
-             or enable the built-ins with --builtin-handlers"
-        )
     }
 }
 
@@ -218,33 +198,22 @@ mod tests {
     #[test]
     fn exact_wins_then_longest_glob() {
         let mut r = Registry::new();
-        r.register("tasks.*", |_| Ok(Value::from(1)));
-        r.register("tasks.mail.*", |_| Ok(Value::from(2)));
-        r.register("tasks.mail.send", |_| Ok(Value::from(3)));
-        let call = |name: &str| {
-            let Some(Handler::Native(f)) = r.lookup(name) else {
-                panic!("no handler for {name}")
-            };
-            f(&JobCall {
-                id: String::new(),
-                func_name: name.into(),
-                args: vec![],
-                kwargs: Map::new(),
-                origin: String::new(),
-                description: String::new(),
-                meta: Value::Null,
-                worker_name: String::new(),
-                execution_id: String::new(),
-            })
-            .unwrap()
+        let command = |name: &str, program: &str| HandlerSpec {
+            name: name.into(),
+            command: vec![program.into()],
+            timeout: None,
+            cwd: None,
+            env: Default::default(),
         };
-        assert_eq!(call("tasks.mail.send"), Value::from(3));
-        assert_eq!(call("tasks.mail.other"), Value::from(2));
-        assert_eq!(call("tasks.x"), Value::from(1));
+        r.add_command(command("tasks.*", "/one"));
+        r.add_command(command("tasks.mail.*", "/two"));
+        r.add_command(command("tasks.mail.send", "/three"));
+        r.register("native.*", |_| Ok(Value::from(1)));
+        let found = |name: &str| r.lookup(name).map(|h| h.describe());
+        assert_eq!(found("tasks.mail.send").as_deref(), Some("command /three"));
+        assert_eq!(found("tasks.mail.other").as_deref(), Some("command /two"));
+        assert_eq!(found("tasks.x").as_deref(), Some("command /one"));
+        assert_eq!(found("native.f").as_deref(), Some("native function"));
         assert!(r.lookup("other").is_none());
-        assert!(
-            r.unknown_function_message("other")
-                .contains("tasks.mail.send")
-        );
     }
 }

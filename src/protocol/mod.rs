@@ -1,5 +1,6 @@
 //! Python RQ 2.12 on the wire: key names, timestamps, the job record and its payload codec,
-//! result stream entries and the Lua scripts that move a job between states.
+//! and result stream entries. The Lua scripts that move a job between states are in
+//! [`crate::store`].
 //!
 //! Nothing here knows about processes. The contract these modules follow is
 //! `shared/research/rq-protocol.md`; section numbers in comments refer to it.
@@ -9,8 +10,16 @@ pub mod keys;
 pub mod payload;
 pub mod pyrepr;
 pub mod result;
-pub mod scripts;
 pub mod time;
+
+/// `uuid4().hex`: 32 lowercase hex digits with the version and variant bits of a v4 UUID; RQ's
+/// execution ids and scheduler names.
+pub fn new_execution_id() -> String {
+    let mut n = fastrand::u128(..);
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    format!("{n:032x}")
+}
 
 /// The RQ version our workers report in `rq:worker:W` `version`; `rq info` and dashboards show it.
 pub const RQ_VERSION: &str = "2.12.0";
@@ -45,4 +54,15 @@ pub mod defaults {
     pub const DEATH_TTL: i64 = 60;
     /// Approximate cap of each `rq:results:J` stream.
     pub const RESULTS_MAXLEN: usize = 10;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn execution_ids_look_like_uuid4_hex() {
+        let id = super::new_execution_id();
+        assert_eq!(id.len(), 32);
+        assert_eq!(&id[12..13], "4");
+        assert!(matches!(&id[16..17], "8" | "9" | "a" | "b"));
+    }
 }

@@ -19,7 +19,7 @@ pub struct Call {
 
 /// Why a payload could not be decoded. Each message names the problem and what the producer
 /// should do instead, because it ends up in the job's `exc_string` where a user reads it.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum PayloadError {
     #[error(
         "the job payload is pickled, and rqworker reads only JSON; enqueue with \

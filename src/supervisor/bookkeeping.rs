@@ -5,15 +5,22 @@
 //! connect timeout per attempt.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::cleanup::{Cleanup, settle_dead_worker};
 use crate::conn::{Backoff, RedisTarget};
-use crate::protocol::scripts::REGISTRATIONS;
-use crate::protocol::{defaults, keys, time};
-use crate::worker::store::{Store, StoreError};
+use crate::execution::JobFailure;
+use crate::store::{Cleanup, Registration, Store, StoreError};
 
-use super::state::Registration;
+/// Crash cleanup of `worker`, which died `how` (e.g. "was killed by signal 9 (SIGKILL)"):
+/// its death registered and its job settled, failed with a text that says so.
+pub fn crash_cleanup(store: &mut Store, worker: &str, how: &str) -> Result<Cleanup, StoreError> {
+    let exc = JobFailure::WorkerDied {
+        worker: worker.to_string(),
+        how: how.to_string(),
+    }
+    .exc_string();
+    store.settle_dead_worker(worker, &exc)
+}
 
 /// A dead worker whose death is not yet recorded in Redis.
 #[derive(Debug, Clone)]
@@ -103,7 +110,7 @@ impl Bookkeeping {
             return out;
         }
         while let Some(job) = self.pending.front().cloned() {
-            match settle_dead_worker(&mut self.store, &job.name, &job.how) {
+            match crash_cleanup(&mut self.store, &job.name, &job.how) {
                 Ok(c) => {
                     self.succeeded();
                     self.pending.pop_front();
@@ -128,7 +135,7 @@ impl Bookkeeping {
         if self.backing_off(now) {
             return None;
         }
-        match read_registrations(&mut self.store, names) {
+        match self.store.registrations(names) {
             Ok(r) => {
                 self.succeeded();
                 Some(r)
@@ -141,91 +148,5 @@ impl Bookkeeping {
                 None
             }
         }
-    }
-}
-
-/// Per worker: last_heartbeat, state, current_job, and that job's status, started_at, timeout.
-type Row = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-fn read_registrations(
-    store: &mut Store,
-    names: &[String],
-) -> Result<Vec<Registration>, StoreError> {
-    if names.is_empty() {
-        return store
-            .run(|con| redis::cmd("PING").exec(con))
-            .map(|_| Vec::new());
-    }
-    // One script, one reply: a stalled Redis costs one read timeout, not one per worker.
-    let rows: Vec<Row> = store.run(|con| {
-        let mut inv = REGISTRATIONS.prepare_invoke();
-        for n in names {
-            inv.key(keys::worker(n));
-        }
-        inv.invoke(con)
-    })?;
-    let wall = SystemTime::now();
-    let mut out = Vec::with_capacity(rows.len());
-    for (heartbeat, state, job, status, started, timeout) in rows {
-        let present = heartbeat.is_some() || state.is_some();
-        let heartbeat_age = heartbeat
-            .as_deref()
-            .and_then(time::parse_iso)
-            .map(|t| wall.duration_since(t.system()).unwrap_or(Duration::ZERO));
-        let mut busy_within_timeout = false;
-        if job.as_deref().is_some_and(|j| !j.is_empty()) {
-            busy_within_timeout = state.as_deref() == Some("busy")
-                && status.as_deref() == Some("started")
-                && within_timeout(wall, started.as_deref(), timeout.as_deref());
-        }
-        out.push(Registration {
-            present,
-            heartbeat_age,
-            state,
-            busy_within_timeout,
-        });
-    }
-    Ok(out)
-}
-
-/// A job started at `started` with `timeout` seconds (`-1` = none; missing = RQ's default)
-/// is still allowed to run at `now`.
-fn within_timeout(now: SystemTime, started: Option<&str>, timeout: Option<&str>) -> bool {
-    let timeout: i64 = timeout
-        .and_then(|t| t.trim().parse::<f64>().ok())
-        .map(|t| t as i64)
-        .unwrap_or(defaults::JOB_TIMEOUT);
-    if timeout < 0 {
-        return true;
-    }
-    let Some(started) = started.and_then(time::parse_iso) else {
-        return true;
-    };
-    let ran = now
-        .duration_since(started.system())
-        .unwrap_or(Duration::ZERO);
-    ran <= Duration::from_secs(timeout as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts() {
-        let now = SystemTime::now();
-        let ago = |s: u64| time::Instant::from_system(now - Duration::from_secs(s)).iso();
-        assert!(within_timeout(now, Some(&ago(10)), Some("180")));
-        assert!(!within_timeout(now, Some(&ago(200)), Some("180")));
-        assert!(within_timeout(now, Some(&ago(9999)), Some("-1")));
-        assert!(!within_timeout(now, Some(&ago(200)), None));
-        assert!(within_timeout(now, None, Some("5")));
     }
 }

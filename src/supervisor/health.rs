@@ -4,7 +4,7 @@
 //! the worker is not busy on a job within its timeout, means stuck: SIGKILL and replace. A
 //! reading taken while Redis was unreachable decides nothing about heartbeats.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::Level;
 
@@ -20,17 +20,7 @@ pub struct Sample {
     pub registration: Option<Registration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Registration {
-    /// `rq:worker:<name>` exists.
-    pub present: bool,
-    /// Time since its `last_heartbeat`, by the supervisor's clock.
-    pub heartbeat_age: Option<Duration>,
-    /// The `state` field: `started`, `idle`, `busy`, `suspended`.
-    pub state: Option<String>,
-    /// It runs a job that is still within its timeout (so silence may be a long job).
-    pub busy_within_timeout: bool,
-}
+pub use crate::store::Registration;
 
 /// Consecutive memory readings over the limit before a worker is recycled.
 pub const MEMORY_STRIKES: u32 = 3;

@@ -3,10 +3,8 @@
 //! no Python process running. Several workers may run it: the lock lets exactly one move each
 //! queue's jobs, and Python's scheduler takes part in the same protocol.
 
-use crate::protocol::scripts::{SCHEDULER_RELEASE, SCHEDULER_TICK};
-use crate::protocol::time::Instant;
-
-use super::store::{Store, StoreError, new_execution_id};
+use crate::protocol::new_execution_id;
+use crate::store::{Store, StoreError};
 
 pub struct Scheduler {
     /// RQ 2.10+ identifies a scheduler by a uuid hex name, stored as the lock value.
@@ -28,56 +26,25 @@ impl Scheduler {
 
     /// One tick; returns how many jobs were moved.
     pub fn tick(&mut self, store: &mut Store) -> Result<u64, StoreError> {
-        let now = Instant::now();
-        let reply: Vec<redis::Value> = store.run(|con| {
-            let mut inv = SCHEDULER_TICK.prepare_invoke();
-            inv.arg(&self.name)
-                .arg(now.unix_secs())
-                .arg(now.iso())
-                .arg(&self.hostname)
-                .arg(std::process::id());
-            for q in &self.queues {
-                inv.arg(q);
-            }
-            inv.invoke(con)
-        })?;
-        let mut it = reply.into_iter();
-        let moved = match it.next() {
-            Some(redis::Value::Int(n)) => n.max(0) as u64,
-            _ => 0,
-        };
-        let owned: Vec<String> = it
-            .filter_map(|v| match v {
-                redis::Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-                _ => None,
-            })
-            .collect();
-        if owned != self.owned {
-            if owned.is_empty() {
+        let tick = store.scheduler_tick(&self.name, &self.hostname, &self.queues)?;
+        if tick.owned != self.owned {
+            if tick.owned.is_empty() {
                 log::info!("Scheduler {}: owns no queue now", self.name);
             } else {
                 log::info!(
                     "Scheduler {}: scheduling jobs of {}",
                     self.name,
-                    owned.join(", ")
+                    tick.owned.join(", ")
                 );
             }
-            self.owned = owned;
+            self.owned = tick.owned;
         }
-        Ok(moved)
+        Ok(tick.moved)
     }
 
     /// Gives the locks up so another scheduler takes over at once.
     pub fn release(&mut self, store: &mut Store) {
-        let result = store.run(|con| {
-            let mut inv = SCHEDULER_RELEASE.prepare_invoke();
-            inv.arg(&self.name);
-            for q in &self.queues {
-                inv.arg(q);
-            }
-            inv.invoke::<i64>(con)
-        });
-        if let Err(e) = result {
+        if let Err(e) = store.scheduler_release(&self.name, &self.queues) {
             log::debug!("releasing scheduler locks failed: {e}");
         }
     }

@@ -13,12 +13,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::unistd::{Pid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
-
-/// Signals the worker handles; the horse resets exactly these to their defaults.
-const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
 
 pub struct Signals {
     read: UnixStream,
@@ -33,7 +29,8 @@ pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
-    /// changed state. All of them wake the poll loop through the pipe.
+    /// changed state. All of them wake the poll loop through the pipe. A horse restores these
+    /// three to their defaults (`execution::fork`).
     pub fn install() -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
@@ -99,16 +96,5 @@ impl Signals {
     /// True once per batch of SIGCHLDs.
     pub fn take_child(&self) -> bool {
         self.child.swap(false, Ordering::SeqCst)
-    }
-}
-
-/// In a freshly forked horse: restore default dispositions so SIGTERM and SIGINT end it,
-/// instead of bumping the parent's counters in a copy nobody reads.
-pub fn reset_in_child() {
-    for sig in HANDLED {
-        // SAFETY: installing SIG_DFL is async-signal-safe and sound after fork.
-        unsafe {
-            let _ = signal(sig, SigHandler::SigDfl);
-        }
     }
 }

@@ -4,12 +4,21 @@
 //! keeps two cleaners from doing it at once.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
+use redis::Script;
+
+use super::settle::{Settlement, Verdict};
+use super::{Store, StoreError, script};
 use crate::protocol::keys;
-use crate::protocol::scripts::{PRUNE_WORKERS, REQUEUE_STUCK};
 use crate::protocol::time::Instant;
 
-use super::store::{Settlement, Store, StoreError};
+/// Drops members of a queue's worker set (and of `rq:workers`) whose hash has expired.
+static PRUNE_WORKERS: LazyLock<Script> =
+    LazyLock::new(|| script::plain(include_str!("prune_workers.lua")));
+/// Puts ids stuck in RQ's intermediate list back at the front of their queue, atomically.
+static REQUEUE_STUCK: LazyLock<Script> =
+    LazyLock::new(|| script::guarded("requeue_stuck", include_str!("requeue_stuck.lua")));
 
 /// How long RQ holds the per-queue cleaning lock.
 const LOCK_TTL: u64 = 899;
@@ -20,13 +29,24 @@ const STUCK_AFTER: f64 = 60.0;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
     pub queues_cleaned: usize,
-    pub abandoned: Vec<(String, String)>,
+    pub abandoned: Vec<(String, Verdict)>,
     pub stale_workers: usize,
     pub requeued_stuck: Vec<String>,
 }
 
-/// Cleans every queue whose lock this call acquires.
-pub fn run(store: &mut Store, queues: &[String]) -> Result<Report, StoreError> {
+impl Store {
+    /// Cleans every queue whose lock this call acquires. Abandoned executions are failed
+    /// (or retried) with `abandoned_exc` as their `exc_string`.
+    pub fn clean_registries(
+        &mut self,
+        queues: &[String],
+        abandoned_exc: &str,
+    ) -> Result<Report, StoreError> {
+        run(self, queues, abandoned_exc)
+    }
+}
+
+fn run(store: &mut Store, queues: &[String], exc: &str) -> Result<Report, StoreError> {
     let mut report = Report::default();
     for q in queues {
         let lock = keys::clean_registries_lock(q);
@@ -43,7 +63,7 @@ pub fn run(store: &mut Store, queues: &[String]) -> Result<Report, StoreError> {
         if !acquired {
             continue;
         }
-        let outcome = clean_queue(store, q, &mut report);
+        let outcome = clean_queue(store, q, exc, &mut report);
         let _ = store.run(|con| redis::cmd("DEL").arg(&lock).exec(con));
         outcome?;
         report.queues_cleaned += 1;
@@ -51,7 +71,12 @@ pub fn run(store: &mut Store, queues: &[String]) -> Result<Report, StoreError> {
     Ok(report)
 }
 
-fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), StoreError> {
+fn clean_queue(
+    store: &mut Store,
+    q: &str,
+    exc: &str,
+    report: &mut Report,
+) -> Result<(), StoreError> {
     let now = Instant::now();
     let expired: Vec<String> = store.run(|con| {
         redis::cmd("ZREMRANGEBYSCORE")
@@ -70,14 +95,11 @@ fn clean_queue(store: &mut Store, q: &str, report: &mut Report) -> Result<(), St
             .arg(now.unix_secs())
             .query(con)
     })?;
-    // RQ's text, with Python's str(datetime) of an aware UTC time.
-    let when = now.iso().replace('T', " ").replace('Z', "+00:00");
-    let exc = format!("Moved to FailedJobRegistry, due to AbandonedJobError, at {when}");
     for member in expired {
         let Some((job, execution)) = member.split_once(':') else {
             continue;
         };
-        let verdict = store.settle(&Settlement::orphaned(job, q, execution, "", &exc))?;
+        let verdict = store.settle(&Settlement::orphaned(job, q, execution, "", exc))?;
         report.abandoned.push((job.to_string(), verdict));
     }
     store.run(|con| {

@@ -1,0 +1,158 @@
+//! The work horse as a process: forked from the worker, leading its own session, dying with
+//! the worker (parent-death signal), killed as a whole process group, reaped by the worker.
+//!
+//! `fork()` is sound only while the process has one thread: the child gets a copy of every
+//! lock another thread held, and nobody left to release it. The worker never starts a thread,
+//! but a program built on the library could, so [`fork`] counts the threads first and refuses
+//! with an error that says why.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{ForkResult, Pid, getpid, getppid, setsid};
+
+use super::outcome::Exit;
+
+/// A child process running one job.
+#[derive(Debug)]
+pub struct Horse {
+    pub pid: Pid,
+    reaped: Option<WaitStatus>,
+}
+
+impl Horse {
+    /// Forks a horse that runs `job` and `_exit`s with the code it returns. The child resets
+    /// the worker's signal handlers, leads its own session and dies with the worker.
+    pub fn fork(job: impl FnOnce() -> i32) -> io::Result<Horse> {
+        refuse_if_threaded()?;
+        let parent = getpid();
+        log::logger().flush();
+        // SAFETY: `refuse_if_threaded` just checked that this process has a single thread, so
+        // the child, a copy of that one thread, may run arbitrary code: no lock is held by a
+        // thread that does not exist in the child.
+        match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+            ForkResult::Parent { child } => Ok(Horse::adopt(child)),
+            ForkResult::Child => {
+                become_horse(parent);
+                let code = job();
+                // SAFETY: ends the child without running the worker's exit path (atexit
+                // handlers, destructors of the worker's state, buffered output of the parent).
+                unsafe { nix::libc::_exit(code) }
+            }
+        }
+    }
+
+    /// A horse started some other way (fork + exec by `std::process::Command`).
+    pub fn adopt(pid: Pid) -> Horse {
+        Horse { pid, reaped: None }
+    }
+
+    /// Checks, without reaping, whether the horse has exited. When it has, kills what is
+    /// left of its process group (grandchildren) and reaps it.
+    pub fn exited(&mut self) -> Option<Exit> {
+        if let Some(s) = self.reaped {
+            return Some(Exit(s));
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.pid), flags) {
+            Ok(WaitStatus::StillAlive) => None,
+            Ok(_) => Some(self.kill_and_reap()),
+            Err(nix::errno::Errno::EINTR) => None,
+            Err(e) => {
+                log::warn!("cannot wait for work horse pid {}: {e}", self.pid);
+                Some(self.kill_and_reap())
+            }
+        }
+    }
+
+    /// Kills the horse's whole process group, then reaps the horse. The group is signalled
+    /// before the leader is reaped, while its id cannot have been reused.
+    pub fn kill_and_reap(&mut self) -> Exit {
+        if let Some(s) = self.reaped {
+            return Exit(s);
+        }
+        let _ = killpg(self.pid, Signal::SIGKILL);
+        // A horse killed right after the fork may not have run setsid() yet: its group does
+        // not exist, and without this the wait below lasts as long as the job.
+        let _ = kill(self.pid, Signal::SIGKILL);
+        let status = loop {
+            match waitpid(self.pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(s) => break s,
+                Err(e) => {
+                    log::warn!("cannot reap work horse pid {}: {e}", self.pid);
+                    break WaitStatus::Signaled(self.pid, Signal::SIGKILL, false);
+                }
+            }
+        };
+        self.reaped = Some(status);
+        Exit(status)
+    }
+}
+
+/// Makes a freshly forked child a proper horse: default signals, its own session, and
+/// death with the worker. Exits at once if the worker already died.
+fn become_horse(parent: Pid) {
+    reset_signals();
+    let _ = setsid();
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if getppid() != parent {
+        // SAFETY: the worker is gone; leave without running anything else.
+        unsafe { nix::libc::_exit(1) }
+    }
+}
+
+/// The signals the worker catches (`worker::signals`): the horse restores their defaults, so
+/// SIGTERM and SIGINT end it instead of bumping the parent's counters in a copy nobody reads.
+const WORKER_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
+
+fn reset_signals() {
+    for sig in WORKER_SIGNALS {
+        // SAFETY: installing SIG_DFL is async-signal-safe and sound after fork.
+        unsafe {
+            let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
+}
+
+/// Fails when this process has more than one thread. One `pread` of `/proc/self/stat`,
+/// opened once, so the check costs one system call per job.
+fn refuse_if_threaded() -> io::Result<()> {
+    static STAT: OnceLock<Option<File>> = OnceLock::new();
+    let Some(file) = STAT.get_or_init(|| File::open("/proc/self/stat").ok()) else {
+        // No /proc: nothing to check with; the worker itself never starts a thread.
+        return Ok(());
+    };
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0)?;
+    let threads = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(crate::procfs::parse_stat)
+        .map_or(1, |s| s.threads);
+    if threads > 1 {
+        return Err(io::Error::other(format!(
+            "this process has {threads} threads, and a forked child of a multi-threaded process can deadlock on a lock another thread held; the worker must stay single-threaded (start no thread before or while running rq_supervisor::worker::run)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs every test on a thread of its own, so this process has more
+    /// than one: the fork must be refused, and say why.
+    #[test]
+    fn a_threaded_process_is_refused() {
+        let extra = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(2)));
+        let err = Horse::fork(|| 0).unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
+        assert!(err.to_string().contains("single-threaded"), "{err}");
+        extra.join().unwrap();
+    }
+}
