@@ -21,6 +21,8 @@
 //!   `rq:pubsub:<worker>` commands, so an idle worker sleeps in `poll(2)` and still reacts to
 //!   signals at once.
 //! - [`config`]: `pool.toml`, parsed raw then validated into typed specs.
+//! - [`settings`]: the worker settings every layer fills (`[worker]`, `[pools.NAME.worker]`,
+//!   the command line), the rules they all obey, and the one merge into a worker's spec.
 //! - [`handler`]: what a `func_name` runs: native functions, config-declared commands,
 //!   built-ins.
 //! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill),
@@ -36,7 +38,7 @@
 //!   event loop that performs its actions on real processes, restart policy, health checks
 //!   from `/proc` and Redis, reload diffs, and the `check` report.
 //!
-//! Data flows one way: queue -> claim -> horse -> outcome -> settle; and config -> spec ->
+//! Data flows one way: queue -> claim -> horse -> outcome -> settle; and config -> settings ->
 //! supervisor state -> actions -> processes.
 
 pub mod cleanup;
@@ -49,6 +51,7 @@ pub mod logging;
 pub mod procfs;
 pub mod producer;
 pub mod protocol;
+pub mod settings;
 pub mod supervisor;
 pub mod worker;
 

@@ -137,7 +137,7 @@ fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
     if old.user != new.user || old.group != new.group {
         what.push("user/group".to_string());
     }
-    if old.worker_overrides != new.worker_overrides {
+    if old.worker != new.worker {
         what.push("[worker] overrides".to_string());
     }
     if what.is_empty() {

@@ -21,11 +21,11 @@ use nix::unistd::{Pid, getpid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
-use crate::procfs;
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
 use crate::config::{Config, LogFormat, REDIS_URL_ENV};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
 use crate::logging::{self, LogContext};
+use crate::procfs;
 use crate::worker::handoff::{Handoff, WORKER_FD};
 
 /// Names the supervisor's pid to the workers it starts, so a worker can tell that its
