@@ -26,8 +26,11 @@
 //! - [`handler`]: what a `func_name` runs: native functions, config-declared commands,
 //!   built-ins.
 //! - [`worker`]: the life-cycle loop, signals, the work horse (fork / exec / wait / kill),
-//!   the Redis bookkeeping, and the handoff through which a supervised worker receives its
-//!   configuration (it may run as a user that cannot read the pool file).
+//!   the Redis bookkeeping, and the command line.
+//! - [`launch`]: the supervisor -> worker contract: the argv, environment and handoff
+//!   descriptor (through which a supervised worker receives its configuration: it may run as
+//!   a user that cannot read the pool file) built in one place and parsed by the worker's
+//!   command line.
 //! - [`procfs`]: what `/proc` says about processes: children, state, resident memory.
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
@@ -39,13 +42,14 @@
 //!   from `/proc` and Redis, reload diffs, and the `check` report.
 //!
 //! Data flows one way: queue -> claim -> horse -> outcome -> settle; and config -> settings ->
-//! supervisor state -> actions -> processes.
+//! supervisor state -> actions -> processes (started through [`launch`]).
 
 pub mod cleanup;
 pub mod config;
 pub mod conn;
 pub mod fault;
 pub mod handler;
+pub mod launch;
 pub mod listener;
 pub mod logging;
 pub mod procfs;

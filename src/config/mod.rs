@@ -159,7 +159,7 @@ impl Config {
     }
 
     /// Reads and validates a config file; also returns its text (which rq-supervisor hands to
-    /// its workers, see `worker::handoff`).
+    /// its workers, see `launch::handoff`).
     pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),

@@ -7,30 +7,26 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::Level;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
-use nix::unistd::{Pid, getpid, getppid};
+use nix::unistd::{Pid, getpid};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
-use crate::config::{Config, LogFormat, REDIS_URL_ENV};
+use crate::config::{Config, LogFormat};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
+use crate::launch::handoff::Handoff;
+use crate::launch::{self, Launch};
 use crate::logging::{self, LogContext};
 use crate::procfs;
-use crate::worker::handoff::{Handoff, WORKER_FD};
-
-/// Names the supervisor's pid to the workers it starts, so a worker can tell that its
-/// supervisor died (its parent pid changed) and stop cold.
-pub use crate::worker::signals::SUPERVISOR_PID_ENV;
 /// The name on the supervisor's own log lines.
 pub const SUPERVISOR_NAME: &str = "rq-supervisor";
 /// Health readings while a rolling restart waits for a new worker to register.
@@ -45,7 +41,7 @@ pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTO
 /// What `main` resolved before the loop starts.
 pub struct Start {
     pub config_path: PathBuf,
-    /// The pool file's text as validated; handed to every worker (see `worker::handoff`).
+    /// The pool file's text as validated; handed to every worker (see `launch::handoff`).
     pub config_text: String,
     pub redis_url: String,
     /// The TLS files after `$RQ_REDIS_TLS_*` overrides, to tell a reload that changes them.
@@ -94,10 +90,6 @@ impl Runtime {
             target,
         } = start;
         let now = Instant::now();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".to_string());
         Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
@@ -106,7 +98,7 @@ impl Runtime {
             redis_url,
             tls_paths,
             tls,
-            hostname,
+            hostname: launch::hostname(),
             me: getpid(),
             children: BTreeMap::new(),
             books: Bookkeeping::new(target),
@@ -242,7 +234,8 @@ impl Runtime {
                         Event::Spawned {
                             id: spec.id,
                             pid,
-                            name: format!("{}.{pid}", self.hostname),
+                            // The supervisor passes no --name.
+                            name: launch::default_worker_name(&self.hostname, pid),
                         }
                     }
                     Err(e) => Event::SpawnFailed {
@@ -272,72 +265,29 @@ impl Runtime {
     }
 
     fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
-        let program = spec.program.as_ref().unwrap_or(&self.default_program);
+        let launch = Launch {
+            program: spec
+                .program
+                .clone()
+                .unwrap_or_else(|| self.default_program.clone()),
+            config_path: self.config_path.clone(),
+            pool: spec.pool.clone(),
+            queues: spec.queues.clone(),
+            burst: spec.burst,
+            max_jobs: spec.max_jobs,
+            log_format: self.json_logs.then_some(LogFormat::Json),
+            redis_url: self.redis_url.clone(),
+            supervisor: self.me,
+            uid: spec.uid,
+            gid: spec.gid,
+        };
         // The worker gets the pool file's text and the TLS files from us on a descriptor,
-        // not from disk: it may run as a user who cannot read them (see worker::handoff).
-        let handoff = Handoff {
+        // not from disk: it may run as a user who cannot read them (see launch::handoff).
+        launch.spawn(&Handoff {
             config_path: self.config_path.clone(),
             config: self.config_text.clone(),
             tls: self.tls.clone(),
-        }
-        .to_memfd()?;
-        let handoff_fd = handoff.as_raw_fd();
-        let mut cmd = Command::new(program);
-        cmd.arg("-c")
-            .arg(&self.config_path)
-            .arg("--config-fd")
-            .arg(WORKER_FD.to_string())
-            .arg("--pool")
-            .arg(&spec.pool);
-        if spec.burst {
-            cmd.arg("--burst");
-        }
-        if let Some(n) = spec.max_jobs {
-            cmd.arg("--max-jobs").arg(n.to_string());
-        }
-        if self.json_logs {
-            cmd.arg("--log-format").arg("json");
-        }
-        cmd.arg("--").args(&spec.queues);
-        // The URL (and its password) goes through the environment, never argv.
-        cmd.env(REDIS_URL_ENV, &self.redis_url)
-            .env(SUPERVISOR_PID_ENV, self.me.as_raw().to_string())
-            .stdin(Stdio::null())
-            .process_group(0);
-        // `user`/`group`: std sets the group, drops supplementary groups and sets the user
-        // before the pre_exec closure below runs, so the parent-death signal is set after
-        // the credentials change (a change of credentials would clear it).
-        if let Some(gid) = spec.gid {
-            cmd.gid(gid);
-        }
-        if let Some(uid) = spec.uid {
-            cmd.uid(uid);
-        }
-        let me = self.me;
-        // SAFETY: prctl, getppid, dup2 and fcntl are async-signal-safe; the error paths
-        // build `io::Error`s from raw codes, which does not allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-                if getppid() != me {
-                    // The supervisor died between fork and prctl: do not start orphaned.
-                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                // The handoff at its fixed number, without close-on-exec. dup2 onto itself
-                // would keep the flag, so clear it by hand in that case.
-                if handoff_fd == WORKER_FD {
-                    if nix::libc::fcntl(WORKER_FD, nix::libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if nix::libc::dup2(handoff_fd, WORKER_FD) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn();
-        drop(handoff);
-        child
+        })
     }
 
     /// Collects every worker that exited since the last look.

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::handoff::Handoff;
 use crate::config::values::{Secs, parse_duration, parse_ttl};
 use crate::config::{self, Config, HandlerSpec};
 use crate::conn::TlsMaterial;
+use crate::launch::flag;
+use crate::launch::handoff::Handoff;
 use crate::settings::{self, DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
 
 #[derive(Debug, Parser)]
@@ -27,7 +28,7 @@ pub struct WorkerArgs {
     pub queues: Vec<String>,
     /// Pool config file (the same file rq-supervisor reads); its [redis], [worker] and
     /// [handlers] tables apply.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    #[arg(short = flag::CONFIG, long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Redis URL. Default: $RQ_REDIS_URL, then the config's [redis] url, then
     /// redis://127.0.0.1:6379/0. Prefer the environment for URLs with a password: argv is
@@ -38,7 +39,7 @@ pub struct WorkerArgs {
     #[arg(short = 'n', long = "name")]
     pub name: Option<String>,
     /// Run every job currently queued, then exit.
-    #[arg(short = 'b', long = "burst")]
+    #[arg(short = 'b', long = flag::BURST)]
     pub burst: bool,
     /// Enable rq.builtin.noop, rq.builtin.echo, rq.builtin.sleep and rq.builtin.fail.
     #[arg(long = "builtin-handlers")]
@@ -56,7 +57,7 @@ pub struct WorkerArgs {
     #[arg(long = "maintenance-interval", value_name = "DURATION", value_parser = parse_duration)]
     pub maintenance_interval: Option<std::time::Duration>,
     /// Exit after this many jobs.
-    #[arg(long = "max-jobs", value_name = "N")]
+    #[arg(long = flag::MAX_JOBS, value_name = "N")]
     pub max_jobs: Option<u64>,
     /// Exit after being idle this long.
     #[arg(long = "max-idle-time", value_name = "DURATION", value_parser = parse_duration)]
@@ -77,18 +78,18 @@ pub struct WorkerArgs {
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
     /// Log format: text or json.
-    #[arg(long = "log-format", value_name = "FORMAT")]
+    #[arg(long = flag::LOG_FORMAT, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Write the worker's pid to this file (removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
     /// Pool name, shown in every log line (set by rq-supervisor).
-    #[arg(long = "pool", hide = true)]
+    #[arg(long = flag::POOL, hide = true)]
     pub pool: Option<String>,
     /// Read the pool file's text and the TLS files from this inherited descriptor instead of
-    /// from disk (set by rq-supervisor; see `worker::handoff`).
+    /// from disk (set by rq-supervisor; see `launch::handoff`).
     #[arg(
-        long = "config-fd",
+        long = flag::CONFIG_FD,
         hide = true,
         value_name = "FD",
         requires = "config"

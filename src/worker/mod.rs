@@ -6,7 +6,6 @@
 //! a finished horse or a command is handled the moment it happens.
 
 pub mod cli;
-pub mod handoff;
 pub mod horse;
 pub mod maintenance;
 pub mod scheduler;
@@ -66,15 +65,12 @@ pub fn main_with(registry: Registry) -> Result<(), i32> {
 /// Runs one worker until it stops; `Err` carries the exit status.
 pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_string());
+    let hostname = crate::launch::hostname();
     let pid = std::process::id();
     let name = opts
         .name
         .clone()
-        .unwrap_or_else(|| format!("{hostname}.{pid}"));
+        .unwrap_or_else(|| crate::launch::default_worker_name(&hostname, pid));
     logging::set_context(LogContext {
         pool: opts.pool.clone(),
         name: name.clone(),

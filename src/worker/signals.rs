@@ -17,6 +17,8 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::unistd::{Pid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 
+use crate::launch::SUPERVISOR_PID_ENV;
+
 /// Signals the worker handles; the horse resets exactly these to their defaults.
 const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
 
@@ -27,9 +29,6 @@ pub struct Signals {
     /// The supervisor that started this worker, if it is still the parent at start.
     supervisor: Option<Pid>,
 }
-
-/// Set by rq-supervisor to its own pid in every worker's environment.
-pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
