@@ -7,12 +7,14 @@
 //! - [`health`]: what memory and heartbeat readings mean (recycle, stuck).
 //! - [`reload`]: the diff between a reloaded file and the running pools.
 //! - [`runtime`]: the event loop that performs actions on real processes.
+//! - [`input`]: what feeds the event loop from outside (signals, by meaning).
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
 //! - [`check`]: `rq-supervisor check`, the effective configuration.
 
 pub mod bookkeeping;
 pub mod check;
 pub mod health;
+pub mod input;
 pub mod reload;
 pub mod restart;
 pub mod runtime;
@@ -175,30 +177,15 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         return Err(EXIT_USAGE);
     }
     warn_if_exposed(&cfg, &start.tls_paths);
-    // Signals are registered before any other thread exists (signal-hook documents a race
-    // in first-time registration otherwise).
-    let mut signals = match signal_hook::iterator::Signals::new(runtime::HANDLED) {
-        Ok(s) => s,
+    // Before any other thread exists (signal-hook documents a race in first-time
+    // registration otherwise).
+    let (handle, rx) = match input::signal_thread() {
+        Ok(started) => started,
         Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
+            log::error!("{e}");
             return Err(EXIT_FAILURE);
         }
     };
-    let handle = signals.handle();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(sig).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = thread {
-        log::error!("cannot start the signal thread: {e}");
-        return Err(EXIT_FAILURE);
-    }
     // Orphaned work horses re-parent to us (not to init), so we can reap and account them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!("cannot become a child subreaper ({e}); orphaned horses go to init");

@@ -1,9 +1,10 @@
 //! The thin shell around [`super::state`]: one event loop on the main thread over a
-//! crossbeam channel fed by one signal thread, performing the state machine's actions with
-//! real processes. Workers are spawned only from this thread (the parent-death signal
-//! fires when the *thread* that forked exits), reaped with `Child::try_wait` per known
-//! worker, and orphans re-parented to the supervisor (it is a child subreaper) are reaped
-//! by pid after a scan of its children, never with `waitpid(-1)`.
+//! crossbeam channel of [`Input`]s (fed by the signal thread, see [`super::input`]),
+//! performing the state machine's actions with real processes. Workers are spawned only
+//! from this thread (the parent-death signal fires when the *thread* that forked exits),
+//! reaped with `Child::try_wait` per known worker, and orphans re-parented to the supervisor
+//! (it is a child subreaper) are reaped by pid after a scan of its children, never with
+//! `waitpid(-1)`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
@@ -17,9 +18,9 @@ use log::Level;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Pid, getpid};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
+use super::input::{Input, SignalInput};
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
 use crate::config::{Config, LogFormat};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
@@ -27,16 +28,13 @@ use crate::launch::handoff::Handoff;
 use crate::launch::{self, Launch};
 use crate::logging::{self, LogContext};
 use crate::procfs;
+
 /// The name on the supervisor's own log lines.
 pub const SUPERVISOR_NAME: &str = "rq-supervisor";
 /// Health readings while a rolling restart waits for a new worker to register.
 const ROLL_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the exit path keeps retrying queued crash cleanups.
 const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
-
-/// Signals the supervisor handles. Never ignored with SIG_IGN: ignored dispositions would
-/// leak through exec into the workers.
-pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU];
 
 /// What `main` resolved before the loop starts.
 pub struct Start {
@@ -70,7 +68,7 @@ pub struct Runtime {
     /// stream stays one format.
     json_logs: bool,
     next_health: Instant,
-    signals: Receiver<i32>,
+    inputs: Receiver<Input>,
     exit: Option<i32>,
 }
 
@@ -79,7 +77,7 @@ impl Runtime {
         cfg: &Config,
         start: Start,
         default_program: PathBuf,
-        signals: Receiver<i32>,
+        inputs: Receiver<Input>,
     ) -> Runtime {
         let Start {
             config_path,
@@ -105,7 +103,7 @@ impl Runtime {
             health_interval: cfg.supervisor.health_interval.0,
             json_logs: cfg.supervisor.log_format == LogFormat::Json,
             next_health: now + cfg.supervisor.health_interval.0,
-            signals,
+            inputs,
             exit: None,
         }
     }
@@ -137,13 +135,13 @@ impl Runtime {
             // Never spin: something due "now" is handled by the tick below anyway.
             wake = wake.max(now + Duration::from_millis(2));
             let mut child_signal = false;
-            match self.signals.recv_deadline(wake) {
-                Ok(sig) => {
-                    let mut sigs = vec![sig];
-                    sigs.extend(self.signals.try_iter());
-                    for s in sigs {
-                        child_signal |= s == SIGCHLD;
-                        events.extend(self.on_signal(s));
+            match self.inputs.recv_deadline(wake) {
+                Ok(input) => {
+                    let mut inputs = vec![input];
+                    inputs.extend(self.inputs.try_iter());
+                    for i in inputs {
+                        child_signal |= i == Input::Signal(SignalInput::ChildExited);
+                        events.extend(self.on_input(i));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -178,50 +176,55 @@ impl Runtime {
         state::handle(&mut self.state, Instant::now(), event)
     }
 
-    fn on_signal(&mut self, sig: i32) -> Vec<Event> {
-        match sig {
-            SIGTERM | SIGINT => vec![Event::Signal(Sig::Stop)],
-            SIGTTIN => vec![Event::Signal(Sig::More)],
+    fn on_input(&mut self, input: Input) -> Vec<Event> {
+        match input {
+            Input::Signal(SignalInput::Stop) => vec![Event::Signal(Sig::Stop)],
+            Input::Signal(SignalInput::More) => vec![Event::Signal(Sig::More)],
             // Scaling down picks idle workers: read their states first.
-            SIGTTOU => vec![self.health(false), Event::Signal(Sig::Fewer)],
-            SIGHUP => {
-                log::info!("SIGHUP: reloading {}", self.config_path.display());
-                let fresh = self.health(false);
-                let reload = match Config::read(&self.config_path) {
-                    Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
-                        Event::ReloadFailed(format!(
-                            "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
-                            self.config_path.display()
-                        ))
-                    }
-                    Ok((cfg, _))
-                        if Config::resolve_redis_url(None, cfg.redis_url.as_deref())
-                            != self.redis_url =>
-                    {
-                        Event::ReloadFailed(format!(
-                            "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
-                            self.config_path.display(),
-                            crate::conn::mask_url(&Config::resolve_redis_url(
-                                None,
-                                cfg.redis_url.as_deref()
-                            )),
-                            crate::conn::mask_url(&self.redis_url)
-                        ))
-                    }
-                    Ok((cfg, text)) => {
-                        self.config_text = text;
-                        self.health_interval = cfg.supervisor.health_interval.0;
-                        self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
-                        logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
-                        super::warn_if_exposed(&cfg, &self.tls_paths);
-                        Event::Reload(Box::new(cfg))
-                    }
-                    Err(e) => Event::ReloadFailed(e.to_string()),
-                };
-                vec![fresh, reload]
+            Input::Signal(SignalInput::Fewer) => {
+                vec![self.health(false), Event::Signal(Sig::Fewer)]
             }
-            _ => Vec::new(),
+            Input::Signal(SignalInput::Reload) => self.reload(),
+            // Exits are collected after every input (see `run`).
+            Input::Signal(SignalInput::ChildExited) => Vec::new(),
         }
+    }
+
+    /// SIGHUP: fresh health readings, then the file read again (or why it was refused).
+    fn reload(&mut self) -> Vec<Event> {
+        log::info!("SIGHUP: reloading {}", self.config_path.display());
+        let fresh = self.health(false);
+        let reload = match Config::read(&self.config_path) {
+            Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
+                Event::ReloadFailed(format!(
+                    "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
+                    self.config_path.display()
+                ))
+            }
+            Ok((cfg, _))
+                if Config::resolve_redis_url(None, cfg.redis_url.as_deref()) != self.redis_url =>
+            {
+                Event::ReloadFailed(format!(
+                    "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
+                    self.config_path.display(),
+                    crate::conn::mask_url(&Config::resolve_redis_url(
+                        None,
+                        cfg.redis_url.as_deref()
+                    )),
+                    crate::conn::mask_url(&self.redis_url)
+                ))
+            }
+            Ok((cfg, text)) => {
+                self.config_text = text;
+                self.health_interval = cfg.supervisor.health_interval.0;
+                self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
+                logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
+                super::warn_if_exposed(&cfg, &self.tls_paths);
+                Event::Reload(Box::new(cfg))
+            }
+            Err(e) => Event::ReloadFailed(e.to_string()),
+        };
+        vec![fresh, reload]
     }
 
     fn perform(&mut self, action: Action, pending: &mut VecDeque<Action>) {
