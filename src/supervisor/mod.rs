@@ -3,6 +3,7 @@
 //! SIGHUP, scales on TTIN/TTOU and shuts down in two stages. See `docs/supervisor.md`.
 //!
 //! - [`state`]: the pure state machine (`handle(&mut State, now, Event) -> Vec<Action>`).
+//! - [`pool`]: a pool's running state, and the fingerprint that tells a reload what changed.
 //! - [`restart`]: the per-pool crash-loop policy (backoff, window, degraded).
 //! - [`health`]: what memory and heartbeat readings mean (recycle, stuck).
 //! - [`reload`]: the diff between a reloaded file and the running pools.
@@ -15,6 +16,7 @@ pub mod bookkeeping;
 pub mod check;
 pub mod health;
 pub mod input;
+pub mod pool;
 pub mod reload;
 pub mod restart;
 pub mod runtime;
