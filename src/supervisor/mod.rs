@@ -2,6 +2,7 @@
 //! ones with backoff, cleans up after them in Redis, recycles unhealthy ones, reloads on
 //! SIGHUP, scales on TTIN/TTOU and shuts down in two stages. See `docs/supervisor.md`.
 //!
+//! - [`cli`]: the command line.
 //! - [`state`]: the pure state machine (`handle(&mut State, now, Event) -> Vec<Action>`).
 //! - [`pool`]: a pool's running state, and the fingerprint that tells a reload what changed.
 //! - [`restart`]: the per-pool crash-loop policy (backoff, window, degraded).
@@ -14,6 +15,7 @@
 
 pub mod bookkeeping;
 pub mod check;
+pub mod cli;
 pub mod health;
 pub mod input;
 pub mod pool;
@@ -27,8 +29,6 @@ mod tests;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
-
 use crate::config::{Config, REDIS_URL_ENV};
 use crate::conn::{RedisTarget, TlsPaths};
 use crate::logging::{self, LogContext};
@@ -38,55 +38,12 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit status when shutdown had to escalate or kill, or startup failed.
 pub const EXIT_FAILURE: i32 = 1;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rq-supervisor",
-    version,
-    about = "Run pools of RQ workers (rqworker) from a pool.toml: restart crashed workers with \
-             backoff, clean up after them in Redis, recycle unhealthy ones, reload on SIGHUP, \
-             and shut down in two stages.",
-    after_help = "Signals: INT/TERM once = warm shutdown (every worker finishes its job); twice \
-                  or after warm_timeout = cold (workers kill their horses, jobs fail); \
-                  cold_timeout later every process group is SIGKILLed. HUP reloads pool.toml, \
-                  TTIN/TTOU add/remove a worker in the first pool (by name).\n\
-                  Exit codes: 0 every worker stopped warm (or every burst pool finished), \
-                  1 something was escalated or killed, or a runtime error, 2 bad usage or config."
-)]
-pub struct Cli {
-    /// The pool file (see supervisor.toml.example).
-    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Validate the file and print the effective configuration, including the shutdown
-    /// budget to give systemd (TimeoutStopSec) or Kubernetes (terminationGracePeriodSeconds).
-    Check,
-}
-
 /// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
 pub fn main() -> Result<(), i32> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                Err(EXIT_USAGE)
-            } else {
-                Ok(())
-            };
-        }
+    let (path, command) = match cli::Cli::from_env() {
+        Ok(parsed) => parsed,
+        Err(done) => return done,
     };
-    let Some(path) = cli.config else {
-        eprintln!(
-            "rq-supervisor: no config file; pass -c pool.toml (supervisor.toml.example shows every key)"
-        );
-        return Err(EXIT_USAGE);
-    };
-    let path = std::path::absolute(&path).unwrap_or(path);
     let (cfg, text) = match Config::read(&path) {
         Ok(read) => read,
         Err(e) => {
@@ -112,8 +69,8 @@ pub fn main() -> Result<(), i32> {
     };
     let default_program = default_program();
     let run_as = run_as_problem(&cfg, nix::unistd::geteuid().is_root());
-    match cli.command {
-        Some(Command::Check) => {
+    match command {
+        Some(cli::Command::Check) => {
             let report = check::render(&cfg, &target, &tls_paths, default_program.as_deref());
             print!("{report}");
             for w in exposure_warnings(&cfg, &tls_paths) {
