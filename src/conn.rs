@@ -90,7 +90,7 @@ impl TlsPaths {
 }
 
 /// The contents of the TLS files (PEM). Read once, by the process that may read them: a
-/// supervisor hands them to workers that run as another user (see `worker::handoff`).
+/// supervisor hands them to workers that run as another user (see `launch::handoff`).
 #[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsMaterial {
     pub ca: Option<Vec<u8>>,

@@ -23,14 +23,19 @@
 //!   `rq:pubsub:<worker>` commands, so an idle worker sleeps in `poll(2)` and still reacts to
 //!   signals at once.
 //! - [`config`]: `pool.toml`, parsed raw then validated into typed specs.
+//! - [`settings`]: the worker settings every layer fills (`[worker]`, `[pools.NAME.worker]`,
+//!   the command line), the rules they all obey, and the one merge into a worker's spec.
 //! - [`handler`]: the registry of what a `func_name` runs: native functions,
 //!   config-declared commands, built-ins.
 //! - [`execution`]: the seam between the loop and a running job: each handler kind starts an
 //!   [`execution::Execution`] (today a forked work horse), and every ending is an
 //!   [`execution::Outcome`] whose failures render RQ's exception texts in one place.
 //! - [`worker`]: the life-cycle loop (claim -> execute -> settle), signals, heartbeats,
-//!   commands, and the handoff through which a supervised worker receives its configuration
-//!   (it may run as a user that cannot read the pool file).
+//!   commands, and the command line.
+//! - [`launch`]: the supervisor -> worker contract: the argv, environment and handoff
+//!   descriptor (through which a supervised worker receives its configuration: it may run as
+//!   a user that cannot read the pool file) built in one place and parsed by the worker's
+//!   command line.
 //! - [`procfs`]: what `/proc` says about processes: children, state, resident memory.
 //! - [`producer`]: enqueueing jobs exactly as Python RQ writes them, and reading them back.
 //! - [`logging`]: one line per `write(2)`, naming the pool and worker.
@@ -49,11 +54,13 @@ pub mod conn;
 pub mod execution;
 pub mod fault;
 pub mod handler;
+pub mod launch;
 pub mod listener;
 pub mod logging;
 pub mod procfs;
 pub mod producer;
 pub mod protocol;
+pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod worker;

@@ -5,14 +5,15 @@ pub mod raw;
 pub mod values;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::conn::{TlsFile, TlsPaths};
-use crate::protocol::defaults;
+use crate::settings::{self, Problem};
+pub use crate::settings::{DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
 use raw::{RawConfig, RawHandler, RawPool, RawRestart, RawWorker};
 use values::Secs;
 
@@ -60,8 +61,8 @@ pub struct Config {
     #[serde(skip)]
     pub redis_tls: TlsPaths,
     pub supervisor: SupervisorSpec,
-    /// `[worker]`: the defaults every worker starts from.
-    pub worker: WorkerSpec,
+    /// `[worker]`: the settings every worker starts from (see [`Config::worker_for_pool`]).
+    pub worker: WorkerSettings,
     pub pools: Vec<PoolSpec>,
     pub handlers: Vec<HandlerSpec>,
 }
@@ -78,86 +79,6 @@ pub struct SupervisorSpec {
     pub health_interval: Secs,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogLevel {
-    Error,
-    Warning,
-    Info,
-    Debug,
-}
-
-impl LogLevel {
-    pub fn filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Error => log::LevelFilter::Error,
-            LogLevel::Warning => log::LevelFilter::Warn,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Debug => log::LevelFilter::Debug,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DequeueStrategy {
-    Default,
-    RoundRobin,
-    Random,
-}
-
-impl fmt::Display for DequeueStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DequeueStrategy::Default => "default",
-            DequeueStrategy::RoundRobin => "round_robin",
-            DequeueStrategy::Random => "random",
-        })
-    }
-}
-
-/// Effective worker settings, after defaults, `[worker]`, a pool's overrides and the CLI.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerSpec {
-    pub builtin_handlers: bool,
-    /// Default result TTL for jobs that set none (`--results-ttl`).
-    pub results_ttl: i64,
-    pub worker_ttl: Secs,
-    pub job_monitoring_interval: Secs,
-    pub maintenance_interval: Secs,
-    pub max_jobs: Option<u64>,
-    pub max_idle_time: Option<Secs>,
-    pub dequeue_strategy: DequeueStrategy,
-    pub with_scheduler: bool,
-    pub log_level: LogLevel,
-    pub log_format: LogFormat,
-}
-
-impl Default for WorkerSpec {
-    fn default() -> Self {
-        WorkerSpec {
-            builtin_handlers: false,
-            results_ttl: defaults::RESULT_TTL,
-            worker_ttl: Secs::from_secs(defaults::WORKER_TTL),
-            job_monitoring_interval: Secs::from_secs(defaults::JOB_MONITORING_INTERVAL),
-            maintenance_interval: Secs::from_secs(defaults::MAINTENANCE_INTERVAL),
-            max_jobs: None,
-            max_idle_time: None,
-            dequeue_strategy: DequeueStrategy::Default,
-            with_scheduler: false,
-            log_level: LogLevel::Info,
-            log_format: LogFormat::Text,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,9 +98,9 @@ pub struct PoolSpec {
     pub user: Option<Account>,
     /// The group they run as: `group`, else the `user`'s primary group.
     pub group: Option<Account>,
-    /// The pool's `[pools.NAME.worker]` table, applied over `[worker]`.
-    #[serde(skip)]
-    pub worker_overrides: RawWorkerOverrides,
+    /// The pool's `[pools.NAME.worker]` table, applied over `[worker]`; kept apart so a
+    /// reload can tell whether it changed.
+    pub worker: WorkerSettings,
     pub restart: RestartPolicy,
 }
 
@@ -189,10 +110,6 @@ pub struct Account {
     pub name: String,
     pub id: u32,
 }
-
-/// A pool's own worker keys, kept raw so a reload can tell whether they changed.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RawWorkerOverrides(pub Vec<(String, String)>);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestartPolicy {
@@ -242,7 +159,7 @@ impl Config {
     }
 
     /// Reads and validates a config file; also returns its text (which rq-supervisor hands to
-    /// its workers, see `worker::handoff`).
+    /// its workers, see `launch::handoff`).
     pub fn read(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -269,13 +186,9 @@ impl Config {
         .config(raw, path)
     }
 
-    /// The `[worker]` defaults with the named pool's overrides applied.
+    /// What a worker of `pool` runs with when its command line sets nothing more.
     pub fn worker_for_pool(&self, pool: &PoolSpec) -> WorkerSpec {
-        let mut spec = self.worker.clone();
-        for (key, value) in &pool.worker_overrides.0 {
-            apply_override(&mut spec, key, value);
-        }
-        spec
+        settings::resolve(&self.worker, Some(&pool.worker), &WorkerSettings::default())
     }
 
     /// The Redis URL after the precedence rule: explicit (CLI), then `RQ_REDIS_URL`, then the
@@ -310,53 +223,6 @@ impl Config {
     /// The time an operator must allow between the stop signal and a forced kill.
     pub fn shutdown_budget(&self) -> Duration {
         self.supervisor.warm_timeout.0 + self.supervisor.cold_timeout.0 + Duration::from_secs(5)
-    }
-}
-
-fn apply_override(spec: &mut WorkerSpec, key: &str, value: &str) {
-    let secs = |v: &str| Secs(values::parse_duration(v).unwrap_or_default());
-    match key {
-        "builtin_handlers" => spec.builtin_handlers = value == "true",
-        "results_ttl" => spec.results_ttl = value.parse().unwrap_or(spec.results_ttl),
-        "worker_ttl" => spec.worker_ttl = secs(value),
-        "job_monitoring_interval" => spec.job_monitoring_interval = secs(value),
-        "maintenance_interval" => spec.maintenance_interval = secs(value),
-        "max_jobs" => spec.max_jobs = value.parse().ok(),
-        "max_idle_time" => spec.max_idle_time = Some(secs(value)),
-        "dequeue_strategy" => {
-            spec.dequeue_strategy = parse_strategy(value).unwrap_or(spec.dequeue_strategy)
-        }
-        "with_scheduler" => spec.with_scheduler = value == "true",
-        "log_level" => spec.log_level = parse_level(value).unwrap_or(spec.log_level),
-        "log_format" => spec.log_format = parse_format(value).unwrap_or(spec.log_format),
-        _ => {}
-    }
-}
-
-pub fn parse_strategy(v: &str) -> Option<DequeueStrategy> {
-    match v {
-        "default" => Some(DequeueStrategy::Default),
-        "round_robin" => Some(DequeueStrategy::RoundRobin),
-        "random" => Some(DequeueStrategy::Random),
-        _ => None,
-    }
-}
-
-pub fn parse_level(v: &str) -> Option<LogLevel> {
-    match v.to_ascii_lowercase().as_str() {
-        "error" => Some(LogLevel::Error),
-        "warning" | "warn" => Some(LogLevel::Warning),
-        "info" => Some(LogLevel::Info),
-        "debug" => Some(LogLevel::Debug),
-        _ => None,
-    }
-}
-
-pub fn parse_format(v: &str) -> Option<LogFormat> {
-    match v {
-        "text" => Some(LogFormat::Text),
-        "json" => Some(LogFormat::Json),
-        _ => None,
     }
 }
 
@@ -397,6 +263,10 @@ impl Validator {
         }
     }
 
+    fn refused(&self, key: impl Into<String>, p: Problem) -> ConfigError {
+        self.invalid(key, p.problem, p.fix)
+    }
+
     fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         if let Some(url) = &raw.redis.url {
             crate::conn::check_url(url)
@@ -408,26 +278,12 @@ impl Validator {
             cold_timeout: s.cold_timeout.unwrap_or(Secs::from_secs(10)),
             spawn_stagger: s.spawn_stagger.unwrap_or(Secs(Duration::from_millis(20))),
             health_interval: s.health_interval.unwrap_or(Secs::from_secs(5)),
-            log_format: match &s.log_format {
-                Some(v) => parse_format(v).ok_or_else(|| {
-                    self.invalid(
-                        "[supervisor] log_format",
-                        format!("{v:?} is not a log format"),
-                        "write \"text\" or \"json\"",
-                    )
-                })?,
-                None => LogFormat::Text,
-            },
-            log_level: match &s.log_level {
-                Some(v) => parse_level(v).ok_or_else(|| {
-                    self.invalid(
-                        "[supervisor] log_level",
-                        format!("{v:?} is not a log level"),
-                        "write \"error\", \"warning\", \"info\" or \"debug\"",
-                    )
-                })?,
-                None => LogLevel::Info,
-            },
+            log_format: self
+                .name("[supervisor] log_format", &s.log_format)?
+                .unwrap_or(LogFormat::Text),
+            log_level: self
+                .name("[supervisor] log_level", &s.log_level)?
+                .unwrap_or(LogLevel::Info),
         };
         if d.health_interval.0.is_zero() {
             return Err(self.invalid(
@@ -436,10 +292,7 @@ impl Validator {
                 "write a duration such as \"5s\"",
             ));
         }
-        let mut worker = WorkerSpec::default();
-        for (k, v) in self.worker_overrides("[worker]", &raw.worker)? {
-            apply_override(&mut worker, &k, &v);
-        }
+        let worker = self.worker_settings("[worker]", &raw.worker)?;
         let mut pools = Vec::new();
         for (name, p) in raw.pools {
             pools.push(self.pool(name, p)?);
@@ -488,97 +341,41 @@ impl Validator {
         })
     }
 
-    /// Validates worker keys and returns them as text pairs (so pools can be compared).
-    fn worker_overrides(
-        &self,
-        table: &str,
-        w: &RawWorker,
-    ) -> Result<Vec<(String, String)>, ConfigError> {
-        let mut out = Vec::new();
-        let mut push = |k: &str, v: String| out.push((k.to_string(), v));
-        let positive = |key: &str, v: &Secs| -> Result<String, ConfigError> {
-            if v.0.is_zero() {
-                Err(self.invalid(
-                    format!("{table} {key}"),
-                    "is 0",
-                    "write a duration such as \"30s\"",
-                ))
-            } else {
-                Ok(format!("{}", v.0.as_secs_f64()))
-            }
+    /// A `[worker]` or `[pools.NAME.worker]` table as typed settings, checked by the rules
+    /// the command line obeys too (`settings::WorkerSettings::check`).
+    fn worker_settings(&self, table: &str, w: &RawWorker) -> Result<WorkerSettings, ConfigError> {
+        let mut out = WorkerSettings {
+            builtin_handlers: w.builtin_handlers,
+            results_ttl: w.results_ttl.map(|t| t.0),
+            worker_ttl: w.worker_ttl,
+            job_monitoring_interval: w.job_monitoring_interval,
+            maintenance_interval: w.maintenance_interval,
+            max_jobs: w.max_jobs,
+            max_idle_time: w.max_idle_time,
+            with_scheduler: w.with_scheduler,
+            ..WorkerSettings::default()
         };
-        if let Some(v) = w.builtin_handlers {
-            push("builtin_handlers", v.to_string());
-        }
-        if let Some(v) = w.results_ttl {
-            push("results_ttl", v.0.to_string());
-        }
-        if let Some(v) = &w.worker_ttl {
-            if v.0 < Duration::from_secs(16) {
-                return Err(self.invalid(
-                    format!("{table} worker_ttl"),
-                    format!("{v} is too short"),
-                    "write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
-                ));
-            }
-            push("worker_ttl", format!("{}", v.0.as_secs_f64()));
-        }
-        if let Some(v) = &w.job_monitoring_interval {
-            push(
-                "job_monitoring_interval",
-                positive("job_monitoring_interval", v)?,
-            );
-        }
-        if let Some(v) = &w.maintenance_interval {
-            push("maintenance_interval", positive("maintenance_interval", v)?);
-        }
-        if let Some(v) = w.max_jobs {
-            if v == 0 {
-                return Err(self.invalid(
-                    format!("{table} max_jobs"),
-                    "is 0",
-                    "write 1 or more, or remove the key for no limit",
-                ));
-            }
-            push("max_jobs", v.to_string());
-        }
-        if let Some(v) = &w.max_idle_time {
-            push("max_idle_time", positive("max_idle_time", v)?);
-        }
-        if let Some(v) = &w.dequeue_strategy {
-            if parse_strategy(v).is_none() {
-                return Err(self.invalid(
-                    format!("{table} dequeue_strategy"),
-                    format!("{v:?} is not a strategy"),
-                    "write \"default\", \"round_robin\" or \"random\"",
-                ));
-            }
-            push("dequeue_strategy", v.clone());
-        }
-        if let Some(v) = w.with_scheduler {
-            push("with_scheduler", v.to_string());
-        }
-        if let Some(v) = &w.log_level {
-            if parse_level(v).is_none() {
-                return Err(self.invalid(
-                    format!("{table} log_level"),
-                    format!("{v:?} is not a log level"),
-                    "write \"error\", \"warning\", \"info\" or \"debug\"",
-                ));
-            }
-            push("log_level", v.clone());
-        }
-        if let Some(v) = &w.log_format {
-            if parse_format(v).is_none() {
-                return Err(self.invalid(
-                    format!("{table} log_format"),
-                    format!("{v:?} is not a log format"),
-                    "write \"text\" or \"json\"",
-                ));
-            }
-            push("log_format", v.clone());
-        }
+        // The rules before the names, the order in which the keys are reported.
+        out.check()
+            .map_err(|r| self.refused(format!("{table} {}", r.key.file_key()), r.problem))?;
+        out.dequeue_strategy =
+            self.name(&format!("{table} dequeue_strategy"), &w.dequeue_strategy)?;
+        out.log_level = self.name(&format!("{table} log_level"), &w.log_level)?;
+        out.log_format = self.name(&format!("{table} log_format"), &w.log_format)?;
         Ok(out)
+    }
+
+    /// A strategy, level or format written by name (the file keeps them as text, so that a
+    /// wrong one is reported by key like every other refusal, not as a TOML type error).
+    fn name<T: FromStr<Err = Problem>>(
+        &self,
+        key: &str,
+        v: &Option<String>,
+    ) -> Result<Option<T>, ConfigError> {
+        v.as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|p| self.refused(key, p))
     }
 
     fn pool(&self, name: String, p: RawPool) -> Result<PoolSpec, ConfigError> {
@@ -613,46 +410,12 @@ impl Validator {
                 )
             })?;
         }
-        let workers = p.workers.unwrap_or(1);
-        if workers < 1 {
-            return Err(self.invalid(
-                format!("{table} workers"),
-                format!("is {workers}; a pool needs at least one worker"),
-                "write workers = 1 or more, or remove the pool",
-            ));
-        }
-        let workers = u32::try_from(workers)
-            .ok()
-            .filter(|w| *w <= 10_000)
-            .ok_or_else(|| {
-                self.invalid(
-                    format!("{table} workers"),
-                    format!("{workers} is too many"),
-                    "write at most 10000",
-                )
-            })?;
+        let workers = self.pool_workers(&table, p.workers.unwrap_or(1))?;
         let program = match p.program {
             Some(prog) => Some(self.executable(&format!("{table} program"), &prog)?),
             None => None,
         };
-        let max_jobs = match (p.max_jobs, p.max_jobs_jitter) {
-            (Some(0), _) => {
-                return Err(self.invalid(
-                    format!("{table} max_jobs"),
-                    "is 0",
-                    "write 1 or more, or remove the key",
-                ));
-            }
-            (Some(n), j) => Some((n, n.saturating_add(j.unwrap_or(0)))),
-            (None, Some(_)) => {
-                return Err(self.invalid(
-                    format!("{table} max_jobs_jitter"),
-                    "is set without max_jobs",
-                    "add max_jobs = N, or remove max_jobs_jitter",
-                ));
-            }
-            (None, None) => None,
-        };
+        let max_jobs = self.pool_max_jobs(&table, p.max_jobs, p.max_jobs_jitter)?;
         if let Some(m) = p.memory_limit
             && m.0 < 1024 * 1024
         {
@@ -662,7 +425,7 @@ impl Validator {
                 "write a size such as \"512MiB\"",
             ));
         }
-        let overrides = self.worker_overrides(&format!("[pools.{name}.worker]"), &p.worker)?;
+        let worker = self.worker_settings(&format!("[pools.{name}.worker]"), &p.worker)?;
         let (user, group) = self.run_as(&table, p.user, p.group)?;
         Ok(PoolSpec {
             name,
@@ -674,9 +437,53 @@ impl Validator {
             memory_limit: p.memory_limit.map(|b| b.0),
             user,
             group,
-            worker_overrides: RawWorkerOverrides(overrides),
+            worker,
             restart: self.restart(&table, p.restart)?,
         })
+    }
+
+    /// A pool's `workers`: at least one, at most 10000.
+    fn pool_workers(&self, table: &str, workers: i64) -> Result<u32, ConfigError> {
+        if workers < 1 {
+            return Err(self.invalid(
+                format!("{table} workers"),
+                format!("is {workers}; a pool needs at least one worker"),
+                "write workers = 1 or more, or remove the pool",
+            ));
+        }
+        u32::try_from(workers)
+            .ok()
+            .filter(|w| *w <= 10_000)
+            .ok_or_else(|| {
+                self.invalid(
+                    format!("{table} workers"),
+                    format!("{workers} is too many"),
+                    "write at most 10000",
+                )
+            })
+    }
+
+    /// A pool's `max_jobs` and `max_jobs_jitter`, as the range each worker draws from.
+    fn pool_max_jobs(
+        &self,
+        table: &str,
+        max_jobs: Option<u64>,
+        jitter: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, ConfigError> {
+        match (max_jobs, jitter) {
+            (Some(0), _) => Err(self.invalid(
+                format!("{table} max_jobs"),
+                "is 0",
+                "write 1 or more, or remove the key",
+            )),
+            (Some(n), j) => Ok(Some((n, n.saturating_add(j.unwrap_or(0))))),
+            (None, Some(_)) => Err(self.invalid(
+                format!("{table} max_jobs_jitter"),
+                "is set without max_jobs",
+                "add max_jobs = N, or remove max_jobs_jitter",
+            )),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Resolves `user` and `group` to ids (the group defaults to the user's primary group).
@@ -901,7 +708,7 @@ timeout = "30s"
         assert_eq!(c.supervisor.cold_timeout, Secs::from_secs(10));
         assert_eq!(c.pools[0].workers, 4);
         assert_eq!(c.pools[0].max_jobs, Some((100, 120)));
-        assert!(c.worker.builtin_handlers);
+        assert_eq!(c.worker.builtin_handlers, Some(true));
         let w = c.worker_for_pool(&c.pools[0]);
         assert_eq!(w.job_monitoring_interval, Secs::from_secs(5));
         assert!(c.handlers[0].command[0].starts_with('/'));

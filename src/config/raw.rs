@@ -44,6 +44,8 @@ pub struct RawSupervisor {
 }
 
 /// Worker settings: `[worker]` for every worker, `[pools.NAME.worker]` to override per pool.
+/// The validator turns them into a `settings::WorkerSettings`; strategy, level and format
+/// stay text here so that a wrong name is refused by key, in the words the rest use.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWorker {

@@ -2,17 +2,23 @@
 //! ones with backoff, cleans up after them in Redis, recycles unhealthy ones, reloads on
 //! SIGHUP, scales on TTIN/TTOU and shuts down in two stages. See `docs/supervisor.md`.
 //!
+//! - [`cli`]: the command line.
 //! - [`state`]: the pure state machine (`handle(&mut State, now, Event) -> Vec<Action>`).
+//! - [`pool`]: a pool's running state, and the fingerprint that tells a reload what changed.
 //! - [`restart`]: the per-pool crash-loop policy (backoff, window, degraded).
 //! - [`health`]: what memory and heartbeat readings mean (recycle, stuck).
 //! - [`reload`]: the diff between a reloaded file and the running pools.
 //! - [`runtime`]: the event loop that performs actions on real processes.
+//! - [`input`]: what feeds the event loop from outside (signals, by meaning).
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
 //! - [`check`]: `rq-supervisor check`, the effective configuration.
 
 pub mod bookkeeping;
 pub mod check;
+pub mod cli;
 pub mod health;
+pub mod input;
+pub mod pool;
 pub mod reload;
 pub mod restart;
 pub mod runtime;
@@ -23,8 +29,6 @@ mod tests;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
-
 use crate::config::{Config, REDIS_URL_ENV};
 use crate::conn::{RedisTarget, TlsPaths};
 use crate::logging::{self, LogContext};
@@ -34,55 +38,12 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit status when shutdown had to escalate or kill, or startup failed.
 pub const EXIT_FAILURE: i32 = 1;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rq-supervisor",
-    version,
-    about = "Run pools of RQ workers (rqworker) from a pool.toml: restart crashed workers with \
-             backoff, clean up after them in Redis, recycle unhealthy ones, reload on SIGHUP, \
-             and shut down in two stages.",
-    after_help = "Signals: INT/TERM once = warm shutdown (every worker finishes its job); twice \
-                  or after warm_timeout = cold (workers kill their horses, jobs fail); \
-                  cold_timeout later every process group is SIGKILLed. HUP reloads pool.toml, \
-                  TTIN/TTOU add/remove a worker in the first pool (by name).\n\
-                  Exit codes: 0 every worker stopped warm (or every burst pool finished), \
-                  1 something was escalated or killed, or a runtime error, 2 bad usage or config."
-)]
-pub struct Cli {
-    /// The pool file (see supervisor.toml.example).
-    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Validate the file and print the effective configuration, including the shutdown
-    /// budget to give systemd (TimeoutStopSec) or Kubernetes (terminationGracePeriodSeconds).
-    Check,
-}
-
 /// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
 pub fn main() -> Result<(), i32> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                Err(EXIT_USAGE)
-            } else {
-                Ok(())
-            };
-        }
+    let (path, command) = match cli::Cli::from_env() {
+        Ok(parsed) => parsed,
+        Err(done) => return done,
     };
-    let Some(path) = cli.config else {
-        eprintln!(
-            "rq-supervisor: no config file; pass -c pool.toml (supervisor.toml.example shows every key)"
-        );
-        return Err(EXIT_USAGE);
-    };
-    let path = std::path::absolute(&path).unwrap_or(path);
     let (cfg, text) = match Config::read(&path) {
         Ok(read) => read,
         Err(e) => {
@@ -108,8 +69,8 @@ pub fn main() -> Result<(), i32> {
     };
     let default_program = default_program();
     let run_as = run_as_problem(&cfg, nix::unistd::geteuid().is_root());
-    match cli.command {
-        Some(Command::Check) => {
+    match command {
+        Some(cli::Command::Check) => {
             let report = check::render(&cfg, &target, &tls_paths, default_program.as_deref());
             print!("{report}");
             for w in exposure_warnings(&cfg, &tls_paths) {
@@ -175,30 +136,15 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         return Err(EXIT_USAGE);
     }
     warn_if_exposed(&cfg, &start.tls_paths);
-    // Signals are registered before any other thread exists (signal-hook documents a race
-    // in first-time registration otherwise).
-    let mut signals = match signal_hook::iterator::Signals::new(runtime::HANDLED) {
-        Ok(s) => s,
+    // Before any other thread exists (signal-hook documents a race in first-time
+    // registration otherwise).
+    let (handle, rx) = match input::signal_thread() {
+        Ok(started) => started,
         Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
+            log::error!("{e}");
             return Err(EXIT_FAILURE);
         }
     };
-    let handle = signals.handle();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(sig).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = thread {
-        log::error!("cannot start the signal thread: {e}");
-        return Err(EXIT_FAILURE);
-    }
     // Orphaned work horses re-parent to us (not to init), so we can reap and account them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!("cannot become a child subreaper ({e}); orphaned horses go to init");

@@ -6,18 +6,9 @@
 
 use log::Level;
 
-use super::state::{Out, Phase, Retire, Settings, State, new_pool};
+use super::pool::new_pool;
+use super::state::{Out, Phase, Retire, Settings, State};
 use crate::config::{Config, PoolSpec};
-
-/// A pool's identity for reloads: everything a running worker was started with.
-pub(super) fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
-    let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
-    let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
-    format!(
-        "queues={:?} burst={} program={:?} max_jobs={:?} user={:?} group={:?} worker={spec} handlers={handlers}",
-        pool.queues, pool.burst, pool.program, pool.max_jobs, pool.user, pool.group
-    )
-}
 
 impl State {
     pub(super) fn on_reload(&mut self, cfg: &Config, out: &mut Out) {
@@ -29,60 +20,78 @@ impl State {
             roll_delay: self.settings.roll_delay,
             ..Settings::from_config(cfg)
         };
+        // (pool, what changed), logged in this order once the diff is complete.
         let mut changes = Vec::new();
         for spec in &cfg.pools {
-            let fresh = new_pool(cfg, spec);
-            match self.pools.get_mut(&spec.name) {
-                None => {
+            self.reload_pool(cfg, spec, &mut changes);
+        }
+        self.drain_removed(cfg, out, &mut changes);
+        if changes.is_empty() {
+            out.info("reload: no changes".into());
+        }
+        for (pool, change) in changes {
+            out.pool(Level::Info, &pool, format!("reload: {change}"));
+        }
+    }
+
+    /// Applies one pool of the new file: added, back, rescaled, or changed (a new
+    /// generation, rolled by the tick).
+    fn reload_pool(&mut self, cfg: &Config, spec: &PoolSpec, changes: &mut Vec<(String, String)>) {
+        let fresh = new_pool(cfg, spec);
+        match self.pools.get_mut(&spec.name) {
+            None => {
+                changes.push((
+                    spec.name.clone(),
+                    format!("added with {} worker(s)", spec.workers),
+                ));
+                self.pools.insert(spec.name.clone(), fresh);
+            }
+            Some(pool) => {
+                let name = spec.name.clone();
+                if pool.removed {
+                    pool.removed = false;
+                    changes.push((name.clone(), "back in the file".to_string()));
+                }
+                if pool.spec.workers != spec.workers {
                     changes.push((
-                        spec.name.clone(),
-                        format!("added with {} worker(s)", spec.workers),
+                        name.clone(),
+                        format!("workers {} -> {}", pool.desired(), spec.workers),
                     ));
-                    self.pools.insert(spec.name.clone(), fresh);
+                    pool.scale_override = None;
                 }
-                Some(pool) => {
-                    let name = spec.name.clone();
-                    if pool.removed {
-                        pool.removed = false;
-                        changes.push((name.clone(), "back in the file".to_string()));
-                    }
-                    if pool.spec.workers != spec.workers {
-                        changes.push((
-                            name.clone(),
-                            format!("workers {} -> {}", pool.desired(), spec.workers),
-                        ));
-                        pool.scale_override = None;
-                    }
-                    if pool.fingerprint != fresh.fingerprint {
-                        pool.generation += 1;
-                        pool.burst_finished = 0;
-                        pool.roll = None;
-                        let old = self
-                            .workers
-                            .values()
-                            .filter(|w| w.pool == name && w.retire.is_none())
-                            .count();
-                        changes.push((
-                            name.clone(),
-                            format!(
-                                "definition changed ({}); rolling {old} worker(s) one at a time",
-                                describe_change(&pool.spec, spec)
-                            ),
-                        ));
-                    } else if pool.spec.memory_limit != spec.memory_limit
-                        || pool.spec.restart != spec.restart
-                    {
-                        changes.push((
-                            name.clone(),
-                            "memory_limit or restart policy changed (applies at once)".into(),
-                        ));
-                    }
-                    pool.fingerprint = fresh.fingerprint;
-                    pool.worker_ttl = fresh.worker_ttl;
-                    pool.spec = spec.clone();
+                if pool.fingerprint != fresh.fingerprint {
+                    pool.generation += 1;
+                    pool.burst_finished = 0;
+                    pool.roll = None;
+                    let old = self
+                        .workers
+                        .values()
+                        .filter(|w| w.pool == name && w.retire.is_none())
+                        .count();
+                    changes.push((
+                        name.clone(),
+                        format!(
+                            "definition changed ({}); rolling {old} worker(s) one at a time",
+                            describe_change(&pool.spec, spec)
+                        ),
+                    ));
+                } else if pool.spec.memory_limit != spec.memory_limit
+                    || pool.spec.restart != spec.restart
+                {
+                    changes.push((
+                        name.clone(),
+                        "memory_limit or restart policy changed (applies at once)".into(),
+                    ));
                 }
+                pool.fingerprint = fresh.fingerprint;
+                pool.worker_ttl = fresh.worker_ttl;
+                pool.spec = spec.clone();
             }
         }
+    }
+
+    /// Pools no longer in the file: their workers drain warm, then the pool is forgotten.
+    fn drain_removed(&mut self, cfg: &Config, out: &mut Out, changes: &mut Vec<(String, String)>) {
         let gone: Vec<String> = self
             .pools
             .iter()
@@ -106,12 +115,6 @@ impl State {
                 name,
                 format!("removed from the file; draining {n} worker(s) warm"),
             ));
-        }
-        if changes.is_empty() {
-            out.info("reload: no changes".into());
-        }
-        for (pool, change) in changes {
-            out.pool(Level::Info, &pool, format!("reload: {change}"));
         }
     }
 }
@@ -137,7 +140,7 @@ fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
     if old.user != new.user || old.group != new.group {
         what.push("user/group".to_string());
     }
-    if old.worker_overrides != new.worker_overrides {
+    if old.worker != new.worker {
         what.push("[worker] overrides".to_string());
     }
     if what.is_empty() {

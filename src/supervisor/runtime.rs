@@ -1,36 +1,34 @@
 //! The thin shell around [`super::state`]: one event loop on the main thread over a
-//! crossbeam channel fed by one signal thread, performing the state machine's actions with
-//! real processes. Workers are spawned only from this thread (the parent-death signal
-//! fires when the *thread* that forked exits), reaped with `Child::try_wait` per known
-//! worker, and orphans re-parented to the supervisor (it is a child subreaper) are reaped
-//! by pid after a scan of its children, never with `waitpid(-1)`.
+//! crossbeam channel of [`Input`]s (fed by the signal thread, see [`super::input`]),
+//! performing the state machine's actions with real processes. Workers are spawned only
+//! from this thread (the parent-death signal fires when the *thread* that forked exits),
+//! reaped with `Child::try_wait` per known worker, and orphans re-parented to the supervisor
+//! (it is a child subreaper) are reaped by pid after a scan of its children, never with
+//! `waitpid(-1)`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::Level;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
-use nix::unistd::{Pid, getpid, getppid};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+use nix::unistd::{Pid, getpid};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
+use super::input::{Input, SignalInput};
 use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
-use crate::config::{Config, LogFormat, REDIS_URL_ENV};
+use crate::config::{Config, LogFormat};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
+use crate::launch::handoff::Handoff;
+use crate::launch::{self, Launch};
 use crate::logging::{self, LogContext};
 use crate::procfs;
-use crate::worker::handoff::{Handoff, WORKER_FD};
 
-/// Names the supervisor's pid to the workers it starts, so a worker can tell that its
-/// supervisor died (its parent pid changed) and stop cold.
-pub use crate::worker::signals::SUPERVISOR_PID_ENV;
 /// The name on the supervisor's own log lines.
 pub const SUPERVISOR_NAME: &str = "rq-supervisor";
 /// Health readings while a rolling restart waits for a new worker to register.
@@ -38,14 +36,10 @@ const ROLL_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the exit path keeps retrying queued crash cleanups.
 const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
 
-/// Signals the supervisor handles. Never ignored with SIG_IGN: ignored dispositions would
-/// leak through exec into the workers.
-pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU];
-
 /// What `main` resolved before the loop starts.
 pub struct Start {
     pub config_path: PathBuf,
-    /// The pool file's text as validated; handed to every worker (see `worker::handoff`).
+    /// The pool file's text as validated; handed to every worker (see `launch::handoff`).
     pub config_text: String,
     pub redis_url: String,
     /// The TLS files after `$RQ_REDIS_TLS_*` overrides, to tell a reload that changes them.
@@ -74,7 +68,7 @@ pub struct Runtime {
     /// stream stays one format.
     json_logs: bool,
     next_health: Instant,
-    signals: Receiver<i32>,
+    inputs: Receiver<Input>,
     exit: Option<i32>,
 }
 
@@ -83,7 +77,7 @@ impl Runtime {
         cfg: &Config,
         start: Start,
         default_program: PathBuf,
-        signals: Receiver<i32>,
+        inputs: Receiver<Input>,
     ) -> Runtime {
         let Start {
             config_path,
@@ -94,10 +88,6 @@ impl Runtime {
             target,
         } = start;
         let now = Instant::now();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".to_string());
         Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
@@ -106,14 +96,14 @@ impl Runtime {
             redis_url,
             tls_paths,
             tls,
-            hostname,
+            hostname: launch::hostname(),
             me: getpid(),
             children: BTreeMap::new(),
             books: Bookkeeping::new(target),
             health_interval: cfg.supervisor.health_interval.0,
             json_logs: cfg.supervisor.log_format == LogFormat::Json,
             next_health: now + cfg.supervisor.health_interval.0,
-            signals,
+            inputs,
             exit: None,
         }
     }
@@ -145,13 +135,13 @@ impl Runtime {
             // Never spin: something due "now" is handled by the tick below anyway.
             wake = wake.max(now + Duration::from_millis(2));
             let mut child_signal = false;
-            match self.signals.recv_deadline(wake) {
-                Ok(sig) => {
-                    let mut sigs = vec![sig];
-                    sigs.extend(self.signals.try_iter());
-                    for s in sigs {
-                        child_signal |= s == SIGCHLD;
-                        events.extend(self.on_signal(s));
+            match self.inputs.recv_deadline(wake) {
+                Ok(input) => {
+                    let mut inputs = vec![input];
+                    inputs.extend(self.inputs.try_iter());
+                    for i in inputs {
+                        child_signal |= i == Input::Signal(SignalInput::ChildExited);
+                        events.extend(self.on_input(i));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -186,50 +176,55 @@ impl Runtime {
         state::handle(&mut self.state, Instant::now(), event)
     }
 
-    fn on_signal(&mut self, sig: i32) -> Vec<Event> {
-        match sig {
-            SIGTERM | SIGINT => vec![Event::Signal(Sig::Stop)],
-            SIGTTIN => vec![Event::Signal(Sig::More)],
+    fn on_input(&mut self, input: Input) -> Vec<Event> {
+        match input {
+            Input::Signal(SignalInput::Stop) => vec![Event::Signal(Sig::Stop)],
+            Input::Signal(SignalInput::More) => vec![Event::Signal(Sig::More)],
             // Scaling down picks idle workers: read their states first.
-            SIGTTOU => vec![self.health(false), Event::Signal(Sig::Fewer)],
-            SIGHUP => {
-                log::info!("SIGHUP: reloading {}", self.config_path.display());
-                let fresh = self.health(false);
-                let reload = match Config::read(&self.config_path) {
-                    Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
-                        Event::ReloadFailed(format!(
-                            "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
-                            self.config_path.display()
-                        ))
-                    }
-                    Ok((cfg, _))
-                        if Config::resolve_redis_url(None, cfg.redis_url.as_deref())
-                            != self.redis_url =>
-                    {
-                        Event::ReloadFailed(format!(
-                            "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
-                            self.config_path.display(),
-                            crate::conn::mask_url(&Config::resolve_redis_url(
-                                None,
-                                cfg.redis_url.as_deref()
-                            )),
-                            crate::conn::mask_url(&self.redis_url)
-                        ))
-                    }
-                    Ok((cfg, text)) => {
-                        self.config_text = text;
-                        self.health_interval = cfg.supervisor.health_interval.0;
-                        self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
-                        logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
-                        super::warn_if_exposed(&cfg, &self.tls_paths);
-                        Event::Reload(Box::new(cfg))
-                    }
-                    Err(e) => Event::ReloadFailed(e.to_string()),
-                };
-                vec![fresh, reload]
+            Input::Signal(SignalInput::Fewer) => {
+                vec![self.health(false), Event::Signal(Sig::Fewer)]
             }
-            _ => Vec::new(),
+            Input::Signal(SignalInput::Reload) => self.reload(),
+            // Exits are collected after every input (see `run`).
+            Input::Signal(SignalInput::ChildExited) => Vec::new(),
         }
+    }
+
+    /// SIGHUP: fresh health readings, then the file read again (or why it was refused).
+    fn reload(&mut self) -> Vec<Event> {
+        log::info!("SIGHUP: reloading {}", self.config_path.display());
+        let fresh = self.health(false);
+        let reload = match Config::read(&self.config_path) {
+            Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
+                Event::ReloadFailed(format!(
+                    "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
+                    self.config_path.display()
+                ))
+            }
+            Ok((cfg, _))
+                if Config::resolve_redis_url(None, cfg.redis_url.as_deref()) != self.redis_url =>
+            {
+                Event::ReloadFailed(format!(
+                    "{}: [redis] url now names another Redis ({}) than the one the workers use ({}); a running supervisor cannot move its workers and their crash cleanups, so restart rq-supervisor to switch",
+                    self.config_path.display(),
+                    crate::conn::mask_url(&Config::resolve_redis_url(
+                        None,
+                        cfg.redis_url.as_deref()
+                    )),
+                    crate::conn::mask_url(&self.redis_url)
+                ))
+            }
+            Ok((cfg, text)) => {
+                self.config_text = text;
+                self.health_interval = cfg.supervisor.health_interval.0;
+                self.json_logs = cfg.supervisor.log_format == LogFormat::Json;
+                logging::init(cfg.supervisor.log_level.filter(), cfg.supervisor.log_format);
+                super::warn_if_exposed(&cfg, &self.tls_paths);
+                Event::Reload(Box::new(cfg))
+            }
+            Err(e) => Event::ReloadFailed(e.to_string()),
+        };
+        vec![fresh, reload]
     }
 
     fn perform(&mut self, action: Action, pending: &mut VecDeque<Action>) {
@@ -242,7 +237,8 @@ impl Runtime {
                         Event::Spawned {
                             id: spec.id,
                             pid,
-                            name: format!("{}.{pid}", self.hostname),
+                            // The supervisor passes no --name.
+                            name: launch::default_worker_name(&self.hostname, pid),
                         }
                     }
                     Err(e) => Event::SpawnFailed {
@@ -272,72 +268,29 @@ impl Runtime {
     }
 
     fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
-        let program = spec.program.as_ref().unwrap_or(&self.default_program);
+        let launch = Launch {
+            program: spec
+                .program
+                .clone()
+                .unwrap_or_else(|| self.default_program.clone()),
+            config_path: self.config_path.clone(),
+            pool: spec.pool.clone(),
+            queues: spec.queues.clone(),
+            burst: spec.burst,
+            max_jobs: spec.max_jobs,
+            log_format: self.json_logs.then_some(LogFormat::Json),
+            redis_url: self.redis_url.clone(),
+            supervisor: self.me,
+            uid: spec.uid,
+            gid: spec.gid,
+        };
         // The worker gets the pool file's text and the TLS files from us on a descriptor,
-        // not from disk: it may run as a user who cannot read them (see worker::handoff).
-        let handoff = Handoff {
+        // not from disk: it may run as a user who cannot read them (see launch::handoff).
+        launch.spawn(&Handoff {
             config_path: self.config_path.clone(),
             config: self.config_text.clone(),
             tls: self.tls.clone(),
-        }
-        .to_memfd()?;
-        let handoff_fd = handoff.as_raw_fd();
-        let mut cmd = Command::new(program);
-        cmd.arg("-c")
-            .arg(&self.config_path)
-            .arg("--config-fd")
-            .arg(WORKER_FD.to_string())
-            .arg("--pool")
-            .arg(&spec.pool);
-        if spec.burst {
-            cmd.arg("--burst");
-        }
-        if let Some(n) = spec.max_jobs {
-            cmd.arg("--max-jobs").arg(n.to_string());
-        }
-        if self.json_logs {
-            cmd.arg("--log-format").arg("json");
-        }
-        cmd.arg("--").args(&spec.queues);
-        // The URL (and its password) goes through the environment, never argv.
-        cmd.env(REDIS_URL_ENV, &self.redis_url)
-            .env(SUPERVISOR_PID_ENV, self.me.as_raw().to_string())
-            .stdin(Stdio::null())
-            .process_group(0);
-        // `user`/`group`: std sets the group, drops supplementary groups and sets the user
-        // before the pre_exec closure below runs, so the parent-death signal is set after
-        // the credentials change (a change of credentials would clear it).
-        if let Some(gid) = spec.gid {
-            cmd.gid(gid);
-        }
-        if let Some(uid) = spec.uid {
-            cmd.uid(uid);
-        }
-        let me = self.me;
-        // SAFETY: prctl, getppid, dup2 and fcntl are async-signal-safe; the error paths
-        // build `io::Error`s from raw codes, which does not allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-                if getppid() != me {
-                    // The supervisor died between fork and prctl: do not start orphaned.
-                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                // The handoff at its fixed number, without close-on-exec. dup2 onto itself
-                // would keep the flag, so clear it by hand in that case.
-                if handoff_fd == WORKER_FD {
-                    if nix::libc::fcntl(WORKER_FD, nix::libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if nix::libc::dup2(handoff_fd, WORKER_FD) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn();
-        drop(handoff);
-        child
+        })
     }
 
     /// Collects every worker that exited since the last look.

@@ -11,13 +11,9 @@ use std::time::{Duration, Instant};
 use log::Level;
 
 pub use super::health::{MEMORY_STRIKES, Registration, Sample};
-use super::reload::fingerprint;
-use super::restart::RestartTracker;
-use crate::config::{Config, PoolSpec};
-
-/// The supervisor's own handle for a worker, stable across its life (pids come later and
-/// may be reused).
-pub type WorkerId = u64;
+pub use super::pool::WorkerId;
+use super::pool::{Pool, RollStep, new_pool};
+use crate::config::Config;
 
 /// Signals the supervisor acts on, already decoded by the runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,40 +218,6 @@ impl Worker {
     }
 }
 
-/// A rolling restart's step in progress: the new worker, and when it was started.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RollStep {
-    new: WorkerId,
-    since: Instant,
-}
-
-#[derive(Debug, Clone)]
-pub struct Pool {
-    pub spec: PoolSpec,
-    /// `worker_ttl` of the pool's workers, for the stuck check.
-    pub worker_ttl: Duration,
-    /// What the workers' command line and config depend on; a change means a roll.
-    pub(super) fingerprint: String,
-    pub generation: u64,
-    /// Set by TTIN/TTOU; survives reloads that leave the pool's count alone.
-    pub scale_override: Option<u32>,
-    /// Removed from the file: draining, then forgotten.
-    pub removed: bool,
-    /// Burst workers that finished cleanly (their slots are done).
-    pub burst_finished: u32,
-    pub restart: RestartTracker,
-    /// No start before this instant (crash backoff).
-    pub next_start: Option<Instant>,
-    pub(super) roll: Option<RollStep>,
-}
-
-impl Pool {
-    /// Target number of workers: the file's count unless TTIN/TTOU changed it.
-    pub fn desired(&self) -> u32 {
-        self.scale_override.unwrap_or(self.spec.workers)
-    }
-}
-
 #[derive(Debug)]
 pub struct State {
     pub settings: Settings,
@@ -269,21 +231,6 @@ pub struct State {
     unclean: bool,
     /// The last health reading could not reach Redis.
     pub(super) redis_down: bool,
-}
-
-pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
-    Pool {
-        worker_ttl: cfg.worker_for_pool(spec).worker_ttl.0,
-        fingerprint: fingerprint(cfg, spec),
-        generation: 0,
-        scale_override: None,
-        removed: false,
-        burst_finished: 0,
-        restart: RestartTracker::default(),
-        next_start: None,
-        roll: None,
-        spec: spec.clone(),
-    }
 }
 
 pub(super) fn secs(d: Duration) -> String {
@@ -666,6 +613,8 @@ impl State {
         out.0.extend(cleanup);
     }
 
+    // One match over how the worker ended and why it was leaving, each arm with the line it
+    // logs; kept whole (about 100 lines) so the cases read as one table.
     fn after_exit(&mut self, now: Instant, w: Worker, how: ExitKind, out: &mut Out) {
         let id = w.id;
         let clean = how.clean();

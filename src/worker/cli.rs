@@ -4,8 +4,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::values::{parse_duration, parse_ttl};
-use crate::config::{self, Config, HandlerSpec, WorkerSpec};
+use crate::config::values::{Secs, parse_duration, parse_ttl};
+use crate::config::{self, Config, HandlerSpec};
+use crate::conn::TlsMaterial;
+use crate::launch::flag;
+use crate::launch::handoff::Handoff;
+use crate::settings::{self, DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +28,7 @@ pub struct WorkerArgs {
     pub queues: Vec<String>,
     /// Pool config file (the same file rq-supervisor reads); its [redis], [worker] and
     /// [handlers] tables apply.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    #[arg(short = flag::CONFIG, long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Redis URL. Default: $RQ_REDIS_URL, then the config's [redis] url, then
     /// redis://127.0.0.1:6379/0. Prefer the environment for URLs with a password: argv is
@@ -35,7 +39,7 @@ pub struct WorkerArgs {
     #[arg(short = 'n', long = "name")]
     pub name: Option<String>,
     /// Run every job currently queued, then exit.
-    #[arg(short = 'b', long = "burst")]
+    #[arg(short = 'b', long = flag::BURST)]
     pub burst: bool,
     /// Enable rq.builtin.noop, rq.builtin.echo, rq.builtin.sleep and rq.builtin.fail.
     #[arg(long = "builtin-handlers")]
@@ -53,14 +57,14 @@ pub struct WorkerArgs {
     #[arg(long = "maintenance-interval", value_name = "DURATION", value_parser = parse_duration)]
     pub maintenance_interval: Option<std::time::Duration>,
     /// Exit after this many jobs.
-    #[arg(long = "max-jobs", value_name = "N")]
+    #[arg(long = flag::MAX_JOBS, value_name = "N")]
     pub max_jobs: Option<u64>,
     /// Exit after being idle this long.
     #[arg(long = "max-idle-time", value_name = "DURATION", value_parser = parse_duration)]
     pub max_idle_time: Option<std::time::Duration>,
     /// Queue order per dequeue: default, round_robin or random.
     #[arg(long = "dequeue-strategy", value_name = "STRATEGY")]
-    pub dequeue_strategy: Option<String>,
+    pub dequeue_strategy: Option<DequeueStrategy>,
     /// Also move due scheduled jobs to their queues (enqueue_in / enqueue_at / retry intervals).
     #[arg(long = "with-scheduler")]
     pub with_scheduler: bool,
@@ -74,18 +78,18 @@ pub struct WorkerArgs {
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
     /// Log format: text or json.
-    #[arg(long = "log-format", value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    #[arg(long = flag::LOG_FORMAT, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Write the worker's pid to this file (removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
     /// Pool name, shown in every log line (set by rq-supervisor).
-    #[arg(long = "pool", hide = true)]
+    #[arg(long = flag::POOL, hide = true)]
     pub pool: Option<String>,
     /// Read the pool file's text and the TLS files from this inherited descriptor instead of
-    /// from disk (set by rq-supervisor; see `worker::handoff`).
+    /// from disk (set by rq-supervisor; see `launch::handoff`).
     #[arg(
-        long = "config-fd",
+        long = flag::CONFIG_FD,
         hide = true,
         value_name = "FD",
         requires = "config"
@@ -109,30 +113,34 @@ pub struct WorkerOptions {
 }
 
 impl WorkerArgs {
-    /// Applies precedence: command line over `[pools.<pool>.worker]` over `[worker]` over
-    /// RQ's defaults. Errors are complete messages for the user.
-    pub fn resolve(self) -> Result<WorkerOptions, String> {
-        let mut handed_tls = None;
-        let cfg = match (&self.config, self.config_fd) {
-            (Some(_), Some(fd)) => {
-                let h = super::handoff::Handoff::read_fd(fd)?;
-                handed_tls = Some(h.tls);
-                Some(Config::parse(&h.config_path, &h.config).map_err(|e| e.to_string())?)
-            }
-            (Some(path), None) => Some(Config::load(path).map_err(|e| e.to_string())?),
-            (None, _) => None,
-        };
-        let mut spec = match &cfg {
-            Some(c) => match self
-                .pool
-                .as_deref()
-                .and_then(|p| c.pools.iter().find(|x| x.name == p))
-            {
-                Some(pool) => c.worker_for_pool(pool),
-                None => c.worker.clone(),
+    /// The command line's layer of worker settings. The two switches can only turn a
+    /// setting on, so unset they leave the file's value alone.
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            builtin_handlers: self.builtin_handlers.then_some(true),
+            results_ttl: self.results_ttl,
+            worker_ttl: self.worker_ttl.map(Secs),
+            job_monitoring_interval: self.job_monitoring_interval.map(Secs),
+            maintenance_interval: self.maintenance_interval.map(Secs),
+            max_jobs: self.max_jobs,
+            max_idle_time: self.max_idle_time.map(Secs),
+            dequeue_strategy: self.dequeue_strategy,
+            with_scheduler: self.with_scheduler.then_some(true),
+            log_level: if self.verbose {
+                Some(LogLevel::Debug)
+            } else if self.quiet {
+                Some(LogLevel::Warning)
+            } else {
+                None
             },
-            None => WorkerSpec::default(),
-        };
+            log_format: self.log_format,
+        }
+    }
+
+    /// Applies precedence: command line over `[pools.<pool>.worker]` over `[worker]` over
+    /// RQ's defaults (`settings::resolve`). Errors are complete messages for the user.
+    pub fn resolve(self) -> Result<WorkerOptions, String> {
+        let (cfg, handed_tls) = self.load_config()?;
         if let Some(s) = &self.serializer
             && !matches!(s.as_str(), "json" | "rq.serializers.JSONSerializer")
         {
@@ -140,67 +148,21 @@ impl WorkerArgs {
                 "--serializer {s}: rqworker reads only JSON jobs; enqueue with serializer=JSONSerializer and pass --serializer json (or nothing)"
             ));
         }
-        spec.builtin_handlers |= self.builtin_handlers;
-        spec.with_scheduler |= self.with_scheduler;
-        if let Some(v) = self.results_ttl {
-            spec.results_ttl = v;
-        }
-        if let Some(v) = self.worker_ttl {
-            if v.as_secs() < 16 {
-                return Err(
-                    "--worker-ttl must be at least 16s (heartbeats come every worker_ttl - 15s)"
-                        .into(),
-                );
+        let cli = self.settings();
+        // The file's tables were checked by the same rules when the file was read.
+        cli.check()
+            .map_err(|r| format!("{}: {}", r.key.flag(), r.problem))?;
+        let spec = match &cfg {
+            Some(c) => {
+                let pool = self
+                    .pool
+                    .as_deref()
+                    .and_then(|p| c.pools.iter().find(|x| x.name == p));
+                settings::resolve(&c.worker, pool.map(|p| &p.worker), &cli)
             }
-            spec.worker_ttl = config::values::Secs(v);
-        }
-        if let Some(v) = self.job_monitoring_interval {
-            if v.is_zero() {
-                return Err("--job-monitoring-interval must be more than 0".into());
-            }
-            spec.job_monitoring_interval = config::values::Secs(v);
-        }
-        if let Some(v) = self.maintenance_interval {
-            spec.maintenance_interval = config::values::Secs(v);
-        }
-        if let Some(v) = self.max_jobs {
-            if v == 0 {
-                return Err("--max-jobs must be 1 or more".into());
-            }
-            spec.max_jobs = Some(v);
-        }
-        if let Some(v) = self.max_idle_time {
-            spec.max_idle_time = Some(config::values::Secs(v));
-        }
-        if let Some(v) = &self.dequeue_strategy {
-            spec.dequeue_strategy = config::parse_strategy(v).ok_or_else(|| {
-                format!("--dequeue-strategy {v}: write default, round_robin or random")
-            })?;
-        }
-        if self.verbose {
-            spec.log_level = config::LogLevel::Debug;
-        }
-        if self.quiet {
-            spec.log_level = config::LogLevel::Warning;
-        }
-        if let Some(v) = &self.log_format {
-            spec.log_format = config::parse_format(v)
-                .ok_or_else(|| format!("--log-format {v}: write text or json"))?;
-        }
-        let mut queues = self.queues;
-        if queues.is_empty() {
-            queues.push("default".to_string());
-        }
-        for q in &queues {
-            config::check_queue_name(q)
-                .map_err(|e| format!("{e}; pass queue names without commas or spaces"))?;
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = queues.iter().find(|q| !seen.insert(q.as_str())) {
-            return Err(format!(
-                "queue {dup:?} is listed twice; list each queue once, highest priority first"
-            ));
-        }
+            None => settings::resolve(&WorkerSettings::default(), None, &cli),
+        };
+        let queues = checked_queues(self.queues)?;
         if let Some(name) = &self.name
             && (name.is_empty() || name.contains(char::is_whitespace) || name.contains(':'))
         {
@@ -233,5 +195,253 @@ impl WorkerArgs {
             pid_file: self.pid,
             pool: self.pool,
         })
+    }
+
+    /// The config file, from the supervisor's handoff descriptor or from disk, and the TLS
+    /// files' contents when the handoff carried them.
+    fn load_config(&self) -> Result<(Option<Config>, Option<TlsMaterial>), String> {
+        match (&self.config, self.config_fd) {
+            (Some(_), Some(fd)) => {
+                let h = Handoff::read_fd(fd)?;
+                let cfg = Config::parse(&h.config_path, &h.config).map_err(|e| e.to_string())?;
+                Ok((Some(cfg), Some(h.tls)))
+            }
+            (Some(path), None) => Ok((Some(Config::load(path).map_err(|e| e.to_string())?), None)),
+            (None, _) => Ok((None, None)),
+        }
+    }
+}
+
+/// The queues to listen on (`default` when none is named), each valid and named once.
+fn checked_queues(mut queues: Vec<String>) -> Result<Vec<String>, String> {
+    if queues.is_empty() {
+        queues.push("default".to_string());
+    }
+    for q in &queues {
+        config::check_queue_name(q)
+            .map_err(|e| format!("{e}; pass queue names without commas or spaces"))?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = queues.iter().find(|q| !seen.insert(q.as_str())) {
+        return Err(format!(
+            "queue {dup:?} is listed twice; list each queue once, highest priority first"
+        ));
+    }
+    Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::settings::Key;
+
+    fn args(argv: &[&str]) -> WorkerArgs {
+        let argv = std::iter::once("rqworker").chain(argv.iter().copied());
+        WorkerArgs::try_parse_from(argv).expect("clap accepts the value")
+    }
+
+    /// The command line's refusal, after clap parsed the value.
+    fn cli_refusal(argv: &[&str]) -> String {
+        args(argv).resolve().expect_err("refused")
+    }
+
+    /// The file's refusal of the same value in `[worker]` and `[pools.a.worker]`.
+    fn file_refusals(line: &str) -> [String; 2] {
+        let parse = |text: String| {
+            Config::parse(Path::new("/p/pool.toml"), &text)
+                .expect_err("refused")
+                .to_string()
+        };
+        [
+            parse(format!("[worker]\n{line}\n")),
+            parse(format!(
+                "[pools.a]\nqueues = [\"q\"]\n[pools.a.worker]\n{line}\n"
+            )),
+        ]
+    }
+
+    #[test]
+    fn the_file_and_the_command_line_refuse_the_same_values_in_the_same_words() {
+        for (key, value, core) in [
+            (
+                Key::WorkerTtl,
+                "15",
+                "15s is too short; write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
+            ),
+            (
+                Key::JobMonitoringInterval,
+                "0",
+                "is 0; write a duration such as \"30s\"",
+            ),
+            (
+                Key::MaintenanceInterval,
+                "0",
+                "is 0; write a duration such as \"30s\"",
+            ),
+            (
+                Key::MaxJobs,
+                "0",
+                "is 0; write 1 or more, or remove the key for no limit",
+            ),
+            (
+                Key::MaxIdleTime,
+                "0",
+                "is 0; write a duration such as \"30s\"",
+            ),
+        ] {
+            let flag = key.flag();
+            assert_eq!(cli_refusal(&[&flag, value, "q"]), format!("{flag}: {core}"));
+            let [worker, pool] = file_refusals(&format!("{} = {value}", key.file_key()));
+            assert_eq!(
+                worker,
+                format!("/p/pool.toml: [worker] {}: {core}", key.file_key())
+            );
+            assert_eq!(
+                pool,
+                format!("/p/pool.toml: [pools.a.worker] {}: {core}", key.file_key())
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_maintenance_interval_is_refused_on_the_command_line_as_in_the_file() {
+        // It made the idle wait zero: a spin against Redis.
+        assert_eq!(
+            cli_refusal(&["--maintenance-interval", "0", "q"]),
+            "--maintenance-interval: is 0; write a duration such as \"30s\""
+        );
+        assert_eq!(
+            file_refusals("maintenance_interval = 0")[0],
+            "/p/pool.toml: [worker] maintenance_interval: is 0; write a duration such as \"30s\""
+        );
+    }
+
+    #[test]
+    fn a_wrong_name_is_refused_with_the_files_words_by_clap() {
+        for (flag, key, value, core) in [
+            (
+                "--dequeue-strategy",
+                "dequeue_strategy",
+                "fifo",
+                "\"fifo\" is not a strategy; write \"default\", \"round_robin\" or \"random\"",
+            ),
+            (
+                "--log-format",
+                "log_format",
+                "xml",
+                "\"xml\" is not a log format; write \"text\" or \"json\"",
+            ),
+        ] {
+            let argv = ["rqworker", flag, value, "q"];
+            let e = WorkerArgs::try_parse_from(argv).expect_err("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(e.to_string().contains(core), "{e}");
+            let [worker, _] = file_refusals(&format!("{key} = \"{value}\""));
+            assert_eq!(worker, format!("/p/pool.toml: [worker] {key}: {core}"));
+        }
+        let [level, _] = file_refusals("log_level = \"loud\"");
+        assert!(level.ends_with(
+            "[worker] log_level: \"loud\" is not a log level; write \"error\", \"warning\", \"info\" or \"debug\""
+        ));
+    }
+
+    #[test]
+    fn values_accepted_before_are_still_accepted() {
+        let o = args(&[
+            "--worker-ttl",
+            "16",
+            "--job-monitoring-interval",
+            "0.5",
+            "--maintenance-interval",
+            "1ms",
+            "--max-idle-time",
+            "1s",
+            "--max-jobs",
+            "1",
+            "--results-ttl",
+            "-1",
+            "--dequeue-strategy",
+            "round_robin",
+            "--log-format",
+            "json",
+            "--builtin-handlers",
+            "--with-scheduler",
+            "-v",
+            "q",
+        ])
+        .resolve()
+        .expect("accepted");
+        let s = o.spec;
+        assert_eq!(s.worker_ttl, Secs::from_secs(16));
+        assert_eq!(
+            s.job_monitoring_interval,
+            Secs(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            s.maintenance_interval,
+            Secs(std::time::Duration::from_millis(1))
+        );
+        assert_eq!(s.max_idle_time, Some(Secs::from_secs(1)));
+        assert_eq!(s.max_jobs, Some(1));
+        assert_eq!(s.results_ttl, -1);
+        assert_eq!(s.dequeue_strategy, DequeueStrategy::RoundRobin);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_level, LogLevel::Debug);
+        assert!(s.builtin_handlers && s.with_scheduler);
+        assert_eq!(
+            args(&["-q"]).resolve().unwrap().spec.log_level,
+            LogLevel::Warning
+        );
+        assert_eq!(args(&[]).resolve().unwrap().queues, ["default"]);
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_pool_which_wins_over_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nmax_jobs = 3\nworker_ttl = \"100s\"\nbuiltin_handlers = true\n\
+             [pools.a]\nqueues = [\"q\"]\n[pools.a.worker]\nmax_jobs = 4\nmaintenance_interval = \"7s\"\n",
+        )
+        .unwrap();
+        let c = path.to_str().unwrap();
+        let spec = |argv: &[&str]| args(argv).resolve().expect("accepted").spec;
+        let s = spec(&["-c", c, "--pool", "a", "--max-jobs", "5", "q"]);
+        assert_eq!(s.max_jobs, Some(5));
+        assert_eq!(s.maintenance_interval, Secs::from_secs(7));
+        assert_eq!(s.worker_ttl, Secs::from_secs(100));
+        // A switch the command line does not give leaves the file's value.
+        assert!(s.builtin_handlers);
+        let s = spec(&["-c", c, "--pool", "a", "q"]);
+        assert_eq!(s.max_jobs, Some(4));
+        // Without --pool (or with a pool the file does not name), [worker] alone.
+        for argv in [&["-c", c, "q"][..], &["-c", c, "--pool", "b", "q"]] {
+            let s = spec(argv);
+            assert_eq!(s.max_jobs, Some(3));
+            assert_eq!(
+                s.maintenance_interval,
+                WorkerSpec::default().maintenance_interval
+            );
+        }
+    }
+
+    #[test]
+    fn every_settings_flag_exists_on_the_command_line() {
+        use clap::CommandFactory;
+        let cmd = WorkerArgs::command();
+        for key in Key::ALL {
+            if key == Key::LogLevel {
+                continue; // -v and -q
+            }
+            let flag = key.flag();
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_long() == flag.strip_prefix("--")),
+                "{flag}"
+            );
+        }
     }
 }

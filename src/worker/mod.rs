@@ -11,7 +11,6 @@
 //! - [`wakeup`]: the notification connection, commands, and the idle wait.
 
 pub mod cli;
-pub mod handoff;
 mod monitor;
 pub mod scheduler;
 mod settle;
@@ -74,15 +73,12 @@ pub fn main_with(registry: Registry) -> Result<(), i32> {
 /// [`main_with`]: the process must have no other thread.
 pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_string());
+    let hostname = crate::launch::hostname();
     let pid = std::process::id();
     let name = opts
         .name
         .clone()
-        .unwrap_or_else(|| format!("{hostname}.{pid}"));
+        .unwrap_or_else(|| crate::launch::default_worker_name(&hostname, pid));
     logging::set_context(LogContext {
         pool: opts.pool.clone(),
         name: name.clone(),

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use nix::unistd::{Pid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 
+use crate::launch::SUPERVISOR_PID_ENV;
+
 pub struct Signals {
     read: UnixStream,
     stops: Arc<AtomicUsize>,
@@ -23,9 +25,6 @@ pub struct Signals {
     /// The supervisor that started this worker, if it is still the parent at start.
     supervisor: Option<Pid>,
 }
-
-/// Set by rq-supervisor to its own pid in every worker's environment.
-pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child

@@ -1,0 +1,492 @@
+//! Worker settings: one partial type, [`WorkerSettings`], that each layer fills (the file's
+//! `[worker]` table, a pool's `[pools.NAME.worker]` table, `rqworker`'s command line), one
+//! set of rules every layer obeys ([`WorkerSettings::check`]), and one merge
+//! ([`resolve`]) into the complete [`WorkerSpec`] a worker runs with.
+//!
+//! Values are typed when a layer is read (the file's serde types and clap's value parsers
+//! share the parsers in [`crate::config::values`] and the `FromStr` impls here), so no value
+//! travels as text between the layers. A refusal is a [`Refusal`]: the setting ([`Key`]) and
+//! the [`Problem`] with its fix; each caller only adds where the value was written, so the
+//! file and the command line word a problem identically:
+//!
+//! ```text
+//! /p/pool.toml: [worker] maintenance_interval: is 0; write a duration such as "30s"
+//! rqworker: --maintenance-interval: is 0; write a duration such as "30s"
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::values::Secs;
+use crate::protocol::defaults;
+
+/// What is wrong with a value and what to write instead; shown as `problem; fix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl Problem {
+    fn new(problem: impl Into<String>, fix: impl Into<String>) -> Problem {
+        Problem {
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.problem, self.fix)
+    }
+}
+
+/// So clap can use the `FromStr` impls below as value parsers, and print the problem.
+impl std::error::Error for Problem {}
+
+/// A setting that a layer got wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub key: Key,
+    pub problem: Problem,
+}
+
+/// The worker settings, by name: a file key is the name, a command-line flag the name with
+/// dashes (`maintenance_interval`, `--maintenance-interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    BuiltinHandlers,
+    ResultsTtl,
+    WorkerTtl,
+    JobMonitoringInterval,
+    MaintenanceInterval,
+    MaxJobs,
+    MaxIdleTime,
+    DequeueStrategy,
+    WithScheduler,
+    LogLevel,
+    LogFormat,
+}
+
+impl Key {
+    pub const ALL: [Key; 11] = [
+        Key::BuiltinHandlers,
+        Key::ResultsTtl,
+        Key::WorkerTtl,
+        Key::JobMonitoringInterval,
+        Key::MaintenanceInterval,
+        Key::MaxJobs,
+        Key::MaxIdleTime,
+        Key::DequeueStrategy,
+        Key::WithScheduler,
+        Key::LogLevel,
+        Key::LogFormat,
+    ];
+
+    /// The key in `[worker]` and `[pools.NAME.worker]`.
+    pub fn file_key(self) -> &'static str {
+        match self {
+            Key::BuiltinHandlers => "builtin_handlers",
+            Key::ResultsTtl => "results_ttl",
+            Key::WorkerTtl => "worker_ttl",
+            Key::JobMonitoringInterval => "job_monitoring_interval",
+            Key::MaintenanceInterval => "maintenance_interval",
+            Key::MaxJobs => "max_jobs",
+            Key::MaxIdleTime => "max_idle_time",
+            Key::DequeueStrategy => "dequeue_strategy",
+            Key::WithScheduler => "with_scheduler",
+            Key::LogLevel => "log_level",
+            Key::LogFormat => "log_format",
+        }
+    }
+
+    /// The `rqworker` flag. `log_level` has none (`-v` and `-q` set it, and cannot be
+    /// wrong); a unit test checks that every other one exists.
+    pub fn flag(self) -> String {
+        format!("--{}", self.file_key().replace('_', "-"))
+    }
+}
+
+/// Worker settings as one layer wrote them: `None` is "not set here".
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkerSettings {
+    pub builtin_handlers: Option<bool>,
+    pub results_ttl: Option<i64>,
+    pub worker_ttl: Option<Secs>,
+    pub job_monitoring_interval: Option<Secs>,
+    pub maintenance_interval: Option<Secs>,
+    pub max_jobs: Option<u64>,
+    pub max_idle_time: Option<Secs>,
+    pub dequeue_strategy: Option<DequeueStrategy>,
+    pub with_scheduler: Option<bool>,
+    pub log_level: Option<LogLevel>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The shortest `worker_ttl`: RQ heartbeats every `worker_ttl - 15s`.
+pub const MIN_WORKER_TTL: Duration = Duration::from_secs(16);
+
+impl WorkerSettings {
+    /// The rules every layer obeys, checked in the order of the keys. Names (strategy,
+    /// level, format) are checked when a layer is read, as they become typed there.
+    pub fn check(&self) -> Result<(), Refusal> {
+        let refuse = |key, problem: Problem| Err(Refusal { key, problem });
+        if let Some(v) = self.worker_ttl
+            && v.0 < MIN_WORKER_TTL
+        {
+            return refuse(
+                Key::WorkerTtl,
+                Problem::new(
+                    format!("{v} is too short"),
+                    "write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
+                ),
+            );
+        }
+        // A zero interval would turn the worker's waits into a spin against Redis.
+        for (key, v) in [
+            (Key::JobMonitoringInterval, self.job_monitoring_interval),
+            (Key::MaintenanceInterval, self.maintenance_interval),
+        ] {
+            if v.is_some_and(|v| v.0.is_zero()) {
+                return refuse(key, zero_duration());
+            }
+        }
+        if self.max_jobs == Some(0) {
+            return refuse(
+                Key::MaxJobs,
+                Problem::new("is 0", "write 1 or more, or remove the key for no limit"),
+            );
+        }
+        if self.max_idle_time.is_some_and(|v| v.0.is_zero()) {
+            return refuse(Key::MaxIdleTime, zero_duration());
+        }
+        Ok(())
+    }
+
+    /// This layer over `lower`, setting by setting.
+    pub fn over(&self, lower: &WorkerSettings) -> WorkerSettings {
+        WorkerSettings {
+            builtin_handlers: self.builtin_handlers.or(lower.builtin_handlers),
+            results_ttl: self.results_ttl.or(lower.results_ttl),
+            worker_ttl: self.worker_ttl.or(lower.worker_ttl),
+            job_monitoring_interval: self
+                .job_monitoring_interval
+                .or(lower.job_monitoring_interval),
+            maintenance_interval: self.maintenance_interval.or(lower.maintenance_interval),
+            max_jobs: self.max_jobs.or(lower.max_jobs),
+            max_idle_time: self.max_idle_time.or(lower.max_idle_time),
+            dequeue_strategy: self.dequeue_strategy.or(lower.dequeue_strategy),
+            with_scheduler: self.with_scheduler.or(lower.with_scheduler),
+            log_level: self.log_level.or(lower.log_level),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+
+    /// What this layer leaves unset, from [`WorkerSpec::default`].
+    pub fn complete(&self) -> WorkerSpec {
+        let d = WorkerSpec::default();
+        WorkerSpec {
+            builtin_handlers: self.builtin_handlers.unwrap_or(d.builtin_handlers),
+            results_ttl: self.results_ttl.unwrap_or(d.results_ttl),
+            worker_ttl: self.worker_ttl.unwrap_or(d.worker_ttl),
+            job_monitoring_interval: self
+                .job_monitoring_interval
+                .unwrap_or(d.job_monitoring_interval),
+            maintenance_interval: self.maintenance_interval.unwrap_or(d.maintenance_interval),
+            max_jobs: self.max_jobs.or(d.max_jobs),
+            max_idle_time: self.max_idle_time.or(d.max_idle_time),
+            dequeue_strategy: self.dequeue_strategy.unwrap_or(d.dequeue_strategy),
+            with_scheduler: self.with_scheduler.unwrap_or(d.with_scheduler),
+            log_level: self.log_level.unwrap_or(d.log_level),
+            log_format: self.log_format.unwrap_or(d.log_format),
+        }
+    }
+}
+
+fn zero_duration() -> Problem {
+    Problem::new("is 0", "write a duration such as \"30s\"")
+}
+
+/// The one precedence rule: RQ's defaults < `[worker]` < `[pools.NAME.worker]` < the
+/// command line. Each layer was checked when it was read.
+pub fn resolve(
+    worker: &WorkerSettings,
+    pool: Option<&WorkerSettings>,
+    cli: &WorkerSettings,
+) -> WorkerSpec {
+    let file = match pool {
+        Some(pool) => pool.over(worker),
+        None => worker.clone(),
+    };
+    cli.over(&file).complete()
+}
+
+/// Effective worker settings, after defaults, `[worker]`, a pool's overrides and the CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSpec {
+    pub builtin_handlers: bool,
+    /// Default result TTL for jobs that set none (`--results-ttl`).
+    pub results_ttl: i64,
+    pub worker_ttl: Secs,
+    pub job_monitoring_interval: Secs,
+    pub maintenance_interval: Secs,
+    pub max_jobs: Option<u64>,
+    pub max_idle_time: Option<Secs>,
+    pub dequeue_strategy: DequeueStrategy,
+    pub with_scheduler: bool,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            builtin_handlers: false,
+            results_ttl: defaults::RESULT_TTL,
+            worker_ttl: Secs::from_secs(defaults::WORKER_TTL),
+            job_monitoring_interval: Secs::from_secs(defaults::JOB_MONITORING_INTERVAL),
+            maintenance_interval: Secs::from_secs(defaults::MAINTENANCE_INTERVAL),
+            max_jobs: None,
+            max_idle_time: None,
+            dequeue_strategy: DequeueStrategy::Default,
+            with_scheduler: false,
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The name the file and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = Problem;
+    fn from_str(v: &str) -> Result<LogFormat, Problem> {
+        match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(Problem::new(
+                format!("{v:?} is not a log format"),
+                "write \"text\" or \"json\"",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = Problem;
+    /// Any case, and `warn` for `warning`, as Python's logging names them.
+    fn from_str(v: &str) -> Result<LogLevel, Problem> {
+        match v.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warning" | "warn" => Ok(LogLevel::Warning),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            _ => Err(Problem::new(
+                format!("{v:?} is not a log level"),
+                "write \"error\", \"warning\", \"info\" or \"debug\"",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DequeueStrategy {
+    Default,
+    RoundRobin,
+    Random,
+}
+
+impl fmt::Display for DequeueStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DequeueStrategy::Default => "default",
+            DequeueStrategy::RoundRobin => "round_robin",
+            DequeueStrategy::Random => "random",
+        })
+    }
+}
+
+impl FromStr for DequeueStrategy {
+    type Err = Problem;
+    fn from_str(v: &str) -> Result<DequeueStrategy, Problem> {
+        match v {
+            "default" => Ok(DequeueStrategy::Default),
+            "round_robin" => Ok(DequeueStrategy::RoundRobin),
+            "random" => Ok(DequeueStrategy::Random),
+            _ => Err(Problem::new(
+                format!("{v:?} is not a strategy"),
+                "write \"default\", \"round_robin\" or \"random\"",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Option<Secs> {
+        Some(Secs::from_secs(s))
+    }
+
+    #[test]
+    fn later_layers_win_setting_by_setting_over_the_defaults() {
+        let worker = WorkerSettings {
+            worker_ttl: secs(100),
+            maintenance_interval: secs(200),
+            max_jobs: Some(3),
+            builtin_handlers: Some(true),
+            ..WorkerSettings::default()
+        };
+        let pool = WorkerSettings {
+            maintenance_interval: secs(300),
+            max_jobs: Some(4),
+            log_format: Some(LogFormat::Json),
+            ..WorkerSettings::default()
+        };
+        let cli = WorkerSettings {
+            max_jobs: Some(5),
+            dequeue_strategy: Some(DequeueStrategy::Random),
+            ..WorkerSettings::default()
+        };
+        let spec = resolve(&worker, Some(&pool), &cli);
+        // The command line over everything.
+        assert_eq!(spec.max_jobs, Some(5));
+        assert_eq!(spec.dequeue_strategy, DequeueStrategy::Random);
+        // The pool over [worker].
+        assert_eq!(spec.maintenance_interval, Secs::from_secs(300));
+        assert_eq!(spec.log_format, LogFormat::Json);
+        // [worker] over the defaults.
+        assert_eq!(spec.worker_ttl, Secs::from_secs(100));
+        assert!(spec.builtin_handlers);
+        // The defaults where nothing is set.
+        let d = WorkerSpec::default();
+        assert_eq!(spec.job_monitoring_interval, d.job_monitoring_interval);
+        assert_eq!(spec.results_ttl, d.results_ttl);
+        assert_eq!(spec.max_idle_time, None);
+        assert!(!spec.with_scheduler);
+        assert_eq!(spec.log_level, LogLevel::Info);
+        // Without a pool, [worker] alone.
+        let spec = resolve(&worker, None, &WorkerSettings::default());
+        assert_eq!(spec.maintenance_interval, Secs::from_secs(200));
+        assert_eq!(spec.max_jobs, Some(3));
+        assert_eq!(spec.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_rule_names_its_key() {
+        let cases = [
+            (
+                WorkerSettings {
+                    worker_ttl: secs(15),
+                    ..Default::default()
+                },
+                Key::WorkerTtl,
+                "15s is too short; write 16s or more",
+            ),
+            (
+                WorkerSettings {
+                    job_monitoring_interval: secs(0),
+                    ..Default::default()
+                },
+                Key::JobMonitoringInterval,
+                "is 0; write a duration such as \"30s\"",
+            ),
+            (
+                WorkerSettings {
+                    maintenance_interval: secs(0),
+                    ..Default::default()
+                },
+                Key::MaintenanceInterval,
+                "is 0; write a duration such as \"30s\"",
+            ),
+            (
+                WorkerSettings {
+                    max_jobs: Some(0),
+                    ..Default::default()
+                },
+                Key::MaxJobs,
+                "is 0; write 1 or more",
+            ),
+            (
+                WorkerSettings {
+                    max_idle_time: secs(0),
+                    ..Default::default()
+                },
+                Key::MaxIdleTime,
+                "is 0; write a duration such as \"30s\"",
+            ),
+        ];
+        for (settings, key, text) in cases {
+            let r = settings.check().unwrap_err();
+            assert_eq!(r.key, key);
+            assert!(r.problem.to_string().starts_with(text), "{}", r.problem);
+        }
+        let fine = WorkerSettings {
+            worker_ttl: secs(16),
+            job_monitoring_interval: Some(Secs(Duration::from_millis(1))),
+            maintenance_interval: secs(1),
+            max_jobs: Some(1),
+            max_idle_time: secs(1),
+            results_ttl: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(fine.check(), Ok(()));
+    }
+
+    #[test]
+    fn names_parse_as_the_file_and_the_command_line_write_them() {
+        assert_eq!("round_robin".parse(), Ok(DequeueStrategy::RoundRobin));
+        assert_eq!("WARN".parse(), Ok(LogLevel::Warning));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!(
+            "fifo".parse::<DequeueStrategy>().unwrap_err().to_string(),
+            "\"fifo\" is not a strategy; write \"default\", \"round_robin\" or \"random\""
+        );
+        assert!("loud".parse::<LogLevel>().is_err());
+        assert!("xml".parse::<LogFormat>().is_err());
+        for f in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(f.name().parse(), Ok(f));
+        }
+    }
+}

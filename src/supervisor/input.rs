@@ -1,0 +1,85 @@
+//! What feeds the supervisor's event loop from outside: one [`Input`] channel. Today only the
+//! signal thread sends on it; another source (a control socket) adds a variant, not a
+//! channel. Ticks are not inputs: the loop wakes on its own deadlines (the receive timeout).
+
+use crossbeam_channel::{Receiver, Sender};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
+
+/// One thing that happened outside the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Signal(SignalInput),
+}
+
+/// The signals the supervisor acts on, by meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalInput {
+    /// SIGTERM or SIGINT: the next shutdown stage.
+    Stop,
+    /// SIGHUP: read the pool file again.
+    Reload,
+    /// SIGTTIN: one more worker.
+    More,
+    /// SIGTTOU: one fewer worker.
+    Fewer,
+    /// SIGCHLD: a child (a worker, or an orphan re-parented to the supervisor) exited.
+    ChildExited,
+}
+
+/// Signals the supervisor handles. Never ignored with SIG_IGN: ignored dispositions would
+/// leak through exec into the workers.
+pub const HANDLED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU];
+
+impl SignalInput {
+    /// The meaning of a signal in [`HANDLED`].
+    pub fn from_number(sig: i32) -> Option<SignalInput> {
+        match sig {
+            SIGTERM | SIGINT => Some(SignalInput::Stop),
+            SIGHUP => Some(SignalInput::Reload),
+            SIGTTIN => Some(SignalInput::More),
+            SIGTTOU => Some(SignalInput::Fewer),
+            SIGCHLD => Some(SignalInput::ChildExited),
+            _ => None,
+        }
+    }
+}
+
+/// Installs the handlers for [`HANDLED`] and starts the thread that turns signals into
+/// [`Input`]s. Call it before any other thread exists: signal-hook documents a race in
+/// first-time registration otherwise. The returned handle stops the thread when closed.
+pub fn signal_thread() -> Result<(signal_hook::iterator::Handle, Receiver<Input>), String> {
+    let mut signals = signal_hook::iterator::Signals::new(HANDLED)
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let handle = signals.handle();
+    let (tx, rx): (Sender<Input>, Receiver<Input>) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                // Only HANDLED signals arrive, and each has a meaning.
+                let Some(input) = SignalInput::from_number(sig) else {
+                    continue;
+                };
+                if tx.send(Input::Signal(input)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok((handle, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_handled_signal_has_a_meaning() {
+        for sig in HANDLED {
+            assert!(SignalInput::from_number(sig).is_some(), "{sig}");
+        }
+        assert_eq!(SignalInput::from_number(SIGINT), Some(SignalInput::Stop));
+        assert_eq!(SignalInput::from_number(SIGTERM), Some(SignalInput::Stop));
+        assert_eq!(SignalInput::from_number(signal_hook::consts::SIGUSR1), None);
+    }
+}

@@ -1,0 +1,72 @@
+//! A pool as the state machine runs it: its spec from the file, its generation (bumped when
+//! a reload changes what its workers are started with), its scale override, its crash-loop
+//! tracker, and its rolling restart in progress. The [`fingerprint`] is what a reload
+//! compares to decide that the pool's workers must be rolled.
+
+use std::time::{Duration, Instant};
+
+use super::restart::RestartTracker;
+use crate::config::{Config, PoolSpec};
+
+/// The supervisor's own handle for a worker, stable across its life (pids come later and
+/// may be reused).
+pub type WorkerId = u64;
+
+/// A rolling restart's step in progress: the new worker, and when it was started.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RollStep {
+    pub(super) new: WorkerId,
+    pub(super) since: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub spec: PoolSpec,
+    /// `worker_ttl` of the pool's workers, for the stuck check.
+    pub worker_ttl: Duration,
+    /// What the workers' command line and config depend on; a change means a roll.
+    pub(super) fingerprint: String,
+    pub generation: u64,
+    /// Set by TTIN/TTOU; survives reloads that leave the pool's count alone.
+    pub scale_override: Option<u32>,
+    /// Removed from the file: draining, then forgotten.
+    pub removed: bool,
+    /// Burst workers that finished cleanly (their slots are done).
+    pub burst_finished: u32,
+    pub restart: RestartTracker,
+    /// No start before this instant (crash backoff).
+    pub next_start: Option<Instant>,
+    pub(super) roll: Option<RollStep>,
+}
+
+impl Pool {
+    /// Target number of workers: the file's count unless TTIN/TTOU changed it.
+    pub fn desired(&self) -> u32 {
+        self.scale_override.unwrap_or(self.spec.workers)
+    }
+}
+
+pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
+    Pool {
+        worker_ttl: cfg.worker_for_pool(spec).worker_ttl.0,
+        fingerprint: fingerprint(cfg, spec),
+        generation: 0,
+        scale_override: None,
+        removed: false,
+        burst_finished: 0,
+        restart: RestartTracker::default(),
+        next_start: None,
+        roll: None,
+        spec: spec.clone(),
+    }
+}
+
+/// A pool's identity for reloads: everything a running worker was started with.
+pub(super) fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
+    let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
+    let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
+    format!(
+        "queues={:?} burst={} program={:?} max_jobs={:?} user={:?} group={:?} worker={spec} handlers={handlers}",
+        pool.queues, pool.burst, pool.program, pool.max_jobs, pool.user, pool.group
+    )
+}
