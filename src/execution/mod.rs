@@ -11,6 +11,7 @@ mod command;
 pub mod fork;
 mod native;
 pub mod outcome;
+pub mod report;
 
 use std::os::fd::BorrowedFd;
 
@@ -19,9 +20,10 @@ use nix::unistd::Pid;
 
 pub use command::{CommandHandler, STDERR_TAIL, STDOUT_CAP};
 pub use native::{NativeFn, NativeHandler};
-pub use outcome::{Exit, JobFailure, Outcome};
+pub use outcome::{Exit, JobFailure, Outcome, ReturnValue};
 
 use crate::handler::JobCall;
+use crate::protocol::job::JobRecord;
 
 /// A job that is running.
 pub trait Execution {
@@ -51,14 +53,59 @@ pub struct StartError {
     pub environment: bool,
 }
 
+/// A job about to start, as every handler kind sees it.
+pub struct JobStart<'a> {
+    /// The job hash as claimed.
+    pub record: &'a JobRecord,
+    /// The decoded call, for payloads the worker reads itself (JSON); `None` for payloads only
+    /// Python reads (pickle, a custom serializer).
+    pub call: Option<&'a JobCall>,
+    /// The timeout the worker enforces, in seconds; `None` for none.
+    pub timeout: Option<u64>,
+    pub worker: &'a str,
+}
+
+impl JobStart<'_> {
+    /// The decoded call; only Python handlers are chosen for payloads without one.
+    pub fn call(&self) -> Result<&JobCall, StartError> {
+        self.call.ok_or_else(|| StartError {
+            environment: false,
+            failure: JobFailure::StartFailed {
+                what: "cannot run this job".into(),
+                error: "its payload is not JSON, and only Python handlers read other payloads".into(),
+                fix: None,
+            },
+        })
+    }
+}
+
 /// One kind of job function: how a job of it starts, and its defaults.
 pub trait Handler {
     /// Starts the job.
-    fn start(&self, call: &JobCall) -> Result<Box<dyn Execution>, StartError>;
+    fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError>;
 
     /// The timeout (seconds) of a job that carries none of its own; `None`: RQ's default.
     fn default_timeout(&self) -> Option<i64> {
         None
+    }
+
+    /// How long after its timeout the worker kills the job from outside. Zero for kinds that
+    /// cannot be interrupted from inside; a Python job is interrupted by a JobTimeoutException
+    /// raised inside it at the timeout, so `finally` blocks run, and killed only if it is
+    /// still alive this much later.
+    fn kill_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// Whether it reads a payload the worker could not decode for this reason (Python reads
+    /// pickle, and whatever a custom serializer wrote).
+    fn reads_payload(&self, _why: &crate::protocol::payload::PayloadError) -> bool {
+        false
+    }
+
+    /// Whether it runs the job's Python callbacks itself.
+    fn runs_python_callbacks(&self) -> bool {
+        false
     }
 
     /// What it is, for messages and tests: "native function", "command /usr/bin/x".

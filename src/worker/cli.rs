@@ -9,7 +9,9 @@ use crate::config::{self, Config, HandlerSpec};
 use crate::conn::TlsMaterial;
 use crate::launch::flag;
 use crate::launch::handoff::Handoff;
-use crate::settings::{self, DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
+use crate::settings::{
+    self, DequeueStrategy, LogFormat, LogLevel, PythonSettings, WorkerSettings, WorkerSpec,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,9 +70,31 @@ pub struct WorkerArgs {
     /// Also move due scheduled jobs to their queues (enqueue_in / enqueue_at / retry intervals).
     #[arg(long = "with-scheduler")]
     pub with_scheduler: bool,
-    /// Serializer; only JSON is supported (the option exists for `rq worker` compatibility).
+    /// Serializer of the jobs' payloads and results: json, pickle, or a dotted path to a class
+    /// with dumps() and loads(), as `rq worker -S`. Default: pickle or JSON, read per job (and
+    /// the result written with the job's own).
     #[arg(short = 'S', long = "serializer", value_name = "SERIALIZER")]
     pub serializer: Option<String>,
+    /// A directory to import the app's Python modules from, after the working directory (as
+    /// `rq worker -P`); repeatable.
+    #[arg(short = 'P', long = "path", value_name = "DIR")]
+    pub path: Vec<PathBuf>,
+    /// A Python module to import at start, before the first job, so every work horse starts
+    /// with it loaded; repeatable. An import error stops the worker (exit 2).
+    #[arg(long = "preload", value_name = "MODULE")]
+    pub preload: Vec<String>,
+    /// The Python interpreter whose packages the jobs import (default: $VIRTUAL_ENV's, else
+    /// python3 on PATH); it must be the Python version rqworker was built for.
+    #[arg(long = "python", value_name = "EXECUTABLE")]
+    pub python: Option<PathBuf>,
+    /// A Python exception handler, `module.function(job, exc_type, exc_value, traceback)`, run
+    /// in the work horse when a job fails, as `rq worker --exception-handler`; repeatable.
+    #[arg(long = "exception-handler", value_name = "DOTTED.PATH")]
+    pub exception_handler: Vec<String>,
+    /// As `rq worker -d`: a failed Python job is not recorded in the failed registry or its
+    /// results (its status still becomes failed).
+    #[arg(short = 'd', long = "disable-default-exception-handler")]
+    pub disable_default_exception_handler: bool,
     /// Log debug messages.
     #[arg(short = 'v', long = "verbose", conflicts_with = "quiet")]
     pub verbose: bool,
@@ -110,6 +134,7 @@ pub struct WorkerOptions {
     pub pool: Option<String>,
     /// TLS CA and client certificate contents for `rediss://` (empty: system roots).
     pub tls: crate::conn::TlsMaterial,
+    pub python: PythonSettings,
 }
 
 impl WorkerArgs {
@@ -141,13 +166,7 @@ impl WorkerArgs {
     /// RQ's defaults (`settings::resolve`). Errors are complete messages for the user.
     pub fn resolve(self) -> Result<WorkerOptions, String> {
         let (cfg, handed_tls) = self.load_config()?;
-        if let Some(s) = &self.serializer
-            && !matches!(s.as_str(), "json" | "rq.serializers.JSONSerializer")
-        {
-            return Err(format!(
-                "--serializer {s}: rqworker reads only JSON jobs; enqueue with serializer=JSONSerializer and pass --serializer json (or nothing)"
-            ));
-        }
+        let python = self.python_settings()?;
         let cli = self.settings();
         // The file's tables were checked by the same rules when the file was read.
         cli.check()
@@ -185,6 +204,10 @@ impl WorkerArgs {
             .map_err(|e| e.to_string())?,
         };
         Ok(WorkerOptions {
+            python: PythonSettings {
+                redis_url: url.clone(),
+                ..python
+            },
             tls,
             name: self.name,
             queues,
@@ -195,6 +218,47 @@ impl WorkerArgs {
             pid_file: self.pid,
             pool: self.pool,
         })
+    }
+
+    /// The Python options; without the `python` feature, only what needs no Python.
+    fn python_settings(&self) -> Result<PythonSettings, String> {
+        let serializer = match self.serializer.as_deref() {
+            // JSON is read per job anyway; naming it changes nothing.
+            None | Some("json" | "rq.serializers.JSONSerializer") => None,
+            Some(other) => Some(other.to_string()),
+        };
+        let settings = PythonSettings {
+            executable: self.python.clone(),
+            paths: self
+                .path
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect(),
+            preload: self.preload.clone(),
+            serializer,
+            exception_handlers: self.exception_handler.clone(),
+            disable_default_exception_handler: self.disable_default_exception_handler,
+            redis_url: String::new(),
+        };
+        if cfg!(not(feature = "python")) {
+            let needs = if settings.serializer.is_some() {
+                Some("--serializer other than json")
+            } else if !settings.preload.is_empty() {
+                Some("--preload")
+            } else if !settings.exception_handlers.is_empty() {
+                Some("--exception-handler")
+            } else if settings.executable.is_some() {
+                Some("--python")
+            } else {
+                None
+            };
+            if let Some(option) = needs {
+                return Err(format!(
+                    "{option}: this rqworker is built without Python (the `python` feature), so it runs only JSON jobs with native, command and built-in handlers; build it with the default features to run Python job functions"
+                ));
+            }
+        }
+        Ok(settings)
     }
 
     /// The config file, from the supervisor's handoff descriptor or from disk, and the TLS

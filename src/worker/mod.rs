@@ -25,7 +25,7 @@ use clap::Parser;
 
 use crate::config::{DequeueStrategy, WorkerSpec};
 use crate::conn::{Backoff, RedisTarget};
-use crate::execution::{Handler, JobFailure, Outcome};
+use crate::execution::{Handler, JobFailure, JobStart, Outcome};
 use crate::fault::fault_point;
 use crate::handler::{JobCall, Registry};
 use crate::logging::{self, LogContext, shorten};
@@ -83,15 +83,24 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         pool: opts.pool.clone(),
         name: name.clone(),
     });
-    add_config_handlers(&mut registry, &opts);
     let target = RedisTarget::with_tls(&opts.url, &opts.tls).map_err(|e| {
         log::error!("{e}");
         EXIT_USAGE
     })?;
+    // Before any interpreter starts: Python must find SIGINT taken, or it installs its own
+    // handler and a Ctrl-C becomes a KeyboardInterrupt inside the worker.
     let signals = Signals::install().map_err(|e| {
         log::error!("cannot install signal handlers: {e}");
         EXIT_FAILURE
     })?;
+    add_config_handlers(&mut registry, &opts);
+    #[cfg(feature = "python")]
+    let python = python_fallback(&mut registry, &opts)?;
+    if registry.is_empty() {
+        log::warn!(
+            "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
+        );
+    }
     let now = Instant::now();
     let mut worker = Worker {
         claims: Claims {
@@ -140,6 +149,9 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     };
     let reason = worker.work();
     worker.finish(reason);
+    // After the death registration: the app's atexit hooks may take their time.
+    #[cfg(feature = "python")]
+    python.finalize();
     Ok(())
 }
 
@@ -156,11 +168,24 @@ fn add_config_handlers(registry: &mut Registry, opts: &WorkerOptions) {
     if opts.spec.builtin_handlers {
         registry.add_builtins();
     }
-    if registry.is_empty() {
-        log::warn!(
-            "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
-        );
+}
+
+/// Python runs every job no declared handler runs. With `preload`, the interpreter starts
+/// now and imports the modules; an import error stops the worker with its traceback.
+#[cfg(feature = "python")]
+fn python_fallback(
+    registry: &mut Registry,
+    opts: &WorkerOptions,
+) -> Result<Rc<crate::python::PythonHandler>, i32> {
+    let python = Rc::new(crate::python::PythonHandler::new(opts.python.clone()));
+    registry.set_fallback(python.clone());
+    if !opts.python.preload.is_empty()
+        && let Err(e) = python.start_now()
+    {
+        log::error!("{e}");
+        return Err(EXIT_USAGE);
     }
+    Ok(python)
 }
 
 /// Why the main loop ended.
@@ -573,13 +598,19 @@ impl Worker {
             // Retried like any failure, as RQ does: in a mixed fleet a Python worker that
             // knows the function (or reads pickle) may take the retry.
             Err(failure) => Outcome::Failed(failure),
-            Ok(job) => match job.handler.start(&job.call) {
+            Ok(job) => match job.handler.start(&JobStart {
+                record: &c.record,
+                call: job.call.as_ref(),
+                timeout: job.timeout,
+                worker: &self.name,
+            }) {
                 Ok(execution) => {
                     if let Some(pid) = execution.pid() {
                         log::debug!("job {} work horse pid {pid}", c.record.id);
                     }
                     fault_point!("after-fork");
-                    self.monitor(execution, &c, job.timeout)
+                    let grace = job.handler.kill_grace();
+                    self.monitor(execution, &c, job.timeout, grace)
                 }
                 Err(e) => Outcome::Failed(e.failure),
             },
@@ -591,16 +622,11 @@ impl Worker {
 
     /// Decodes the payload and finds the handler. An error is the job's failure.
     fn prepare(&self, c: &Claimed) -> Result<Prepared, JobFailure> {
-        let call = payload::decode(&c.record.data).map_err(JobFailure::Deserialization)?;
-        let Some(handler) = self.registry.lookup(&call.func_name).cloned() else {
-            return Err(JobFailure::UnknownFunction {
-                func_name: call.func_name,
-                known: self.registry.names(),
-            });
-        };
-        warn_unsupported(c);
+        let decoded = payload::decode(c.record.data());
+        let handler = self.registry.resolve(c.record.data(), &decoded)?;
+        warn_unsupported(c, &*handler);
         let timeout = c.record.effective_timeout(handler.default_timeout());
-        let call = JobCall {
+        let call = decoded.ok().map(|call| JobCall {
             id: c.record.id.clone(),
             func_name: call.func_name,
             args: call.args,
@@ -610,7 +636,7 @@ impl Worker {
             meta: c.record.meta_json(),
             worker_name: self.name.clone(),
             execution_id: c.execution_id.clone(),
-        };
+        });
         Ok(Prepared {
             handler,
             call,
@@ -641,22 +667,24 @@ impl Worker {
     }
 }
 
-/// A job ready to start: its handler, the call, and the timeout the worker enforces.
+/// A job ready to start: its handler, the decoded call (JSON payloads), and the timeout the
+/// worker enforces.
 struct Prepared {
     handler: Rc<dyn Handler>,
-    call: JobCall,
+    call: Option<JobCall>,
     timeout: Option<u64>,
 }
 
-/// Says what a job asks for that a Rust worker does not do: webhooks, Python callbacks.
-fn warn_unsupported(c: &Claimed) {
+/// Says what a job asks for that a Rust worker does not do: webhooks, and Python callbacks
+/// for handlers that are not Python.
+fn warn_unsupported(c: &Claimed, handler: &dyn Handler) {
     if c.record.has_webhooks {
         log::warn!(
             "job {} asks for webhooks, which rqworker does not send; the job runs without them",
             c.record.id
         );
     }
-    if !c.record.callbacks.is_empty() {
+    if !c.record.callbacks.is_empty() && !handler.runs_python_callbacks() {
         let names: Vec<String> = c
             .record
             .callbacks

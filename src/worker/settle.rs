@@ -103,12 +103,12 @@ impl Worker {
 fn log_verdict(c: &Claimed, outcome: &Outcome, verdict: Verdict, retried: bool) {
     let id = &c.record.id;
     match (verdict, outcome) {
-        (Verdict::Finished, Outcome::Returned(v)) if v.is_null() => {
+        (Verdict::Finished, Outcome::Returned(v)) if v.is_none() => {
             log::info!("Job ended normally without result")
         }
         (Verdict::Finished, Outcome::Returned(v)) => log::info!(
             "Job ended normally with result: {}",
-            shorten(&v.to_string(), 100)
+            shorten(&v.shown(), 100)
         ),
         (Verdict::Failed, Outcome::Failed(f)) => log::warn!("Job failed: {}", f.summary()),
         (Verdict::Requeued, Outcome::Failed(f)) => {

@@ -1,0 +1,142 @@
+//! Python job functions (feature `python`): the app's own functions, run as `rq worker` runs
+//! them, in a work horse forked from an interpreter embedded in the worker. Nothing outside
+//! this module knows pyo3.
+//!
+//! The interpreter starts the first time a job needs it (or at boot with `preload`), never in
+//! a worker that runs no Python job. Every fork is bracketed by `PyOS_BeforeFork` and
+//! `PyOS_AfterFork_*` with stdout and stderr flushed; the horse calls `job.py`'s `run`, which
+//! runs the job with its own serializer and reports back, then `_exit`s (skipping atexit);
+//! the worker finalizes the interpreter when it stops.
+
+mod horse;
+mod interpreter;
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use crate::execution::{Execution, Handler, JobFailure, JobStart, StartError};
+use crate::protocol::payload::PayloadError;
+
+pub use interpreter::LINKED_VERSION;
+
+/// Most bytes a serialized return value may take; larger results fail the job with a message
+/// that says so (Redis itself refuses values over 512 MB, and base64 adds a third).
+pub const RESULT_CAP: usize = 128 * 1024 * 1024;
+
+/// How long after its timeout a Python job that did not stop on its JobTimeoutException
+/// (stuck in C code, or deadlocked at the fork) has its horse killed.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+pub use crate::settings::PythonSettings;
+
+/// Runs Python jobs; the registry's fallback.
+pub struct PythonHandler {
+    settings: PythonSettings,
+    state: RefCell<State>,
+}
+
+enum State {
+    NotStarted,
+    Running(interpreter::Interpreter),
+    /// Python could not start: every Python job fails with this text (and the worker said so
+    /// once, loudly).
+    Failed(String),
+    Finalized,
+}
+
+impl PythonHandler {
+    pub fn new(settings: PythonSettings) -> PythonHandler {
+        PythonHandler {
+            settings,
+            state: RefCell::new(State::NotStarted),
+        }
+    }
+
+    /// Starts the interpreter now, for `preload`: an import error stops the worker (its
+    /// traceback is the error).
+    pub fn start_now(&self) -> Result<(), String> {
+        self.ensure_started().map(drop)
+    }
+
+    fn ensure_started(&self) -> Result<(), String> {
+        let mut state = self.state.borrow_mut();
+        match &*state {
+            State::Running(_) => return Ok(()),
+            State::Failed(e) => return Err(e.clone()),
+            State::Finalized => return Err("the Python interpreter was finalized".into()),
+            State::NotStarted => {}
+        }
+        let started = std::time::Instant::now();
+        let result = interpreter::find(self.settings.executable.as_deref())
+            .and_then(|found| {
+                interpreter::Interpreter::start(&found, &self.settings).map(|i| (found, i))
+            });
+        match result {
+            Ok((found, interp)) => {
+                log::info!(
+                    "Python {} started from {} ({}) in {:.0?}",
+                    found.version,
+                    found.executable.display(),
+                    found.chosen_by,
+                    started.elapsed()
+                );
+                *state = State::Running(interp);
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("{}", e.0);
+                *state = State::Failed(e.0.clone());
+                Err(e.0)
+            }
+        }
+    }
+
+    /// Finalizes the interpreter if it was started: the app's atexit hooks run once, here.
+    pub fn finalize(&self) {
+        let state = std::mem::replace(&mut *self.state.borrow_mut(), State::Finalized);
+        if let State::Running(interp) = state {
+            interp.finalize();
+        }
+    }
+}
+
+impl Handler for PythonHandler {
+    fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
+        if let Err(e) = self.ensure_started() {
+            return Err(StartError {
+                environment: true,
+                failure: JobFailure::StartFailed {
+                    what: "cannot start the Python interpreter".into(),
+                    error: e,
+                    fix: None,
+                },
+            });
+        }
+        let state = self.state.borrow();
+        let State::Running(interp) = &*state else {
+            unreachable!("started above")
+        };
+        horse::start(interp, job)
+    }
+
+    fn kill_grace(&self) -> Duration {
+        KILL_GRACE
+    }
+
+    fn reads_payload(&self, why: &PayloadError) -> bool {
+        match why {
+            PayloadError::Pickle => true,
+            // Bytes that are not JSON are a custom serializer's, if one is configured.
+            PayloadError::NotUtf8(_) | PayloadError::NotJson(_) => self.settings.serializer.is_some(),
+            _ => false,
+        }
+    }
+
+    fn runs_python_callbacks(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        "Python function".into()
+    }
+}
