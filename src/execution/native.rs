@@ -12,9 +12,9 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+use super::call::{JobCall, JobError, job_env};
 use super::fork::Horse;
 use super::{Execution, Exit, Handler, JobFailure, Outcome, StartError, environmental};
-use crate::handler::{JobCall, JobError, job_env};
 
 /// A native handler: runs in the forked work horse.
 pub type NativeFn = dyn Fn(&JobCall) -> Result<Value, JobError>;
