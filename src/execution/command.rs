@@ -15,10 +15,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getpid, getppid, setsid};
 use serde_json::Value;
 
+use super::call::{JobCall, job_env};
 use super::fork::Horse;
 use super::{Execution, Exit, Handler, JobFailure, JobStart, Outcome, StartError, environmental};
 use crate::config::HandlerSpec;
-use crate::handler::{JobCall, job_env};
 
 /// Most stdout a command handler's result may take; the rest is discarded with a note.
 pub const STDOUT_CAP: usize = 1024 * 1024;

@@ -7,6 +7,7 @@
 //! Today every execution is a forked work horse ([`fork::Horse`]); an in-process execution
 //! (no fork) implements the same trait.
 
+mod call;
 mod command;
 pub mod fork;
 mod native;
@@ -18,11 +19,11 @@ use std::os::fd::BorrowedFd;
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
 
+pub use call::{JobCall, JobError};
 pub use command::{CommandHandler, STDERR_TAIL, STDOUT_CAP};
 pub use native::{NativeFn, NativeHandler};
 pub use outcome::{Exit, JobFailure, Outcome, ReturnValue};
 
-use crate::handler::JobCall;
 use crate::protocol::job::JobRecord;
 
 /// A job that is running.

@@ -7,9 +7,9 @@ use std::rc::Rc;
 
 use serde_json::{Value, json};
 
+use super::call::{JobCall, JobError, job_env};
 use super::fork::ForkHooks;
 use super::{Execution, Exit, Handler, JobFailure, JobStart, Outcome, StartError, environmental};
-use crate::handler::{JobCall, JobError, job_env};
 
 /// A native handler: runs in the forked work horse.
 pub type NativeFn = dyn Fn(&JobCall) -> Result<Value, JobError>;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
-pub use super::health::{MEMORY_STRIKES, Registration, Sample};
 pub use super::pool::WorkerId;
 use super::pool::{Pool, RollStep, new_pool};
 use crate::config::Config;
+use crate::store::Registration;
 
 /// Signals the supervisor acts on, already decoded by the runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,16 @@ impl ExitKind {
             ExitKind::Signal(n, name) => format!("was killed by signal {n} ({name})"),
         }
     }
+}
+
+/// What the runtime read about one worker at a health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: WorkerId,
+    /// Worker plus descendants' resident memory, bytes; `None` if unreadable.
+    pub rss: Option<u64>,
+    /// The worker's Redis registration; `None` when Redis could not be asked.
+    pub registration: Option<Registration>,
 }
 
 #[derive(Debug)]

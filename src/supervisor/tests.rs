@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::state::*;
 use crate::config::Config;
+use crate::store::Registration;
 
 fn config(text: &str) -> Config {
     Config::parse(Path::new("/tmp/pool.toml"), text).expect("valid config")
