@@ -42,6 +42,10 @@ pub trait Execution {
 
     /// Ends the job now (SIGKILL to its whole process group) and says how its process died.
     fn kill(&mut self) -> Exit;
+
+    /// After [`Execution::kill`] for a stop-job command: what the kind does then (a Python
+    /// job's `on_stopped` callback runs, as under RQ).
+    fn after_stop(&mut self) {}
 }
 
 /// Why a job could not be started.
@@ -73,7 +77,8 @@ impl JobStart<'_> {
             environment: false,
             failure: JobFailure::StartFailed {
                 what: "cannot run this job".into(),
-                error: "its payload is not JSON, and only Python handlers read other payloads".into(),
+                error: "its payload is not JSON, and only Python handlers read other payloads"
+                    .into(),
                 fix: None,
             },
         })

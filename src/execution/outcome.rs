@@ -21,6 +21,13 @@ pub enum Outcome {
     Failed(JobFailure),
     /// Stopped on request (`rq.command.send_stop_job_command`).
     Stopped,
+    /// The job returned RQ's `Retry(max, interval)` (Python jobs): run it again.
+    Retry {
+        /// The `Retry` serialized with the job's serializer, base64, as RQ stores it.
+        base64: String,
+        max: u32,
+        intervals: Vec<u64>,
+    },
 }
 
 /// A job's return value.
@@ -66,6 +73,10 @@ impl Outcome {
             Outcome::Returned(_) => Ending::Finished,
             Outcome::Failed(_) => Ending::Failed,
             Outcome::Stopped => Ending::Stopped,
+            Outcome::Retry { max, intervals, .. } => Ending::Retried {
+                max: *max,
+                intervals: intervals.clone(),
+            },
         }
     }
 
@@ -78,6 +89,7 @@ impl Outcome {
             Outcome::Returned(ReturnValue::Serialized { base64, .. }) => base64.clone(),
             Outcome::Failed(f) => result::encode_exc_string(&f.exc_string()),
             Outcome::Stopped => result::encode_exc_string(STOPPED),
+            Outcome::Retry { base64, .. } => base64.clone(),
         }
     }
 

@@ -135,7 +135,10 @@ impl JobRecord {
 
     /// The raw `data` field; decode it with [`super::payload::decode`].
     pub fn data(&self) -> &[u8] {
-        self.fields.get("data").map(Vec::as_slice).unwrap_or_default()
+        self.fields
+            .get("data")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 

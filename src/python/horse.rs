@@ -59,8 +59,29 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
             let _ = out.write_all(doc.to_string().as_bytes());
             0
         };
+        let stopped_callback = job
+            .record
+            .fields
+            .get("stopped_callback_name")
+            .is_some_and(|v| !v.is_empty())
+            .then(|| StoppedCallback {
+                runner: interp.runner.clone_ref(py),
+                job_id: job.record.id.clone(),
+                fields: job.record.fields.clone(),
+                timeout: job
+                    .record
+                    .fields
+                    .get("stopped_callback_timeout")
+                    .and_then(|t| std::str::from_utf8(t).ok()?.trim().parse().ok())
+                    .unwrap_or(CALLBACK_TIMEOUT),
+            });
         report::fork(&hooks, run, decode)
-            .map(|e| Box::new(e) as Box<dyn Execution>)
+            .map(|inner| {
+                Box::new(PythonExecution {
+                    inner,
+                    stopped_callback,
+                }) as Box<dyn Execution>
+            })
             .map_err(|e| StartError {
                 environment: environmental(&e) || e.kind() == std::io::ErrorKind::Other,
                 failure: JobFailure::StartFailed {
@@ -70,6 +91,87 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 },
             })
     })
+}
+
+/// RQ's default callback timeout (seconds).
+const CALLBACK_TIMEOUT: u64 = 60;
+
+/// A running Python job: the horse, and what a stop-job command runs after killing it.
+struct PythonExecution {
+    inner: report::Reported,
+    stopped_callback: Option<StoppedCallback>,
+}
+
+/// The job's `on_stopped` callback, run in a horse of its own after the job's was killed (RQ
+/// runs it in the worker; a horse keeps the app's code out of the worker process).
+struct StoppedCallback {
+    runner: Py<pyo3::types::PyModule>,
+    job_id: String,
+    fields: std::collections::HashMap<String, Vec<u8>>,
+    timeout: u64,
+}
+
+impl Execution for PythonExecution {
+    fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.inner.pid()
+    }
+    fn poll_fds(&self) -> Vec<(std::os::fd::BorrowedFd<'_>, nix::poll::PollFlags)> {
+        self.inner.poll_fds()
+    }
+    fn pump(&mut self) {
+        self.inner.pump()
+    }
+    fn try_finish(&mut self) -> Option<Outcome> {
+        self.inner.try_finish()
+    }
+    fn kill(&mut self) -> Exit {
+        self.inner.kill()
+    }
+
+    fn after_stop(&mut self) {
+        let Some(cb) = self.stopped_callback.take() else {
+            return;
+        };
+        let forked = Python::attach(|py| {
+            interpreter::flush_std_streams(py);
+            let hooks = PythonFork {
+                app_threads: app_threads(py),
+            };
+            crate::execution::fork::Horse::fork_with(&hooks, || {
+                let fields = PyDict::new(py);
+                for (k, v) in &cb.fields {
+                    let _ = fields.set_item(PyBytes::new(py, k.as_bytes()), PyBytes::new(py, v));
+                }
+                let _ = cb
+                    .runner
+                    .bind(py)
+                    .call_method1("run_stopped_callback", (&cb.job_id, fields));
+                interpreter::flush_std_streams(py);
+                0
+            })
+        });
+        let mut horse = match forked {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("job {}: cannot run its stopped callback: {e}", cb.job_id);
+                return;
+            }
+        };
+        // The callback has its own timeout inside; this is the backstop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(cb.timeout + 5);
+        while horse.exited().is_none() {
+            if std::time::Instant::now() >= deadline {
+                horse.kill_and_reap();
+                log::warn!(
+                    "job {}: its stopped callback ran past its timeout ({} s); killed",
+                    cb.job_id,
+                    cb.timeout
+                );
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 /// How many threads the app started (`threading.active_count()` less the worker's own).
@@ -118,6 +220,19 @@ fn decode(exit: Exit, report: &[u8]) -> Outcome {
         }),
         (true, Some("failed")) => {
             Outcome::Failed(JobFailure::Raised(field("payload").unwrap_or_default()))
+        }
+        (true, Some("retry")) => {
+            // `text` is "max interval interval ...".
+            let spec: Vec<u64> = field("text")
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            Outcome::Retry {
+                base64: field("payload").unwrap_or_default(),
+                max: spec.first().map_or(1, |m| *m as u32),
+                intervals: spec.get(1..).unwrap_or_default().to_vec(),
+            }
         }
         _ => Outcome::Failed(JobFailure::HorseCrashed {
             exit,

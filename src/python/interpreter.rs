@@ -44,7 +44,10 @@ pub struct Found {
 /// active virtualenv's, else `python3` on `PATH`; asks it for its version and real path.
 pub fn find(configured: Option<&Path>) -> Result<Found, StartFailure> {
     let (candidate, chosen_by) = match (configured, std::env::var_os("VIRTUAL_ENV")) {
-        (Some(p), _) => (p.to_path_buf(), "[python] executable (or --python)".to_string()),
+        (Some(p), _) => (
+            p.to_path_buf(),
+            "[python] executable (or --python)".to_string(),
+        ),
         (None, Some(venv)) if !venv.is_empty() => (
             PathBuf::from(&venv).join("bin").join("python"),
             format!("$VIRTUAL_ENV ({})", PathBuf::from(&venv).display()),
@@ -147,11 +150,8 @@ fn init(executable: &Path) -> Result<(), StartFailure> {
         let config = config.assume_init_mut();
         config.install_signal_handlers = 0;
         config.parse_argv = 0;
-        let status = ffi::PyConfig_SetBytesString(
-            config,
-            &mut config.program_name,
-            program.as_ptr(),
-        );
+        let status =
+            ffi::PyConfig_SetBytesString(config, &mut config.program_name, program.as_ptr());
         if ffi::PyStatus_Exception(status) != 0 {
             ffi::PyConfig_Clear(config);
             return Err(status_failure("cannot set the program name", status));
@@ -159,7 +159,10 @@ fn init(executable: &Path) -> Result<(), StartFailure> {
         let status = ffi::Py_InitializeFromConfig(config);
         ffi::PyConfig_Clear(config);
         if ffi::PyStatus_Exception(status) != 0 {
-            return Err(status_failure("cannot start the Python interpreter", status));
+            return Err(status_failure(
+                "cannot start the Python interpreter",
+                status,
+            ));
         }
     }
     Ok(())
@@ -201,7 +204,6 @@ fn setup(py: Python<'_>, settings: &PythonSettings) -> Result<Py<PyModule>, Stri
                 settings.redis_url.as_str(),
                 settings.serializer.as_deref(),
                 settings.exception_handlers.clone(),
-                settings.disable_default_exception_handler,
                 super::RESULT_CAP,
             ),
         )

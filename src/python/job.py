@@ -87,12 +87,11 @@ _config = {
     'serializer': None,
     'connection': None,
     'exception_handlers': [],
-    'default_exception_handler': True,
     'result_cap': 128 * 1024 * 1024,
 }
 
 
-def configure(redis_url, serializer, exception_handlers, disable_default_exception_handler, result_cap):
+def configure(redis_url, serializer, exception_handlers, result_cap):
     """Once per worker, before the first fork. Every error is raised with a message that
     says what to fix; the worker reports it and stops."""
     if serializer:
@@ -104,7 +103,6 @@ def configure(redis_url, serializer, exception_handlers, disable_default_excepti
         except Exception as e:
             raise RuntimeError(f'--exception-handler {path}: cannot import it ({type(e).__name__}: {e})') from e
     _config['exception_handlers'] = handlers
-    _config['default_exception_handler'] = not disable_default_exception_handler
     _config['result_cap'] = result_cap
     if HAVE_RQ and redis_url:
         try:
@@ -233,9 +231,8 @@ def run(job_id, fields, timeout, worker_name):
 
     Returns (kind, payload, text):
       ('ok', base64 of the serialized return value or '' for None, its repr),
-      ('failed', exc_string, ''), with `default_handler` deciding whether RQ's failure record
-        is written (--disable-default-exception-handler),
-      ('retry', base64 of the serialized Retry, 'max intervals' as text),
+      ('failed', exc_string, ''),
+      ('retry', base64 of the serialized Retry, 'max interval interval ...'),
     and flushes stdout and stderr so the job's output reaches the worker's log.
     """
     try:
@@ -288,7 +285,27 @@ def _run(job_id, fields, timeout, worker_name):
                 exc_info = sys.exc_info()
                 exc_string = _exc_string()
         _handle_exception(job, exc_info)
-        return ('failed', exc_string, '' if _config['default_exception_handler'] else 'no-default-handler')
+        return ('failed', exc_string, '')
+
+
+def run_stopped_callback(job_id, fields):
+    """In a horse of its own, after the job's horse was killed by a stop-job command: the job's
+    on_stopped callback, with its timeout, as RQ runs it in the worker."""
+    if not HAVE_RQ:
+        return
+    data = _inflate(fields.get(b'data', b''))
+    job = _Job(job_id, connection=_config['connection'], serializer=_serializer_for(data))
+    job.restore(fields)
+    try:
+        job.execute_stopped_callback(UnixSignalDeathPenalty)
+    except BaseException:
+        print(f'rqworker: the stopped callback of job {job_id} raised:\n{_exc_string()}', file=sys.stderr)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
 
 
 class _Timeout:

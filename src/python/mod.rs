@@ -67,10 +67,9 @@ impl PythonHandler {
             State::NotStarted => {}
         }
         let started = std::time::Instant::now();
-        let result = interpreter::find(self.settings.executable.as_deref())
-            .and_then(|found| {
-                interpreter::Interpreter::start(&found, &self.settings).map(|i| (found, i))
-            });
+        let result = interpreter::find(self.settings.executable.as_deref()).and_then(|found| {
+            interpreter::Interpreter::start(&found, &self.settings).map(|i| (found, i))
+        });
         match result {
             Ok((found, interp)) => {
                 log::info!(
@@ -127,7 +126,9 @@ impl Handler for PythonHandler {
         match why {
             PayloadError::Pickle => true,
             // Bytes that are not JSON are a custom serializer's, if one is configured.
-            PayloadError::NotUtf8(_) | PayloadError::NotJson(_) => self.settings.serializer.is_some(),
+            PayloadError::NotUtf8(_) | PayloadError::NotJson(_) => {
+                self.settings.serializer.is_some()
+            }
             _ => false,
         }
     }

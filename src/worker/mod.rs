@@ -131,6 +131,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         },
         idle_since: now,
         warm_noted: false,
+        record_failures: !opts.python.disable_default_exception_handler,
         suspended: false,
     };
     worker.start()?;
@@ -243,6 +244,9 @@ struct Worker {
     idle_since: Instant,
     /// Whether the warm-shutdown request was already logged and recorded.
     warm_noted: bool,
+    /// False under `--disable-default-exception-handler`: failures are settled without their
+    /// failed-registry entry and result, as RQ does.
+    record_failures: bool,
     suspended: bool,
     /// Present with `--with-scheduler`.
     scheduler: Option<Scheduler>,

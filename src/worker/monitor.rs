@@ -56,6 +56,9 @@ impl Worker {
             }
             if let Some(kill) = job.kill {
                 let exit = exec.kill();
+                if kill == Kill::Stop {
+                    exec.after_stop();
+                }
                 return self.killed(kill, exit, timeout);
             }
             if now >= next_hb {
