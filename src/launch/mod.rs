@@ -82,6 +82,10 @@ pub struct Launch {
     /// The pool's `user` and `group` ids, applied when the supervisor runs as root.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The pool's `cwd`: the app's project directory, where Python jobs import from.
+    pub cwd: Option<PathBuf>,
+    /// The pool's `env`, on top of the supervisor's environment.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl Launch {
@@ -131,10 +135,15 @@ impl Launch {
     /// stay open until the command is spawned.
     pub(crate) fn command(&self, handoff_fd: RawFd) -> Command {
         let mut cmd = Command::new(&self.program);
+        // The pool's variables first: the contract's own must not be overridden by them.
         cmd.args(self.args())
+            .envs(&self.env)
             .envs(self.envs())
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         // `user`/`group`: std sets the group, drops supplementary groups and sets the user
         // before the pre_exec closure below runs, so the parent-death signal is set after
         // the credentials change (a change of credentials would clear it).
@@ -199,6 +208,8 @@ mod tests {
             supervisor: Pid::from_raw(4242),
             uid: None,
             gid: None,
+            cwd: None,
+            env: Default::default(),
         }
     }
 

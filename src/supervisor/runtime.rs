@@ -283,6 +283,8 @@ impl Runtime {
             supervisor: self.me,
             uid: spec.uid,
             gid: spec.gid,
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
         };
         // The worker gets the pool file's text and the TLS files from us on a descriptor,
         // not from disk: it may run as a user who cannot read them (see launch::handoff).

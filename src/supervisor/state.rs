@@ -102,6 +102,9 @@ pub struct SpawnSpec {
     /// The pool's `user` and `group` ids, applied when the supervisor runs as root.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The pool's `cwd` and `env`.
+    pub cwd: Option<PathBuf>,
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -891,6 +894,8 @@ impl State {
             max_jobs: w.max_jobs,
             uid: pool.spec.user.as_ref().map(|u| u.id),
             gid: pool.spec.group.as_ref().map(|g| g.id),
+            cwd: pool.spec.cwd.clone(),
+            env: pool.spec.env.clone(),
         }
     }
 

@@ -166,7 +166,7 @@ impl WorkerArgs {
     /// RQ's defaults (`settings::resolve`). Errors are complete messages for the user.
     pub fn resolve(self) -> Result<WorkerOptions, String> {
         let (cfg, handed_tls) = self.load_config()?;
-        let python = self.python_settings()?;
+        let python = self.python_settings(cfg.as_ref())?;
         let cli = self.settings();
         // The file's tables were checked by the same rules when the file was read.
         cli.check()
@@ -220,21 +220,36 @@ impl WorkerArgs {
         })
     }
 
-    /// The Python options; without the `python` feature, only what needs no Python.
-    fn python_settings(&self) -> Result<PythonSettings, String> {
-        let serializer = match self.serializer.as_deref() {
+    /// The Python options: the command line's over the pool's `python` over `[python]`;
+    /// without the `python` feature, only what needs no Python.
+    fn python_settings(&self, cfg: Option<&Config>) -> Result<PythonSettings, String> {
+        let file = cfg.map(|c| c.python.clone()).unwrap_or_default();
+        let pool_python = cfg.and_then(|c| {
+            let pool = self.pool.as_deref()?;
+            c.pools.iter().find(|p| p.name == pool)?.python.clone()
+        });
+        let serializer = match self.serializer.as_deref().or(file.serializer.as_deref()) {
             // JSON is read per job anyway; naming it changes nothing.
             None | Some("json" | "rq.serializers.JSONSerializer") => None,
             Some(other) => Some(other.to_string()),
         };
-        let settings = PythonSettings {
-            executable: self.python.clone(),
-            paths: self
-                .path
+        let mut paths = file.paths;
+        paths.extend(
+            self.path
                 .iter()
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-                .collect(),
-            preload: self.preload.clone(),
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        );
+        let mut preload = file.preload;
+        preload.extend(self.preload.iter().cloned());
+        if let Some(m) = preload.iter().find(|m| !config::is_module_name(m)) {
+            return Err(format!(
+                "--preload {m:?}: not a module name; write a dotted module name such as myapp.tasks"
+            ));
+        }
+        let settings = PythonSettings {
+            executable: self.python.clone().or(pool_python).or(file.executable),
+            paths,
+            preload,
             serializer,
             exception_handlers: self.exception_handler.clone(),
             disable_default_exception_handler: self.disable_default_exception_handler,
