@@ -337,7 +337,8 @@ impl FromStr for LogLevel {
     /// Any case, and `warn` for `warning`, as Python's logging names them.
     fn from_str(v: &str) -> Result<LogLevel, Problem> {
         match v.to_ascii_lowercase().as_str() {
-            "error" => Ok(LogLevel::Error),
+            // Python's CRITICAL: our most severe level.
+            "error" | "critical" => Ok(LogLevel::Error),
             "warning" | "warn" => Ok(LogLevel::Warning),
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),

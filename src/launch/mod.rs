@@ -86,6 +86,9 @@ pub struct Launch {
     pub cwd: Option<PathBuf>,
     /// The pool's `env`, on top of the supervisor's environment.
     pub env: std::collections::BTreeMap<String, String>,
+    /// More `rqworker` options, written before the queues (a command-line pool's worker
+    /// options: `--path`, `--serializer`, `--log-format`...).
+    pub extra_args: Vec<OsString>,
 }
 
 impl Launch {
@@ -108,6 +111,7 @@ impl Launch {
         if let Some(f) = self.log_format {
             args.extend([long(flag::LOG_FORMAT), f.name().into()]);
         }
+        args.extend(self.extra_args.iter().cloned());
         // Queue names may start with a dash.
         args.push("--".into());
         args.extend(self.queues.iter().map(OsString::from));
@@ -210,6 +214,7 @@ mod tests {
             gid: None,
             cwd: None,
             env: Default::default(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -231,7 +236,10 @@ mod tests {
         assert_eq!(a.queues, l.queues);
         assert!(a.burst);
         assert_eq!(a.max_jobs, Some(523));
-        assert_eq!(a.log_format, Some(LogFormat::Json));
+        assert_eq!(
+            a.log_format,
+            Some(crate::worker::cli::LogFormatArg::Named(LogFormat::Json))
+        );
         // Nothing else is set: the rest comes from the pool file.
         assert_eq!(a.url, None);
         assert_eq!(a.name, None);

@@ -40,11 +40,26 @@ pub const EXIT_FAILURE: i32 = 1;
 
 /// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
 pub fn main() -> Result<(), i32> {
-    let (path, command) = match cli::Cli::from_env() {
+    let (source, command) = match cli::Cli::from_env() {
         Ok(parsed) => parsed,
         Err(done) => return done,
     };
-    let (cfg, text) = match Config::read(&path) {
+    let (path, read, worker_args) = match source {
+        cli::Source::File(path) => {
+            let read = Config::read(&path);
+            (path, read, Vec::new())
+        }
+        cli::Source::CommandLine { text, worker_args } => {
+            // A label for messages; relative paths start at the working directory.
+            let path = std::env::current_dir()
+                .unwrap_or_default()
+                .join("(command line)");
+            let read = Config::parse(&path, &text).map(|cfg| (cfg, text));
+            (path, read, worker_args)
+        }
+    };
+    let from_file = worker_args.is_empty() && path.is_file();
+    let (cfg, text) = match read {
         Ok(read) => read,
         Err(e) => {
             eprintln!("rq-supervisor: {e}");
@@ -91,6 +106,8 @@ pub fn main() -> Result<(), i32> {
             }
             let start = runtime::Start {
                 config_path: path,
+                from_file,
+                worker_args,
                 config_text: text,
                 redis_url,
                 tls_paths,

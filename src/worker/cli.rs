@@ -68,7 +68,7 @@ pub struct WorkerArgs {
     #[arg(long = "dequeue-strategy", value_name = "STRATEGY")]
     pub dequeue_strategy: Option<DequeueStrategy>,
     /// Also move due scheduled jobs to their queues (enqueue_in / enqueue_at / retry intervals).
-    #[arg(long = "with-scheduler")]
+    #[arg(short = 's', long = "with-scheduler")]
     pub with_scheduler: bool,
     /// Serializer of the jobs' payloads and results: json, pickle, or a dotted path to a class
     /// with dumps() and loads(), as `rq worker -S`. Default: pickle or JSON, read per job (and
@@ -101,9 +101,31 @@ pub struct WorkerArgs {
     /// Log only warnings and errors.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// Log format: text or json.
+    /// Log format: text, json, or a Python logging format string as `rq worker` takes
+    /// (e.g. '%(asctime)s %(levelname)s %(message)s').
     #[arg(long = flag::LOG_FORMAT, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<LogFormatArg>,
+    /// The date format of %(asctime)s in a Python log format (strftime; RQ's default %H:%M:%S).
+    #[arg(long = "date-format", value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    /// The log level by name, as `rq worker --logging_level`: DEBUG, INFO, WARNING, ERROR.
+    #[arg(long = "logging_level", alias = "logging-level", value_name = "LEVEL")]
+    pub logging_level: Option<LogLevel>,
+    /// Log the job's id instead of its description (its call with the arguments).
+    #[arg(long = "disable-job-desc-logging")]
+    pub disable_job_desc_logging: bool,
+    /// The worker class, as `rq worker -w`: rq.Worker (the default; a work horse per job).
+    #[arg(short = 'w', long = "worker-class", value_name = "CLASS")]
+    pub worker_class: Option<String>,
+    /// The job class, as `rq worker -j`: rq.job.Job.
+    #[arg(short = 'j', long = "job-class", value_name = "CLASS")]
+    pub job_class: Option<String>,
+    /// The queue class, as `rq worker --queue-class`: rq.Queue.
+    #[arg(long = "queue-class", value_name = "CLASS")]
+    pub queue_class: Option<String>,
+    /// The Redis client class, as `rq worker --connection-class`: redis.Redis.
+    #[arg(long = "connection-class", value_name = "CLASS")]
+    pub connection_class: Option<String>,
     /// Write the worker's pid to this file (removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
@@ -121,6 +143,53 @@ pub struct WorkerArgs {
     pub config_fd: Option<i32>,
 }
 
+/// `--log-format`: a format name, or a Python logging format string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormatArg {
+    Named(LogFormat),
+    Python(String),
+}
+
+impl std::str::FromStr for LogFormatArg {
+    type Err = settings::Problem;
+    fn from_str(v: &str) -> Result<LogFormatArg, settings::Problem> {
+        if v.contains("%(") {
+            return Ok(LogFormatArg::Python(v.to_string()));
+        }
+        v.parse().map(LogFormatArg::Named)
+    }
+}
+
+/// RQ's spelling that clap cannot take as is: `-ds` (a two-letter short option) for
+/// `--dequeue-strategy`. Every other argument is passed through.
+pub fn rq_spellings(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-ds") => "--dequeue-strategy".into(),
+            Some(s) if s.starts_with("-ds=") => format!("--dequeue-strategy={}", &s[4..]).into(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// The classes `rq worker -w/-j/--queue-class/--connection-class` may name here: RQ's own
+/// (the worker's behaviour is RQ's, in Rust); a custom class would be Python code subclassing
+/// RQ's worker, which this worker does not run.
+const CLASSES: [(&str, &str, &[&str]); 4] = [
+    (
+        "-w/--worker-class",
+        "rq.Worker",
+        &["rq.Worker", "rq.worker.Worker"],
+    ),
+    ("-j/--job-class", "rq.job.Job", &["rq.job.Job", "rq.Job"]),
+    ("--queue-class", "rq.Queue", &["rq.Queue", "rq.queue.Queue"]),
+    (
+        "--connection-class",
+        "redis.Redis",
+        &["redis.Redis", "redis.StrictRedis", "redis.client.Redis"],
+    ),
+];
+
 /// Everything `worker::run` needs, resolved from the CLI, the config and the environment.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -135,6 +204,10 @@ pub struct WorkerOptions {
     /// TLS CA and client certificate contents for `rediss://` (empty: system roots).
     pub tls: crate::conn::TlsMaterial,
     pub python: PythonSettings,
+    /// `--log-format` as a Python logging format, with `--date-format`.
+    pub log_template: Option<crate::logging::Template>,
+    /// False with `--disable-job-desc-logging`.
+    pub log_descriptions: bool,
 }
 
 impl WorkerArgs {
@@ -156,9 +229,14 @@ impl WorkerArgs {
             } else if self.quiet {
                 Some(LogLevel::Warning)
             } else {
-                None
+                self.logging_level
             },
-            log_format: self.log_format,
+            log_format: match &self.log_format {
+                Some(LogFormatArg::Named(f)) => Some(*f),
+                // A Python format string is a text format with a template.
+                Some(LogFormatArg::Python(_)) => Some(LogFormat::Text),
+                None => None,
+            },
         }
     }
 
@@ -167,6 +245,16 @@ impl WorkerArgs {
     pub fn resolve(self) -> Result<WorkerOptions, String> {
         let (cfg, handed_tls) = self.load_config()?;
         let python = self.python_settings(cfg.as_ref())?;
+        self.check_classes()?;
+        let log_template = match &self.log_format {
+            Some(LogFormatArg::Python(f)) => Some(crate::logging::Template::parse(
+                f,
+                self.date_format
+                    .as_deref()
+                    .unwrap_or(crate::logging::Template::DEFAULT_DATE_FORMAT),
+            )?),
+            _ => None,
+        };
         let cli = self.settings();
         // The file's tables were checked by the same rules when the file was read.
         cli.check()
@@ -204,6 +292,8 @@ impl WorkerArgs {
             .map_err(|e| e.to_string())?,
         };
         Ok(WorkerOptions {
+            log_template,
+            log_descriptions: !self.disable_job_desc_logging,
             python: PythonSettings {
                 redis_url: url.clone(),
                 ..python
@@ -218,6 +308,31 @@ impl WorkerArgs {
             pid_file: self.pid,
             pool: self.pool,
         })
+    }
+
+    /// `-w`, `-j`, `--queue-class`, `--connection-class`: RQ's own classes only.
+    fn check_classes(&self) -> Result<(), String> {
+        let given = [
+            &self.worker_class,
+            &self.job_class,
+            &self.queue_class,
+            &self.connection_class,
+        ];
+        for ((option, default, accepted), value) in CLASSES.iter().zip(given) {
+            let Some(v) = value else { continue };
+            if accepted.contains(&v.as_str()) {
+                continue;
+            }
+            if option.starts_with("-w") && v.ends_with("SimpleWorker") {
+                return Err(format!(
+                    "{option} {v}: rqworker has no no-fork mode yet; every job runs in a work horse (rq.Worker)"
+                ));
+            }
+            return Err(format!(
+                "{option} {v}: rqworker runs RQ's own {default}, in Rust, and cannot load a Python subclass of it; drop the option (custom job code goes in the job functions, exception handlers in --exception-handler)"
+            ));
+        }
+        Ok(())
     }
 
     /// The Python options: the command line's over the pool's `python` over `[python]`;

@@ -59,7 +59,8 @@ const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERS
 /// of a process with other threads can deadlock. The worker checks before every fork and
 /// fails the job with a message that says so rather than forking.
 pub fn main_with(registry: Registry) -> Result<(), i32> {
-    let opts = match WorkerArgs::parse().resolve() {
+    let args = cli::rq_spellings(std::env::args_os());
+    let opts = match WorkerArgs::parse_from(args).resolve() {
         Ok(opts) => opts,
         Err(msg) => {
             eprintln!("rqworker: {msg}");
@@ -73,6 +74,9 @@ pub fn main_with(registry: Registry) -> Result<(), i32> {
 /// [`main_with`]: the process must have no other thread.
 pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
+    if let Some(t) = &opts.log_template {
+        logging::set_template(t.clone());
+    }
     let hostname = crate::launch::hostname();
     let pid = std::process::id();
     let name = opts
@@ -132,6 +136,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         idle_since: now,
         warm_noted: false,
         record_failures: !opts.python.disable_default_exception_handler,
+        log_descriptions: opts.log_descriptions,
         suspended: false,
     };
     worker.start()?;
@@ -244,6 +249,8 @@ struct Worker {
     idle_since: Instant,
     /// Whether the warm-shutdown request was already logged and recorded.
     warm_noted: bool,
+    /// False with `--disable-job-desc-logging`: jobs are logged by id, not by their call.
+    log_descriptions: bool,
     /// False under `--disable-default-exception-handler`: failures are settled without their
     /// failed-registry entry and result, as RQ does.
     record_failures: bool,
@@ -595,7 +602,11 @@ impl Worker {
     /// Runs one claimed job to its end and settles it.
     fn execute(&mut self, c: Claimed) {
         // A description carries the arguments' repr, which can be megabytes long.
-        log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
+        if self.log_descriptions {
+            log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
+        } else {
+            log::info!("Got job {} from {}", c.record.id, c.queue);
+        }
         log::debug!("job {} execution {}", c.record.id, c.execution_id);
         let started = Instant::now();
         let outcome = match self.prepare(&c) {
