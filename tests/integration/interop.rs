@@ -11,8 +11,8 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
-/// A Python module the Python worker can import (its directory goes on PYTHONPATH).
-fn python_tasks(dir: &Path, runs: &Path) -> String {
+/// A Python module the Python worker can import (`dir` goes on its import path).
+fn python_tasks(dir: &Path, runs: &Path) {
     std::fs::write(
         dir.join("ptasks.py"),
         format!(
@@ -23,25 +23,6 @@ fn python_tasks(dir: &Path, runs: &Path) -> String {
         ),
     )
     .unwrap();
-    dir.display().to_string()
-}
-
-/// `rq worker --burst` with the JSON serializer, importing from `pythonpath`.
-fn python_worker(redis: &RedisServer, name: &str, pythonpath: &str, queue: &str) -> Proc {
-    let url = redis.url();
-    let mut cmd = rq_cli(&[
-        "worker",
-        "--burst",
-        "--url",
-        &url,
-        "--serializer",
-        "rq.serializers.JSONSerializer",
-        "--name",
-        name,
-        queue,
-    ]);
-    cmd.env("PYTHONPATH", pythonpath);
-    Proc::spawn(cmd)
 }
 
 #[test]
@@ -85,10 +66,12 @@ fn python_enqueued_jobs_run_and_python_reads_the_return_values() {
     );
     let echoed = py_enqueue_args(&redis, "default", "rq.builtin.echo", &args.to_string());
     let nothing = py_enqueue_args(&redis, "default", "rq.builtin.noop", "[]");
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--builtin-handlers", "--burst", "--name", "rsw"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .burst()
+        .name("rsw")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
 
     let r = py_json(&redis, &["result", &mirrored]);
@@ -119,10 +102,11 @@ fn big_integers_from_python_are_not_silently_changed() {
         "rq.builtin.echo",
         "[1180591620717411303424]",
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--burst", "--name", "rsw"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .burst()
+        .name("rsw")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let out = python(&redis, "rqtool.py", &["result", &id]);
     // Compare the text: serde_json in this test would itself round 2**70 to a float.
@@ -145,10 +129,11 @@ fn a_failing_job_shows_failed_and_its_message_in_python() {
         "rq.builtin.fail",
         r#"["payment declined: card 4242"]"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--burst", "--name", "rsw"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .burst()
+        .name("rsw")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let r = py_json(&redis, &["result", &id]);
     assert_eq!(r["status"], "failed", "{r}");
@@ -176,10 +161,11 @@ fn rq_info_and_worker_all_list_a_running_worker_and_forget_it_after_death() {
     let redis = RedisServer::start();
     let dir = temp_dir();
     let cfg = write_config(dir.path(), &gate_handler(dir.path()));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--name", "w-interop", "high", "low"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w-interop")
+        .queues(["high", "low"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     wait_worker_state(&mut con, "w-interop", "idle");
@@ -242,7 +228,7 @@ fn a_python_worker_and_ours_drain_one_queue_together_without_duplicates_or_losse
     let redis = RedisServer::start();
     let dir = temp_dir();
     let runs = dir.path().join("runs.txt");
-    let pythonpath = python_tasks(dir.path(), &runs);
+    python_tasks(dir.path(), &runs);
     let script = write_script(
         dir.path(),
         "ident.sh",
@@ -266,15 +252,17 @@ fn a_python_worker_and_ours_drain_one_queue_together_without_duplicates_or_losse
     assert_eq!(ids.len(), JOBS);
 
     let mut con = redis.con();
-    let mut py = python_worker(&redis, "pyw", &pythonpath, "q");
+    let mut py = python_worker(&redis, dir.path(), &["--burst", "--name", "pyw", "q"]);
     // Start ours once the Python worker is up, so that both really take part.
     wait_until("the Python worker's birth", WAIT, || {
         exists(&mut con, "rq:worker:pyw")
     });
-    let mut rs = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "rsw", "q"],
-    ));
+    let mut rs = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("rsw")
+        .queues(["q"])
+        .spawn();
     assert!(rs.wait_exit(WAIT * 3).success(), "{}", rs.log());
     assert!(py.wait_exit(WAIT * 3).success(), "{}", py.log());
 
@@ -347,7 +335,7 @@ fn rust_producer_jobs_read_back_like_python_ones_and_run_on_a_python_worker() {
     use rq_supervisor::producer::{EnqueueOptions, enqueue};
     let redis = RedisServer::start();
     let dir = temp_dir();
-    let pythonpath = python_tasks(dir.path(), &dir.path().join("runs.txt"));
+    python_tasks(dir.path(), &dir.path().join("runs.txt"));
     let mut con = redis.con();
     let args =
         json!([1, "x", "it's \"quoted\"", "ünï 😀", 2.5, 1e20, null, true, {"a": [1]}, [[]]]);
@@ -421,7 +409,7 @@ fn rust_producer_jobs_read_back_like_python_ones_and_run_on_a_python_worker() {
     assert!(smembers(&mut con, "rq:queues").contains(&"rq:queue:q".to_string()));
 
     // A Python worker runs it.
-    let mut py = python_worker(&redis, "pyw", &pythonpath, "q");
+    let mut py = python_worker(&redis, dir.path(), &["--burst", "--name", "pyw", "q"]);
     assert!(py.wait_exit(WAIT * 2).success(), "{}", py.log());
     let r = py_json(&redis, &["result", &id]);
     assert_eq!(r["status"], "finished", "{r}\n{}", py.log());
@@ -447,10 +435,11 @@ fn the_installed_python_rq_is_2_12() {
 fn python_rq_commands_stop_a_job_kill_a_horse_and_shut_the_worker_down() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
 
     // stop-job: status `stopped`, a type-2 result with RQ's text, the failed registry.
@@ -519,10 +508,12 @@ fn a_burst_worker_obeys_stop_job_and_shutdown_commands_too() {
     let long = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([60]));
     let second = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([60]));
     let third = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &long, &["started"]);
     py_json(&redis, &["send", "stop-job", &long]);
     wait_until("the stop-job command to stop the job", WAIT, || {
@@ -557,10 +548,12 @@ fn a_dependent_job_is_enqueued_and_run_once_its_dependency_finishes() {
         &json!({ "depends_on": a }).to_string(),
     );
     assert_eq!(job_status(&mut con, &b).as_deref(), Some("deferred"));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &a).as_deref(), Some("finished"));
     assert_eq!(

@@ -3,7 +3,7 @@
 //! message naming the file, the key and the fix; sent to a running supervisor with SIGHUP it
 //! is refused while the running pools keep working (a job queued after the refusal runs).
 
-use crate::support::supervisor::{PoolFile, supervisor_cmd, wait_workers};
+use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -23,22 +23,23 @@ fn refused_everywhere(bad: &str, wanted: &[&str]) {
             assert!(stderr.contains(w), "{what}: wanted {w:?} in {stderr}");
         }
     };
-    let mut cmd = supervisor_cmd(&redis, &pool.path);
-    check(cmd.arg("check").output().unwrap(), "check");
     check(
-        supervisor_cmd(&redis, &pool.path).output().unwrap(),
-        "start",
+        Supervisor::new(&redis, &pool).arg("check").output(),
+        "check",
     );
+    check(Supervisor::new(&redis, &pool).output(), "start");
     check(
-        rqworker(&redis, &["-c", &path, "--burst", "q"])
-            .output()
-            .unwrap(),
+        Rqworker::new(&redis)
+            .config(&path)
+            .burst()
+            .queues(["q"])
+            .output(),
         "rqworker -c",
     );
 
     // A running supervisor refuses it on reload and keeps serving.
     pool.rewrite(GOOD);
-    let sup = Proc::spawn(supervisor_cmd(&redis, &pool.path));
+    let sup = Supervisor::new(&redis, &pool).spawn();
     let mut con = redis.con();
     let before = wait_workers(&mut con, 1);
     pool.rewrite(bad);
@@ -135,13 +136,7 @@ fn bad_redis_url() {
         ],
     );
     let pool = PoolFile::new("[redis]\nurl = \"redis://u:pw-visible@host:notaport\"\n");
-    let out = bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .arg("check")
-        .arg("-c")
-        .arg(&pool.path)
-        .output()
-        .unwrap();
+    let out = Supervisor::check(&pool).output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("redis://u:***@host:notaport"), "{stderr}");

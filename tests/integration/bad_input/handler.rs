@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::supervisor::{PoolFile, supervisor_cmd, wait_workers};
+use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -45,10 +45,12 @@ fn a_handler_that_never_reads_stdin_does_not_block_the_worker() {
         "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.02; done\necho done\n",
         "",
     );
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     // 1 MB of kwargs: far more than a pipe holds, so writing stdin would block.
@@ -112,7 +114,11 @@ fn processes_a_handler_leaves_behind_are_killed_when_it_exits() {
         "#!/bin/sh\nsleep 300 &\necho $! > \"$1\"\necho bye\n",
         "",
     );
-    let w = Proc::spawn(rqworker(&redis, &["-c", &cfg, "--name", "w", "q"]));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     let id = rs_enqueue(
@@ -149,7 +155,7 @@ fn under_the_supervisor_even_a_process_that_left_the_handlers_group_is_killed() 
          [handlers.\"tasks.escape\"]\ncommand = [{}]\n",
         toml_str(script.display().to_string())
     ));
-    let sup = Proc::spawn(supervisor_cmd(&redis, &pool.path));
+    let sup = Supervisor::new(&redis, &pool).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 1);
     let id = rs_enqueue(
@@ -179,7 +185,11 @@ fn a_handler_that_ignores_sigterm_is_killed_at_its_timeout_and_on_cold_shutdown(
         "#!/bin/sh\ntrap '' TERM INT\necho $$ > \"$1\"\nwhile :; do sleep 0.05; done\n",
         "",
     );
-    let mut w = Proc::spawn(rqworker(&redis, &["-c", &cfg, "--name", "w", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     // Its timeout.

@@ -24,9 +24,8 @@ fn py_code(redis: &RedisServer, code: &str) -> String {
          \x20   conn.rpush('rq:queue:q', job.id)\n\
          \x20   return job.id\n{code}\n"
     );
-    let out = std::process::Command::new(python_bin())
+    let out = python_cmd(redis)
         .args(["-c", &script])
-        .env("RQ_REDIS_URL", redis.url())
         .output()
         .expect("python3");
     assert!(
@@ -38,10 +37,12 @@ fn py_code(redis: &RedisServer, code: &str) -> String {
 }
 
 fn worker(redis: &RedisServer, cfg: &str) -> Proc {
-    let w = Proc::spawn(rqworker(
-        redis,
-        &["-c", cfg, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(redis)
+        .config(cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     w
 }

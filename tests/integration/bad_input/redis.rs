@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::supervisor::{PoolFile, supervisor_cmd, wait_workers};
+use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
 use serde_json::json;
 
@@ -28,7 +28,7 @@ fn a_queue_key_of_the_wrong_type_is_skipped_and_reported_while_other_queues_run(
         .exec(&mut con)
         .unwrap();
     let pool = pool_file("\"bad\", \"good\"");
-    let sup = Proc::spawn(supervisor_cmd(&redis, &pool.path));
+    let sup = Supervisor::new(&redis, &pool).spawn();
     wait_workers(&mut con, 1);
     let ids: Vec<String> = (0..3)
         .map(|i| rs_enqueue(&mut con, "good", "rq.builtin.echo", json!([i])))
@@ -60,7 +60,7 @@ fn out_of_memory_keeps_the_job_queued_until_redis_accepts_writes_again() {
     let redis = RedisServer::start();
     let mut con = redis.con();
     let pool = pool_file("\"q\"");
-    let sup = Proc::spawn(supervisor_cmd(&redis, &pool.path));
+    let sup = Supervisor::new(&redis, &pool).spawn();
     let worker = wait_workers(&mut con, 1)[0].clone();
     // Suspend the worker, queue a job, make Redis refuse writes, then resume: the worker
     // wakes and tries to take the job while Redis is out of memory.
@@ -115,8 +115,15 @@ fn out_of_memory_keeps_the_job_queued_until_redis_accepts_writes_again() {
 #[test]
 fn a_read_only_replica_is_named_and_the_job_runs_once_it_is_promoted() {
     // The primary needs a TCP port: replication does not run over unix sockets.
-    let port = free_port();
-    let primary = RedisServer::start_with(&["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+    let primary = RedisServer::start_on_port("rqs-redis-", |port| {
+        vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ]
+    });
+    let port = primary.port.unwrap();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port.to_string()]);
     let mut rcon = replica.con();
     wait_until("the replica in sync", WAIT, || {
@@ -137,7 +144,7 @@ fn a_read_only_replica_is_named_and_the_job_runs_once_it_is_promoted() {
         job_status(&mut rcon, &id).as_deref() == Some("queued")
     });
     let pool = pool_file("\"q\"");
-    let sup = Proc::spawn(supervisor_cmd(&replica, &pool.path));
+    let sup = Supervisor::new(&replica, &pool).spawn();
     sup.wait_for_log("read only replica");
     wait_until("a few restarts", WAIT, || {
         sup.log().matches("exited with status 1").count() >= 2

@@ -6,10 +6,11 @@
 use crate::contract::*;
 
 fn worker(redis: &RedisServer, name: &str) -> Proc {
-    let w = Proc::spawn(rqworker(
-        redis,
-        &["--builtin-handlers", "--name", name, "q"],
-    ));
+    let w = Rqworker::new(redis)
+        .builtin_handlers()
+        .name(name)
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     w
 }
@@ -36,10 +37,12 @@ fn shutdown_command_while_busy_finishes_the_job_first() {
     let redis = RedisServer::start();
     let scratch = Scratch::new();
     let config = gate_config(&scratch);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &config, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&config)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let (id, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let next = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
     let mut con = redis.con();
@@ -184,18 +187,13 @@ fn commands_reach_a_burst_worker_too() {
     let long = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", "{}");
     let (short, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let last = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "-c",
-            &config,
-            "--builtin-handlers",
-            "--name",
-            "b",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .config(&config)
+        .builtin_handlers()
+        .name("b")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &long, &["started"]);
     rc(&redis, &["stop_job", &long]);
     wait_status(&mut con, &long, &["stopped"]);

@@ -7,9 +7,11 @@
 use crate::contract::*;
 
 fn burst(redis: &RedisServer, queues: &[&str]) -> Proc {
-    let mut args = vec!["--burst", "--builtin-handlers"];
-    args.extend_from_slice(queues);
-    let mut w = Proc::spawn(rqworker(redis, &args));
+    let mut w = Rqworker::new(redis)
+        .burst()
+        .builtin_handlers()
+        .queues(queues)
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     w
 }
@@ -229,7 +231,11 @@ fn the_child_leaves_rq_deferred_in_the_same_step_as_the_parent_finishes() {
         ],
     ));
     assert_eq!(children.len(), 20);
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     let mut checks = 0usize;
     loop {

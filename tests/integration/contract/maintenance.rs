@@ -65,10 +65,11 @@ fn expired_entries_are_cleaned_at_start_and_then_every_interval() {
     let mut con = redis.con();
     let now = redis_now(&mut con);
     seed_expiring_entries(&mut con, "q", now);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--maintenance-interval", "1", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .opt("--maintenance-interval", "1")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_until("first maintenance", WAIT, || cleaned(&mut con, "q"));
     // Again after the worker is up: the next pass comes within the interval.
     let now = redis_now(&mut con);
@@ -87,7 +88,11 @@ fn expired_entries_are_cleaned_at_start_and_then_every_interval() {
 fn the_default_interval_does_not_clean_again_within_seconds() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(&redis, &["-v", "--name", "w", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .arg("-v")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("cleaned registries of 1 queue(s)");
     let now = redis_now(&mut con);
     seed_expiring_entries(&mut con, "q", now);
@@ -120,10 +125,11 @@ fn a_queue_locked_by_another_cleaner_is_skipped_until_the_lock_is_gone() {
     let now = redis_now(&mut con);
     seed_expiring_entries(&mut con, "q", now);
     seed_expiring_entries(&mut con, "other", now);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--maintenance-interval", "1", "--name", "w", "q", "other"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .opt("--maintenance-interval", "1")
+        .name("w")
+        .queues(["q", "other"])
+        .spawn();
     wait_until("the unlocked queue is cleaned", WAIT, || {
         cleaned(&mut con, "other")
     });
@@ -171,17 +177,12 @@ fn abandoned_executions_fail_with_rqs_text_or_are_retried() {
     let live_member = seed_started(&mut con, "q", &live, now + 1000.0);
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
 
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--maintenance-interval",
-            "1",
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .opt("--maintenance-interval", "1")
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &plain, &["failed"]);
     let doc = job(&redis, &plain);
     let res = &doc["results"][0];
@@ -228,10 +229,11 @@ fn stale_worker_set_members_are_pruned() {
             .query(&mut con)
             .unwrap();
     }
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--maintenance-interval", "1", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .opt("--maintenance-interval", "1")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_until("ghost pruned", WAIT, || {
         smembers(&mut con, "rq:workers:q") == ["rq:worker:w"]
             && smembers(&mut con, "rq:workers") == ["rq:worker:w"]
@@ -283,17 +285,12 @@ fn ids_stuck_in_the_intermediate_list_are_requeued_at_the_front_after_a_minute()
     let running_member = seed_started(&mut con, "q", &running, now + 1000.0);
     assert_eq!(lrange(&mut con, "rq:queue:q"), vec![other.clone()]);
 
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--maintenance-interval",
-            "1",
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .opt("--maintenance-interval", "1")
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &stuck, &["finished"]);
     wait_status(&mut con, &other, &["finished"]);
     let log = w.log();

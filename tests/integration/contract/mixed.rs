@@ -71,10 +71,12 @@ command = ["/bin/sh", "-c", "{record}; echo boom from rust >&2; exit 1", "sh"]
     }
 
     fn ours(&self, redis: &RedisServer, name: &str, extra: &[&str], queues: &[&str]) -> Proc {
-        let mut args = vec!["-c", self.config.as_str(), "--name", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(queues);
-        Proc::spawn(rqworker(redis, &args))
+        let worker = Rqworker::new(redis).config(&self.config).name(name);
+        extra
+            .iter()
+            .fold(worker, |w, arg| w.arg(arg))
+            .queues(queues)
+            .spawn()
     }
 
     fn python(&self, redis: &RedisServer, name: &str, extra: &[&str], queues: &[&str]) -> Proc {

@@ -1,9 +1,9 @@
-//! Helpers shared by the `rq_contract_*` tests (issue #3): the Python RQ driver
-//! `tests/py/rq_contract.py`, the `rq` CLI, Python workers and schedulers as processes, a
-//! temp dir with a config and a Python task module, and short Redis readers.
+//! The RQ contract (issue #3): what Python RQ 2.12 does, checked against our worker through
+//! the Python driver `tests/py/rq_contract.py` and RQ's own CLI and workers. The helpers here
+//! are this area's: the driver's commands, a temp dir for configs and task modules, and short
+//! Redis readers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -55,41 +55,6 @@ pub fn ids_of(v: Value) -> Vec<String> {
         .iter()
         .map(|i| i.as_str().expect("id").to_string())
         .collect()
-}
-
-/// The `rq` command line (`rq suspend`, `rq info`...) against `redis`.
-pub fn rq_cli_output(redis: &RedisServer, args: &[&str]) -> Output {
-    rq_cli(args)
-        .args(["-u", &redis.url()])
-        .output()
-        .expect("python3 with rq")
-}
-
-pub fn rq_cli_ok(redis: &RedisServer, args: &[&str]) -> String {
-    stdout_of_success(&format!("rq {args:?}"), &rq_cli_output(redis, args))
-}
-
-/// A long-running `rq_contract.py` command (e.g. `scheduler`) as a killable process.
-pub fn spawn_rc(redis: &RedisServer, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(python_bin());
-    cmd.arg("-u")
-        .arg(py_dir().join("rq_contract.py"))
-        .args(args)
-        .env("RQ_REDIS_URL", redis.url());
-    Proc::spawn(cmd)
-}
-
-/// A Python RQ worker (`rq worker`, JSON serializer) with `dir` on its import path.
-pub fn python_worker(redis: &RedisServer, dir: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(python_bin());
-    cmd.args(["-c", "from rq.cli import main; main()", "worker"])
-        .args(["-u", &redis.url()])
-        .args(["--serializer", "rq.serializers.JSONSerializer"])
-        .arg("-P")
-        .arg(dir)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1");
-    Proc::spawn(cmd)
 }
 
 /// A temp dir holding test files (configs, Python modules, execution logs).

@@ -15,17 +15,12 @@ fn fill(redis: &RedisServer, queue: &str, n: usize) -> Vec<String> {
 }
 
 fn burst_order(redis: &RedisServer, strategy: &str) -> Vec<String> {
-    let mut w = Proc::spawn(rqworker(
-        redis,
-        &[
-            "--burst",
-            "--builtin-handlers",
-            "--dequeue-strategy",
-            strategy,
-            "a",
-            "b",
-        ],
-    ));
+    let mut w = Rqworker::new(redis)
+        .burst()
+        .builtin_handlers()
+        .opt("--dequeue-strategy", strategy)
+        .queues(["a", "b"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     got_from(&w.log())
 }
@@ -34,10 +29,12 @@ fn burst_order(redis: &RedisServer, strategy: &str) -> Vec<String> {
 fn max_jobs_exits_cleanly_after_n_jobs() {
     let redis = RedisServer::start();
     let ids = fill(&redis, "q", 5);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--max-jobs", "2", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .opt("--max-jobs", "2")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert!(
         w.log().contains("finished executing 2 jobs, quitting"),
@@ -58,17 +55,12 @@ fn max_jobs_exits_cleanly_after_n_jobs() {
 fn max_idle_time_counts_from_the_last_job() {
     let redis = RedisServer::start();
     let started = Instant::now();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--max-idle-time",
-            "3",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .opt("--max-idle-time", "3")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     // Time must pass: the job arrives when the worker has been idle for a while.
     std::thread::sleep(Duration::from_millis(1500));
@@ -98,7 +90,10 @@ fn max_idle_time_counts_from_the_last_job() {
 fn max_idle_time_with_no_job_at_all() {
     let redis = RedisServer::start();
     let started = Instant::now();
-    let mut w = Proc::spawn(rqworker(&redis, &["--max-idle-time", "2", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .opt("--max-idle-time", "2")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let took = started.elapsed();
     assert!(
@@ -157,19 +152,13 @@ fn burst_order_round_robin_shape() -> Vec<String> {
 fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--worker-ttl",
-            "30",
-            "--job-monitoring-interval",
-            "5",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .opt("--worker-ttl", "30")
+        .opt("--job-monitoring-interval", "5")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_worker_state(&mut con, "w", "idle");
     // TTLs only shrink between the write and the read; the margins are for a loaded machine.
     let t = ttl(&mut con, "rq:worker:w");
@@ -194,7 +183,7 @@ fn worker_ttl_sets_the_idle_hash_ttl_and_monitoring_interval_the_busy_one() {
     assert_exit_ok(&mut w, WAIT);
 
     // RQ's defaults: 420 + 60 idle.
-    let mut w = Proc::spawn(rqworker(&redis, &["--name", "d", "q"]));
+    let mut w = Rqworker::new(&redis).name("d").queues(["q"]).spawn();
     wait_worker_state(&mut con, "d", "idle");
     let t = ttl(&mut con, "rq:worker:d");
     assert!((470..=480).contains(&t), "default idle ttl {t}");

@@ -34,10 +34,12 @@ fn requeued_retries_count_as_failures_and_only_the_last_try_leaves_a_result() {
         Some("2")
     );
 
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let log = w.log();
     assert_eq!(got_from(&log).len(), 3, "one run plus two retries:\n{log}");
@@ -80,7 +82,11 @@ fn retry_enqueue_at_front_puts_the_job_before_waiting_jobs() {
         enqueue(&redis, "q", "rq.builtin.fail", r#"["a"]"#, &opts);
         enqueue(&redis, "q", "rq.builtin.echo", r#"["b"]"#, "{}");
         enqueue(&redis, "q", "rq.builtin.echo", r#"["c"]"#, "{}");
-        let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+        let mut w = Rqworker::new(&redis)
+            .burst()
+            .builtin_handlers()
+            .queues(["q"])
+            .spawn();
         assert_exit_ok(&mut w, WAIT);
         let log = w.log();
         let order: Vec<&str> = log
@@ -108,10 +114,12 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
     let mut con = redis.con();
     // No scheduler: the failed try must land in rq:scheduled:q, not in the queue.
     let before = redis_now(&mut con);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w1", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w1")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert!(w.log().contains("a retry is scheduled"), "{}", w.log());
     let now = redis_now(&mut con);
@@ -138,17 +146,13 @@ fn retry_with_interval_is_scheduled_with_rqs_interval_index() {
         .query(&mut con)
         .unwrap();
     let before = redis_now(&mut con);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "--with-scheduler",
-            "--builtin-handlers",
-            "--name",
-            "w2",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .arg("--with-scheduler")
+        .builtin_handlers()
+        .name("w2")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(got_from(&w.log()), ["q"], "{}", w.log());
     let now = redis_now(&mut con);
@@ -170,10 +174,12 @@ fn retry_interval_runs_again_through_our_scheduler_with_no_python_process() {
         "[]",
         r#"{"retry": {"max": 1, "interval": 2}}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--with-scheduler", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .arg("--with-scheduler")
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     wait_status(&mut con, &id, &["scheduled"]);
     let due = zscore_f64(&mut con, "rq:scheduled:q", &id).expect("scheduled retry");
@@ -207,10 +213,12 @@ fn a_timed_out_job_is_retried_then_fails_with_rqs_timeout_text() {
         "[60]",
         r#"{"timeout": 1, "retry": {"max": 1}}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let mut con = redis.con();
     assert_eq!(worker_hash_int(&mut con, "w", "failed_job_count"), 2);
@@ -240,17 +248,12 @@ command = ["/bin/sh", "-c", "kill -9 $$"]
 "#,
     );
     let id = enqueue(&redis, "q", "tasks.crash", "[]", r#"{"retry": {"max": 1}}"#);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "-c",
-            config.to_str().unwrap(),
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .config(config.to_str().unwrap())
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let mut con = redis.con();
     assert_eq!(worker_hash_int(&mut con, "w", "failed_job_count"), 2);
@@ -277,10 +280,11 @@ fn a_cold_shutdown_requeues_a_job_with_retries_and_fails_one_without() {
             "{}"
         };
         let id = enqueue(&redis, "q", "rq.builtin.sleep", "[60]", opts);
-        let mut w = Proc::spawn(rqworker(
-            &redis,
-            &["--builtin-handlers", "--name", "w", "q"],
-        ));
+        let mut w = Rqworker::new(&redis)
+            .builtin_handlers()
+            .name("w")
+            .queues(["q"])
+            .spawn();
         let mut con = redis.con();
         wait_status(&mut con, &id, &["started"]);
         w.signal(Signal::SIGTERM);
@@ -316,7 +320,11 @@ fn a_cold_shutdown_requeues_a_job_with_retries_and_fails_one_without() {
 fn retries_left_zero_or_absent_fails_at_once() {
     let redis = RedisServer::start();
     let id = enqueue(&redis, "q", "rq.builtin.fail", "[]", "{}");
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(got_from(&w.log()).len(), 1);
     let doc = job(&redis, &id);
@@ -336,7 +344,11 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
         "[7]",
         r#"{"repeat": {"times": 2}}"#,
     );
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(got_from(&w.log()).len(), 3, "{}", w.log());
     let doc = job(&redis, &id);
@@ -356,7 +368,11 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
         r#"{"repeat": {"times": 2, "interval": [30, 600]}}"#,
     );
     let before = redis_now(&mut con);
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let now = redis_now(&mut con);
     let score = zscore_f64(&mut con, "rq:scheduled:q", &id).expect("scheduled repeat");
@@ -373,10 +389,12 @@ fn repeat_runs_the_job_again_with_rqs_interval_order() {
         .query(&mut con)
         .unwrap();
     let before = redis_now(&mut con);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--with-scheduler", "--builtin-handlers", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .arg("--with-scheduler")
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let now = redis_now(&mut con);
     let score = zscore_f64(&mut con, "rq:scheduled:q", &id).expect("scheduled again");
@@ -398,10 +416,12 @@ fn a_job_naming_an_unknown_function_is_retried_as_rq_does() {
         "[]",
         r#"{"retry": {"max": 1}}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     let mut con = redis.con();
     assert_eq!(got_from(&w.log()).len(), 2, "{}", w.log());

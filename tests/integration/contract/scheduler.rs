@@ -14,9 +14,12 @@ fn lock(con: &mut redis::Connection, q: &str) -> Option<String> {
 }
 
 fn sched_worker(redis: &RedisServer, name: &str, queues: &[&str]) -> Proc {
-    let mut args = vec!["--with-scheduler", "--builtin-handlers", "--name", name];
-    args.extend_from_slice(queues);
-    Proc::spawn(rqworker(redis, &args))
+    Rqworker::new(redis)
+        .arg("--with-scheduler")
+        .builtin_handlers()
+        .name(name)
+        .queues(queues)
+        .spawn()
 }
 
 /// How many jobs a worker's scheduler says it moved.
@@ -365,7 +368,11 @@ fn a_scheduled_retry_with_enqueue_at_front_goes_to_the_front() {
         r#"{"retry": {"max": 1, "interval": 1, "enqueue_at_front": true}}"#,
     );
     // A burst worker without a scheduler makes the first try and schedules the retry.
-    let mut b = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut b = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut b, WAIT);
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("scheduled"));
     let x = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");

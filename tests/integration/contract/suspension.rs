@@ -18,14 +18,22 @@ fn a_burst_worker_exits_without_taking_jobs_while_suspended() {
     rq_cli_ok(&redis, &["suspend"]);
     let mut con = redis.con();
     assert!(exists(&mut con, "rq:suspended"));
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert!(w.log().contains("suspended in burst mode"), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     assert_eq!(lrange(&mut con, "rq:queue:q"), vec![id.clone()]);
 
     rq_cli_ok(&redis, &["resume"]);
-    let mut w = Proc::spawn(rqworker(&redis, &["--burst", "--builtin-handlers", "q"]));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .queues(["q"])
+        .spawn();
     assert_exit_ok(&mut w, WAIT);
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
 }
@@ -33,10 +41,11 @@ fn a_burst_worker_exits_without_taking_jobs_while_suspended() {
 #[test]
 fn a_worker_idles_suspended_until_resumed_then_takes_jobs_again() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend"]);
@@ -62,10 +71,12 @@ fn a_busy_worker_finishes_its_job_then_suspends() {
     let redis = RedisServer::start();
     let scratch = Scratch::new();
     let config = gate_config(&scratch);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &config, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&config)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     let (running, gate) = enqueue_gate(&redis, &scratch, "q", "gate");
     let waiting = enqueue(&redis, "q", "rq.builtin.noop", "[]", "{}");
@@ -84,10 +95,11 @@ fn a_busy_worker_finishes_its_job_then_suspends() {
 #[test]
 fn a_suspension_with_a_duration_ends_by_itself() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend", "--duration", "2"]);
@@ -117,10 +129,11 @@ fn a_suspension_with_a_duration_ends_by_itself() {
 #[test]
 fn every_suspension_shows_even_with_no_job_in_between() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     wait_worker_state(&mut con, "w", "idle");
     for _ in 0..2 {
@@ -139,10 +152,11 @@ fn every_suspension_shows_even_with_no_job_in_between() {
 #[test]
 fn a_suspended_worker_still_obeys_shutdown() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     wait_worker_state(&mut con, "w", "idle");
     rq_cli_ok(&redis, &["suspend"]);

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::support::supervisor::*;
 use crate::support::*;
+use rq_supervisor::procfs;
 
 const ONE_QUEUE: &[&str] = &["q"];
 const SEVERAL_QUEUES: &[&str] = &["high", "default", "low"];
@@ -98,9 +99,10 @@ failure_threshold = 1000
 "#
     ));
     let armed = pool.dir.path().join("armed");
-    let mut cmd = supervisor_cmd(&redis, &pool.path);
-    cmd.env("RQ_FAULT", point).env("RQ_FAULT_FILE", &armed);
-    let sup = Proc::spawn(cmd);
+    let sup = Supervisor::new(&redis, &pool)
+        .env("RQ_FAULT", point)
+        .env("RQ_FAULT_FILE", &armed)
+        .spawn();
     let mut con = redis.con();
     // The lowest-priority queue: the claim walks every queue before it.
     let queue = *queues.last().unwrap();
@@ -198,9 +200,9 @@ failure_threshold = 1000
             "{ctx}: {dead}"
         );
     }
-    assert!(!pid_alive(first_pid) && !pid_alive(second.1), "{ctx}");
+    assert!(!alive(first_pid) && !alive(second.1), "{ctx}");
     wait_until("only the live worker under the supervisor", WAIT, || {
-        child_pids(sup.child.id()) == vec![live.1]
+        procfs::children(sup.child.id()) == vec![live.1]
     });
     assert!(alive(sup.pid()), "{ctx}: the supervisor exited");
 }
@@ -212,17 +214,14 @@ fn standalone(point: &str, queues: &[&str]) {
     let queue = *queues.last().unwrap();
     let ctx = format!("{point}, standalone, queues {queues:?}");
     let faulty = |name: &str, armed: &Path| {
-        let mut args = vec![
-            "--builtin-handlers",
-            "--name",
-            name,
-            "--job-monitoring-interval",
-            "1",
-        ];
-        args.extend_from_slice(queues);
-        let mut cmd = rqworker(&redis, &args);
-        cmd.env("RQ_FAULT", point).env("RQ_FAULT_FILE", armed);
-        Proc::spawn(cmd)
+        Rqworker::new(&redis)
+            .builtin_handlers()
+            .name(name)
+            .opt("--job-monitoring-interval", "1")
+            .queues(queues)
+            .env("RQ_FAULT", point)
+            .env("RQ_FAULT_FILE", armed)
+            .spawn()
     };
     // Two faulty workers in turn: one dies holding a job without retries, one holding a job
     // with a retry left.
@@ -268,15 +267,12 @@ fn standalone(point: &str, queues: &[&str]) {
     }
     // A healthy worker's maintenance settles what the dead ones held, once the wip scores
     // expire.
-    let mut args = vec![
-        "--builtin-handlers",
-        "--name",
-        "cleaner",
-        "--maintenance-interval",
-        "1",
-    ];
-    args.extend_from_slice(queues);
-    let cleaner = Proc::spawn(rqworker(&redis, &args));
+    let cleaner = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("cleaner")
+        .opt("--maintenance-interval", "1")
+        .queues(queues)
+        .spawn();
     cleaner.wait_for_log("Listening for work");
     let done = |con: &mut redis::Connection| {
         job_status(con, &a).as_deref()
@@ -374,11 +370,13 @@ fn a_worker_dying_right_after_writing_the_result_neither_loses_nor_repeats_the_j
 
 /// A worker with `RQ_FAULT=<point>` armed by a file, on `queues`, with built-in handlers.
 fn worker_losing(redis: &RedisServer, point: &str, armed: &Path, queues: &[&str]) -> Proc {
-    let mut args = vec!["--builtin-handlers", "--name", "w"];
-    args.extend_from_slice(queues);
-    let mut cmd = rqworker(redis, &args);
-    cmd.env("RQ_FAULT", point).env("RQ_FAULT_FILE", armed);
-    let w = Proc::spawn(cmd);
+    let w = Rqworker::new(redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(queues)
+        .env("RQ_FAULT", point)
+        .env("RQ_FAULT_FILE", armed)
+        .spawn();
     w.wait_for_log("Listening for work");
     w
 }

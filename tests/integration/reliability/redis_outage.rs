@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::cpu::cpu_seconds;
 use crate::support::supervisor::*;
 use crate::support::*;
 use serde_json::json;
@@ -41,27 +42,14 @@ fn lines(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) a process has used, from /proc (clock ticks of 10 ms).
-fn cpu_seconds(pid: nix::unistd::Pid) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// While the worker waits for Redis, a signal that is not a stop request (here SIGCHLD, as a
 /// horse's late exit notice) must not turn its backoff into a busy loop.
 fn assert_backs_off_calmly(w: &Proc) {
     w.signal(nix::sys::signal::Signal::SIGCHLD);
-    let before = cpu_seconds(w.pid());
+    let cpu = || cpu_seconds(w.pid().as_raw() as u32).expect("the worker is running");
+    let before = cpu();
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_seconds(w.pid()) - before;
+    let used = cpu() - before;
     assert!(
         used < 0.5,
         "the worker used {used:.2}s of CPU in 2s while waiting for Redis:\n{}",
@@ -87,18 +75,12 @@ fn a_job_whose_horse_finishes_during_an_outage_is_recorded_after_reconnect() {
     let dir = temp_dir();
     let (cfg, runs) = gated_handler(dir.path());
     let open = dir.path().join("open");
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "-c",
-            &cfg,
-            "--name",
-            "w",
-            "--job-monitoring-interval",
-            "1",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .opt("--job-monitoring-interval", "1")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     let id = py_enqueue_args(
         &redis,
@@ -136,10 +118,11 @@ fn a_job_whose_horse_finishes_during_an_outage_is_recorded_after_reconnect() {
 #[test]
 fn an_idle_worker_survives_an_outage_and_takes_jobs_afterwards() {
     let mut redis = RedisServer::start_with(DURABLE);
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "high", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["high", "q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     redis.stop();
     w.wait_for_log("cannot take a job");
@@ -181,7 +164,7 @@ queues = ["q"]
 workers = 2
 "#,
     );
-    let sup = start(&redis, &pool);
+    let sup = Supervisor::new(&redis, &pool).spawn();
     let mut con = redis.con();
     let before: Vec<u32> = wait_workers(&mut con, 2).iter().map(|w| w.1).collect();
     drop(con);
@@ -191,7 +174,7 @@ workers = 2
     let outage = Instant::now() + Duration::from_secs(20);
     while Instant::now() < outage {
         assert!(
-            before.iter().all(|p| pid_alive(*p)),
+            before.iter().all(|p| alive(*p)),
             "a worker died during the outage:\n{}",
             sup.log()
         );
@@ -212,7 +195,7 @@ workers = 2
     std::thread::sleep(Duration::from_secs(2));
     let log = sup.log();
     assert!(!log.contains("stuck:"), "{log}");
-    assert!(before.iter().all(|p| pid_alive(*p)), "{log}");
+    assert!(before.iter().all(|p| alive(*p)), "{log}");
     let now: Vec<u32> = workers(&mut con).iter().map(|w| w.1).collect();
     assert_eq!(now, before, "{log}");
     let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
@@ -260,15 +243,12 @@ fn a_stall_and_killed_connections_lose_nothing_and_run_nothing_twice() {
         .enumerate()
         .map(|(i, queues)| {
             let name = format!("w{i}");
-            let mut args = vec![
-                "--builtin-handlers",
-                "--name",
-                &name,
-                "--job-monitoring-interval",
-                "1",
-            ];
-            args.extend_from_slice(queues);
-            let w = Proc::spawn(rqworker(&redis, &args));
+            let w = Rqworker::new(&redis)
+                .builtin_handlers()
+                .name(&name)
+                .opt("--job-monitoring-interval", "1")
+                .queues(*queues)
+                .spawn();
             w.wait_for_log("Listening for work");
             w
         })
@@ -356,17 +336,12 @@ fn a_stall_longer_than_the_read_timeout_leaves_no_job_started() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
     let mut con = redis.con();
     // worker_ttl 16 s: the idle worker wakes every second on its own, without notices.
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "--worker-ttl",
-            "16",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .opt("--worker-ttl", "16")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     redis::cmd("SET")
         .arg("rq:suspended")
@@ -405,18 +380,12 @@ fn a_job_finishing_during_a_stall_is_recorded_once() {
     let dir = temp_dir();
     let (cfg, runs) = gated_handler(dir.path());
     let open = dir.path().join("open");
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "-c",
-            &cfg,
-            "--name",
-            "w",
-            "--job-monitoring-interval",
-            "1",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .opt("--job-monitoring-interval", "1")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     let id = rs_enqueue(
         &mut con,
@@ -479,18 +448,13 @@ builtin_handlers = true
 queues = ["other"]
 "#,
     );
-    let sup = start(&redis, &pool);
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "--worker-ttl",
-            "16",
-            "q",
-        ],
-    ));
+    let sup = Supervisor::new(&redis, &pool).spawn();
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .opt("--worker-ttl", "16")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     wait_workers(&mut con, 2);
@@ -542,10 +506,11 @@ fn a_worker_started_while_redis_loads_its_data_waits_instead_of_failing() {
                 e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
             })
     });
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let log = w.log();
     assert!(

@@ -58,9 +58,7 @@ fn the_documented_minimum_rules_are_enough_for_workers_and_the_supervisor() {
         "[worker]\nbuiltin_handlers = true\nmaintenance_interval = \"1s\"\nwith_scheduler = true\n\
          [pools.acl]\nqueues = [\"q\", \"low\"]\nworkers = 1\n",
     );
-    let mut cmd = bin("rq-supervisor");
-    cmd.env("RQ_REDIS_URL", &url).arg("-c").arg(&pool.path);
-    let mut sup = Proc::spawn(cmd);
+    let mut sup = Supervisor::at(&url, &pool).spawn();
     let mut con = redis.con();
     let worker = wait_workers(&mut con, 1)[0].clone();
 
@@ -145,10 +143,11 @@ fn the_documented_minimum_rules_are_enough_for_workers_and_the_supervisor() {
 fn a_refused_settle_names_the_permission_and_the_outcome_is_written_once_granted() {
     let redis = RedisServer::start();
     let url = acl_user(&redis, &rules_without("+xadd"));
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", &url)
-        .args(["--builtin-handlers", "--name", "w", "q"]);
-    let w = Proc::spawn(cmd);
+    let w = Rqworker::at(&url)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["kept"]));
@@ -187,10 +186,11 @@ fn a_refused_settle_names_the_permission_and_the_outcome_is_written_once_granted
 fn a_refused_claim_leaves_the_job_queued_and_names_the_fix() {
     let redis = RedisServer::start();
     let url = acl_user(&redis, &rules_without("+lpop"));
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", &url)
-        .args(["--builtin-handlers", "--name", "w", "q"]);
-    let w = Proc::spawn(cmd);
+    let w = Rqworker::at(&url)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("cannot take a job");
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["waits"]));
@@ -231,10 +231,11 @@ fn a_refused_claim_leaves_the_job_queued_and_names_the_fix() {
 fn a_user_without_client_tracking_still_works_and_is_told_the_fix() {
     let redis = RedisServer::start();
     let url = acl_user(&redis, &rules_without("+client|tracking"));
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", &url)
-        .args(["--builtin-handlers", "--name", "w", "q"]);
-    let w = Proc::spawn(cmd);
+    let w = Rqworker::at(&url)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("cannot open the notification connection");
     let log = w.log();
     assert!(
@@ -255,9 +256,7 @@ fn a_wrong_password_stops_the_worker_at_start_without_showing_it() {
         "unix://{}?user={USER}&pass=not-the-password-xyz",
         redis.socket.display()
     );
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", &url).args(["--name", "w", "q"]);
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::at(&url).name("w").queues(["q"]).spawn();
     assert_eq!(w.wait_exit(WAIT).code(), Some(1));
     let log = w.log();
     assert!(

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::supervisor::{PoolFile, wait_horse_pid, wait_workers};
+use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
 
 const NOBODY: u32 = 65534;
@@ -81,22 +81,14 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
         toml_str(handler.display().to_string()),
     ));
     std::fs::set_permissions(&pool.path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .arg("check")
-        .arg("-c")
-        .arg(&pool.path)
-        .output()
-        .unwrap();
+    let out = Supervisor::check(&pool).output();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}");
     assert!(
         report.contains("runs as: user nobody (65534), group nogroup (65534)"),
         "{report}"
     );
-    let mut cmd = bin("rq-supervisor");
-    cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&pool.path);
-    let sup = Proc::spawn(cmd);
+    let sup = Supervisor::without_url(&pool).spawn();
     let mut con = redis.con();
     let workers = wait_workers(&mut con, 1);
     let worker_pid = workers[0].1;
@@ -158,11 +150,8 @@ fn a_user_or_group_that_does_not_exist_is_refused_at_start() {
             "[pools.p]\nqueues = [\"q\"]\n{key} = \"{value}\"\n"
         ));
         for check in [true, false] {
-            let mut cmd = crate::support::supervisor::supervisor_cmd(&redis, &pool.path);
-            if check {
-                cmd.arg("check");
-            }
-            let out = cmd.output().unwrap();
+            let sup = Supervisor::new(&redis, &pool);
+            let out = if check { sup.arg("check") } else { sup }.output();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{stderr}");
             assert!(
@@ -179,9 +168,7 @@ fn a_user_when_the_supervisor_is_not_root_is_refused() {
         // Not root already: the supervisor itself must refuse.
         let redis = RedisServer::start();
         let pool = PoolFile::new("[pools.p]\nqueues = [\"q\"]\nuser = \"daemon\"\n");
-        let out = crate::support::supervisor::supervisor_cmd(&redis, &pool.path)
-            .output()
-            .unwrap();
+        let out = Supervisor::new(&redis, &pool).output();
         assert_eq!(out.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&out.stderr).contains("only root can"));
         return;

@@ -9,28 +9,10 @@
 use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
 use nix::sys::signal::Signal;
+use rq_supervisor::procfs;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "Sup3r-Secret-pw-4711";
-
-/// Every descendant of `pid` (workers, horses, handlers), from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in crate::support::supervisor::child_pids(p) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
 
 /// Where each open descriptor of `pid` points (`socket:[...]`, `memfd:...`, paths).
 fn fd_targets(pid: u32) -> Vec<String> {
@@ -84,10 +66,12 @@ fn job_arguments_reach_the_handler_verbatim_and_no_shell_runs_them() {
     ];
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "tasks.argv", json!(hostile));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(
         job_status(&mut con, &id).as_deref(),
@@ -125,12 +109,12 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
     ));
     // `check`, with the password in the file and then in the environment: masked both ways.
     for from_env in [false, true] {
-        let mut cmd = bin("rq-supervisor");
-        cmd.env_remove("RQ_REDIS_URL");
-        if from_env {
-            cmd.env("RQ_REDIS_URL", &url);
-        }
-        let out = cmd.arg("check").arg("-c").arg(&pool.path).output().unwrap();
+        let sup = if from_env {
+            Supervisor::bare().env("RQ_REDIS_URL", &url)
+        } else {
+            Supervisor::without_url_args()
+        };
+        let out = sup.arg("check").config(&pool).output();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -146,9 +130,7 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
         assert!(!text.contains(PASSWORD), "{text}");
     }
 
-    let mut cmd = bin("rq-supervisor");
-    cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&pool.path);
-    let mut sup = Proc::spawn(cmd);
+    let mut sup = Supervisor::without_url(&pool).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
 
@@ -162,10 +144,11 @@ fn the_password_is_in_no_argv_no_log_line_and_not_in_check_output() {
     wait_status(&mut con, &id, &["started"]);
     let mut tree = Vec::new();
     wait_until("2 workers and a handler", WAIT, || {
-        tree = descendants(sup.pid().as_raw() as u32);
-        tree.len() >= 3
+        // The supervisor and every descendant: workers, horses, handlers.
+        tree = procfs::tree(sup.pid().as_raw() as u32);
+        tree.len() >= 4
     });
-    for pid in std::iter::once(sup.pid().as_raw() as u32).chain(tree) {
+    for pid in tree {
         let argv = cmdline(pid);
         assert!(!argv.contains(PASSWORD), "pid {pid} argv: {argv}");
         assert!(!argv.contains("pass="), "pid {pid} argv: {argv}");
@@ -240,15 +223,12 @@ fn handlers_inherit_no_redis_url_tls_settings_or_worker_descriptors() {
         "[pools.p]\nqueues = [\"q\"]\n[handlers.\"tasks.env\"]\ncommand = [{}]\nenv = {{ PASSED = \"by the config\" }}\n",
         toml_str(handler.display().to_string())
     ));
-    let mut cmd = bin("rq-supervisor");
-    cmd.env("RQ_REDIS_URL", &url)
+    let sup = Supervisor::at(&url, &pool)
         .env("RQ_REDIS_TLS_CA_FILE", &certs.ca)
         .env("RQ_REDIS_TLS_CERT_FILE", &certs.client_cert)
         .env("RQ_REDIS_TLS_KEY_FILE", &certs.client_key)
         .env("SOME_SUPERVISOR_SECRET", "not for handlers")
-        .arg("-c")
-        .arg(&pool.path);
-    let sup = Proc::spawn(cmd);
+        .spawn();
     let mut con = redis.con();
     let worker = wait_workers(&mut con, 1)[0].1;
     let id = rs_enqueue(
@@ -260,7 +240,7 @@ fn handlers_inherit_no_redis_url_tls_settings_or_worker_descriptors() {
     wait_until("the handler's environment dump", WAIT, || {
         std::fs::read_to_string(&env_dump).is_ok_and(|t| t.ends_with('}'))
     });
-    let handler_pid = crate::support::supervisor::wait_horse_pid(worker);
+    let handler_pid = wait_horse_pid(worker);
     let env: Value = serde_json::from_str(&std::fs::read_to_string(&env_dump).unwrap()).unwrap();
     for var in [
         "RQ_REDIS_URL",

@@ -12,18 +12,13 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-/// `rqworker` against the TLS port, the CA in the environment; extra env pairs and args.
-fn tls_worker(redis: &RedisServer, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", redis.tls_url())
+/// `rqworker` with `RQ_REDIS_URL=url` and only the TLS variables in `env` (none inherited).
+fn tls_worker(url: &str, env: &[(&str, &str)]) -> Rqworker {
+    let worker = Rqworker::at(url)
         .env_remove("RQ_REDIS_TLS_CA_FILE")
         .env_remove("RQ_REDIS_TLS_CERT_FILE")
         .env_remove("RQ_REDIS_TLS_KEY_FILE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.args(args);
-    cmd
+    env.iter().fold(worker, |w, (k, v)| w.env(k, v))
 }
 
 /// The clients Redis sees: one `CLIENT LIST` line per connection.
@@ -38,16 +33,16 @@ fn a_worker_over_tls_verifies_the_server_and_its_wakeup_connection_uses_tls() {
     let certs = TlsCerts::generate(dir.path());
     let redis = RedisServer::start_tls(&certs, false);
     let ca = certs.ca.display().to_string();
-    let w = Proc::spawn(tls_worker(
-        &redis,
-        &[("RQ_REDIS_TLS_CA_FILE", &ca)],
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = tls_worker(&redis.tls_url(), &[("RQ_REDIS_TLS_CA_FILE", &ca)])
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     // Both of the worker's connections came in on the TLS port (the unix socket is the
     // test's own), and one of them is the subscriber that wakes the worker.
-    let port = format!(":{} ", redis.tls_port.unwrap());
+    let port = format!(":{} ", redis.port.unwrap());
     let mut tls_clients = Vec::new();
     wait_until("the worker's two TLS connections", WAIT, || {
         tls_clients = clients(&mut con)
@@ -99,11 +94,11 @@ fn an_idle_tls_worker_stops_at_once_on_sigterm() {
     let certs = TlsCerts::generate(dir.path());
     let redis = RedisServer::start_tls(&certs, false);
     let ca = certs.ca.display().to_string();
-    let mut w = Proc::spawn(tls_worker(
-        &redis,
-        &[("RQ_REDIS_TLS_CA_FILE", &ca)],
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = tls_worker(&redis.tls_url(), &[("RQ_REDIS_TLS_CA_FILE", &ca)])
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     let started = Instant::now();
     w.signal(Signal::SIGTERM);
@@ -123,7 +118,10 @@ fn a_server_certificate_from_another_ca_is_refused_with_a_clear_error() {
     let other = certs.other_ca.display().to_string();
     // A wrong CA, and no CA at all (the system's roots do not know the test CA).
     for env in [vec![("RQ_REDIS_TLS_CA_FILE", other.as_str())], vec![]] {
-        let mut w = Proc::spawn(tls_worker(&redis, &env, &["--name", "w", "q"]));
+        let mut w = tls_worker(&redis.tls_url(), &env)
+            .name("w")
+            .queues(["q"])
+            .spawn();
         let status = w.wait_exit(WAIT);
         let log = w.log();
         assert_eq!(status.code(), Some(1), "{log}");
@@ -182,16 +180,7 @@ fn tls_settings_that_cannot_work_are_refused_before_connecting() {
         ),
     ];
     for (url, env, wanted) in cases {
-        let mut cmd = bin("rqworker");
-        cmd.env("RQ_REDIS_URL", &url)
-            .env_remove("RQ_REDIS_TLS_CA_FILE")
-            .env_remove("RQ_REDIS_TLS_CERT_FILE")
-            .env_remove("RQ_REDIS_TLS_KEY_FILE")
-            .args(["--name", "w", "q"]);
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let mut w = Proc::spawn(cmd);
+        let mut w = tls_worker(&url, &env).name("w").queues(["q"]).spawn();
         let status = w.wait_exit(WAIT);
         let log = w.log();
         assert_eq!(status.code(), Some(2), "{url} {env:?}: {log}");
@@ -209,11 +198,10 @@ fn client_certificates_from_the_config_file_satisfy_a_server_that_requires_them(
     let redis = RedisServer::start_tls(&certs, true);
     let ca = certs.ca.display().to_string();
     // Without a client certificate the server hangs up on us.
-    let mut w = Proc::spawn(tls_worker(
-        &redis,
-        &[("RQ_REDIS_TLS_CA_FILE", &ca)],
-        &["--name", "w", "q"],
-    ));
+    let mut w = tls_worker(&redis.tls_url(), &[("RQ_REDIS_TLS_CA_FILE", &ca)])
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert_eq!(w.wait_exit(WAIT).code(), Some(1), "{}", w.log());
     // With the certificate and key named in the file (relative to it), it works.
     let cfg = write_config(
@@ -221,11 +209,12 @@ fn client_certificates_from_the_config_file_satisfy_a_server_that_requires_them(
         "[redis]\ntls_ca_file = \"ca.pem\"\ntls_cert_file = \"client.pem\"\ntls_key_file = \"client.key\"\n\
          [worker]\nbuiltin_handlers = true\n",
     );
-    let mut w = Proc::spawn(tls_worker(
-        &redis,
-        &[],
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = tls_worker(&redis.tls_url(), &[])
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["over mTLS"]));
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
@@ -237,11 +226,12 @@ fn client_certificates_from_the_config_file_satisfy_a_server_that_requires_them(
          [worker]\nbuiltin_handlers = true\n",
     );
     let key = dir.path().join("client.key").display().to_string();
-    let mut w = Proc::spawn(tls_worker(
-        &redis,
-        &[("RQ_REDIS_TLS_KEY_FILE", &key)],
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = tls_worker(&redis.tls_url(), &[("RQ_REDIS_TLS_KEY_FILE", &key)])
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["key from env"]));
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, &id), Some(json!(["key from env"])));
@@ -262,12 +252,7 @@ fn the_supervisor_hands_its_tls_files_to_the_workers_and_check_shows_them() {
     );
     let pool = PoolFile::new(&body);
     // `check` names the files and where each came from.
-    let out = bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .args(["check", "-c"])
-        .arg(&pool.path)
-        .output()
-        .unwrap();
+    let out = Supervisor::check(&pool).output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("redis: rediss://127.0.0.1:"), "{stdout}");
@@ -286,9 +271,7 @@ fn the_supervisor_hands_its_tls_files_to_the_workers_and_check_shows_them() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut cmd = bin("rq-supervisor");
-    cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&pool.path);
-    let sup = Proc::spawn(cmd);
+    let sup = Supervisor::without_url(&pool).spawn();
     let mut con = redis.con();
     crate::support::supervisor::wait_workers(&mut con, 2);
     let ids: Vec<String> = (0..4)
@@ -313,12 +296,7 @@ fn a_tls_client_key_readable_by_others_is_warned_about() {
         toml_str(certs.client_cert.display().to_string()),
         toml_str(certs.client_key.display().to_string()),
     ));
-    let out = bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .args(["check", "-c"])
-        .arg(&pool.path)
-        .output()
-        .unwrap();
+    let out = Supervisor::check(&pool).output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("warning: the TLS client key")

@@ -7,12 +7,7 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 
 fn check(file: &PoolFile) -> std::process::Output {
-    bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .args(["check", "-c"])
-        .arg(&file.path)
-        .output()
-        .expect("run rq-supervisor check")
+    Supervisor::check(file).output()
 }
 
 #[test]
@@ -105,12 +100,11 @@ timeout = "30s"
 #[test]
 fn a_bad_file_exits_2_naming_the_file_key_and_fix() {
     let file = PoolFile::new("[pools.a]\nqueues = [\"q\"]\nworkers = 0\n");
-    for args in [vec!["check", "-c"], vec!["-c"]] {
-        let out = bin("rq-supervisor")
-            .args(&args)
-            .arg(&file.path)
-            .output()
-            .unwrap();
+    for (args, sup) in [
+        ("check -c", Supervisor::bare().arg("check").config(&file)),
+        ("-c", Supervisor::bare().config(&file)),
+    ] {
+        let out = sup.output();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -124,13 +118,13 @@ fn a_bad_file_exits_2_naming_the_file_key_and_fix() {
     let out = check(&file);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `wrokers`"));
-    let out = bin("rq-supervisor").output().unwrap();
+    let out = Supervisor::bare().output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-c pool.toml"));
-    let out = bin("rq-supervisor")
-        .args(["check", "-c", "/no/such/pool.toml"])
-        .output()
-        .unwrap();
+    let out = Supervisor::bare()
+        .arg("check")
+        .config("/no/such/pool.toml")
+        .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/pool.toml"));
 }
@@ -149,7 +143,7 @@ queues = ["default"]
 workers = 2
 "#,
     );
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let registered = wait_workers(&mut con, 2);
     sup.signal(Signal::SIGTERM);
@@ -193,12 +187,7 @@ workers = 2
 #[test]
 fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("supervisor.toml.example");
-    let out = bin("rq-supervisor")
-        .env_remove("RQ_REDIS_URL")
-        .args(["check", "-c"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = Supervisor::check(&example).output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -212,7 +201,7 @@ fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
     );
     // Run it against the test redis ($RQ_REDIS_URL wins over the file's url).
     let redis = RedisServer::start();
-    let mut sup = Proc::spawn(supervisor_cmd(&redis, &example));
+    let mut sup = Supervisor::new(&redis, &example).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 3);
     let mail = rq_supervisor::producer::enqueue(

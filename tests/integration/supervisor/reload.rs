@@ -28,7 +28,7 @@ fn pids(con: &mut redis::Connection) -> Vec<u32> {
 fn hup_from_two_to_four_workers_keeps_the_first_two() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool(2, "\"default\""));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     let before = pids(&mut con);
@@ -59,7 +59,7 @@ fn hup_from_two_to_four_workers_keeps_the_first_two() {
 fn hup_with_a_broken_file_changes_nothing() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool(2, "\"default\""));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let before = wait_workers(&mut con, 2);
     file.rewrite(&pool(2, "\"default\"").replace("workers = 2", "workers = 0"));
@@ -87,7 +87,7 @@ fn ttin_and_ttou_scale_the_first_pool_and_survive_an_unchanged_reload() {
         "{}[pools.zeta]\nqueues = [\"z\"]\n",
         pool(1, "\"default\"")
     ));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     sup.signal(Signal::SIGTTIN);
@@ -123,7 +123,7 @@ fn ttin_and_ttou_scale_the_first_pool_and_survive_an_unchanged_reload() {
 fn a_changed_pool_is_rolled_one_worker_at_a_time() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool(2, "\"a\""));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let old: Vec<u32> = wait_workers(&mut con, 2)
         .into_iter()
@@ -161,9 +161,7 @@ fn hup_that_moves_to_another_redis_is_refused() {
         pool(1, "\"default\"")
     );
     let file = PoolFile::new(&body);
-    let mut cmd = bin("rq-supervisor");
-    cmd.env_remove("RQ_REDIS_URL").arg("-c").arg(&file.path);
-    let sup = Proc::spawn(cmd);
+    let sup = Supervisor::without_url(&file).spawn();
     let mut con = redis.con();
     let before = wait_workers(&mut con, 1);
     file.rewrite(&body.replace(&redis.url(), "redis://:pw@127.0.0.1:1/0"));

@@ -9,23 +9,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
-fn spawned_pids(log: &str, pool: &str) -> Vec<u32> {
-    lines_with(log, "supervisor: spawned pid")
-        .iter()
-        .filter(|l| l.contains(&format!("[{pool}/")))
-        .map(|l| {
-            l.split("spawned pid ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn kill_9_of_a_worker_is_cleaned_up_at_once_and_replaced_within_a_second() {
     let redis = RedisServer::start();
@@ -38,7 +21,7 @@ queues = ["default"]
 workers = 2
 "#,
     );
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
@@ -77,7 +60,7 @@ workers = 2
         "{exc}"
     );
     assert!(hget(&mut con, &format!("rq:worker:{name}"), "death").is_some());
-    wait_until("horse gone", Duration::from_secs(1), || !pid_alive(horse));
+    wait_until("horse gone", Duration::from_secs(1), || !alive(horse));
     // What Python RQ (and so `rq info`) sees: no ghost, and the job failed.
     let seen: serde_json::Value =
         serde_json::from_str(&python(&redis, "rqtool.py", &["workers"])).unwrap();
@@ -123,7 +106,7 @@ queues = ["good"]
 "#,
         bad.display()
     ));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let good = wait_workers(&mut con, 1);
     let t0 = Instant::now();
@@ -173,7 +156,7 @@ max_jobs = 2
 max_jobs_jitter = 3
 "#,
     );
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     let ids: Vec<String> = (0..30)
@@ -217,7 +200,7 @@ queues = ["default"]
 memory_limit = "1MiB"
 "#,
     );
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let first = wait_workers(&mut con, 1)[0].clone();
     sup.wait_for_log("over memory_limit 1 MiB for 3 readings; recycling warm");
@@ -251,7 +234,7 @@ worker_ttl = "16s"
 queues = ["default"]
 "#,
     );
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let (name, pid) = wait_workers(&mut con, 1)[0].clone();
     // A stopped process is alive but never heartbeats again.
@@ -269,7 +252,7 @@ queues = ["default"]
         let w = workers(&mut con);
         w.len() == 1 && w[0].1 != pid
     });
-    assert!(!pid_alive(pid));
+    assert!(!alive(pid));
     assert!(hget(&mut con, &format!("rq:worker:{name}"), "death").is_some());
     let log = sup.log();
     assert!(log.contains("after the stuck-worker kill"), "{log}");
@@ -284,7 +267,7 @@ fn a_program_that_vanished_fails_to_spawn_and_backs_off() {
         "[pools.v]\nqueues = [\"q\"]\nprogram = \"{}\"\n[pools.v.restart]\nbackoff_initial = \"50ms\"\n",
         prog.display()
     ));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     wait_until("the worker", WAIT, || {
         spawned_pids(&sup.log(), "v").len() == 1
     });
@@ -316,7 +299,7 @@ backoff_max = "300ms"
 failure_threshold = 1000
 "#,
     );
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let (name, pid) = wait_workers(&mut con, 1)[0].clone();
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
@@ -356,7 +339,7 @@ command = ["{}"]
 "#,
         handler.display()
     ));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let (_, worker) = wait_workers(&mut con, 1)[0].clone();
     let id = rs_enqueue(&mut con, "default", "tasks.spawner", json!([]));
@@ -376,7 +359,7 @@ command = ["{}"]
     wait_until(
         "horse and its children gone",
         Duration::from_secs(2),
-        || !pid_alive(horse) && !pid_alive(bg),
+        || !alive(horse) && !alive(bg),
     );
     assert!(sup.log().contains("killed orphan pid"), "{}", sup.log());
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::supervisor::*;
 use crate::support::*;
 use nix::sys::signal::Signal;
+use rq_supervisor::procfs;
 use serde_json::json;
 
 fn pool(warm: &str, cold: &str, workers: u32) -> String {
@@ -47,7 +48,7 @@ fn exc_string(con: &mut redis::Connection, id: &str) -> String {
 fn warm_shutdown_waits_for_the_running_job_and_exits_zero() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool("30s", "5s", 2));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 2);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([1.5]));
@@ -77,7 +78,7 @@ fn warm_shutdown_waits_for_the_running_job_and_exits_zero() {
 fn second_signal_kills_the_horse_and_the_job_ends_failed() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool("60s", "10s", 1));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 1);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
@@ -100,7 +101,7 @@ fn second_signal_kills_the_horse_and_the_job_ends_failed() {
         "{}",
         exc_string(&mut con, &id)
     );
-    assert!(!pid_alive(worker) && !pid_alive(horses[0]));
+    assert!(!alive(worker) && !alive(horses[0]));
     assert!(workers(&mut con).is_empty());
 }
 
@@ -108,7 +109,7 @@ fn second_signal_kills_the_horse_and_the_job_ends_failed() {
 fn warm_timeout_escalates_by_itself() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool("1s", "10s", 1));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 1);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
@@ -126,7 +127,7 @@ fn warm_timeout_escalates_by_itself() {
         Some("failed"),
         "{log}"
     );
-    assert!(!pid_alive(worker));
+    assert!(!alive(worker));
 }
 
 #[test]
@@ -157,25 +158,14 @@ program = "{}"
 "#,
         script.display()
     ));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     wait_until("two stubborn workers", WAIT, || {
         lines_with(&sup.log(), "supervisor: spawned pid").len() == 2
     });
     let mut con = redis.con();
     wait_workers(&mut con, 2);
-    let pids: Vec<u32> = lines_with(&sup.log(), "supervisor: spawned pid")
-        .iter()
-        .map(|l| {
-            l.split("spawned pid ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let pids = spawned_pids(&sup.log(), "stubborn");
+    assert_eq!(pids.len(), 2, "{}", sup.log());
     let t0 = Instant::now();
     sup.signal(Signal::SIGINT);
     let code = sup.wait_exit(Duration::from_secs(10));
@@ -195,7 +185,7 @@ program = "{}"
         "{log}"
     );
     for pid in pids {
-        assert!(!pid_alive(pid), "worker {pid} survived");
+        assert!(!alive(pid), "worker {pid} survived");
         // Nothing of its process group survives either.
         let left = group_members(pid);
         assert!(left.is_empty(), "group {pid} survived: {left:?}");
@@ -209,7 +199,7 @@ program = "{}"
 fn ctrl_c_in_a_terminal_reaches_only_the_supervisor() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool("30s", "5s", 1));
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 1);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([1]));
@@ -233,7 +223,7 @@ fn ctrl_c_in_a_terminal_reaches_only_the_supervisor() {
 fn sigkill_of_the_supervisor_leaves_no_process_and_no_started_job() {
     let redis = RedisServer::start();
     let file = PoolFile::new(&pool("60s", "10s", 2));
-    let sup = start(&redis, &file);
+    let sup = Supervisor::new(&redis, &file).spawn();
     let mut con = redis.con();
     let registered = wait_workers(&mut con, 2);
     let id = rs_enqueue(&mut con, "default", "rq.builtin.sleep", json!([60]));
@@ -245,7 +235,7 @@ fn sigkill_of_the_supervisor_leaves_no_process_and_no_started_job() {
     wait_until(
         "every worker and horse gone",
         Duration::from_secs(1),
-        || pids.iter().all(|p| !pid_alive(*p)),
+        || pids.iter().all(|p| !alive(*p)),
     );
     wait_until("the job settled", Duration::from_secs(1), || {
         job_status(&mut con, &id).as_deref() != Some("started")
@@ -280,7 +270,7 @@ queues = ["two"]
 burst = true
 "#,
     );
-    let mut sup = start(&redis, &file);
+    let mut sup = Supervisor::new(&redis, &file).spawn();
     let code = sup.wait_exit(WAIT);
     let log = sup.log();
     assert!(code.success(), "{log}");
@@ -327,21 +317,14 @@ fn a_supervised_worker_whose_supervisor_died_stops_cold_on_one_term() {
     shell.signal(Signal::SIGKILL);
     // The kernel re-parents before it delivers a parent-death signal; wait for the same.
     wait_until("worker re-parented", WAIT, || {
-        std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| {
-            let ppid = s[s.rfind(')').unwrap() + 1..]
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .to_string();
-            ppid != shell.pid().to_string()
-        })
+        procfs::stat(worker).is_some_and(|s| s.ppid != shell.pid().as_raw() as u32)
     });
     // One SIGTERM (what the parent-death signal delivers) is enough: no job left running.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
     wait_status_within(&mut con, &id, &["failed"], Duration::from_secs(5));
     assert!(exc_string(&mut con, &id).contains("its rq-supervisor died"));
     wait_until("worker and horse gone", Duration::from_secs(5), || {
-        !pid_alive(worker) && !pid_alive(horse)
+        !alive(worker) && !alive(horse)
     });
     assert!(workers(&mut con).is_empty());
 }

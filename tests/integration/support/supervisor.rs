@@ -1,12 +1,9 @@
-//! Helpers for the `rq-supervisor` tests: a pool file in a temp dir, the supervisor pointed
-//! at a test redis through the environment, and what Redis and /proc say about its workers.
+//! Helpers for the `rq-supervisor` tests: a pool file in a temp dir and what Redis says about
+//! the supervisor's workers.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use nix::unistd::Pid;
-
-use super::{Proc, RedisServer, WAIT, alive, bin, children, hget, wait_until, write_script};
+use super::{WAIT, hget, wait_until, write_script};
 
 /// A pool file plus the directory it lives in (kept alive with it).
 pub struct PoolFile {
@@ -35,15 +32,11 @@ impl PoolFile {
     }
 }
 
-/// `rq-supervisor -c FILE` with the test redis in `RQ_REDIS_URL`.
-pub fn supervisor_cmd(redis: &RedisServer, config: &Path) -> Command {
-    let mut cmd = bin("rq-supervisor");
-    cmd.env("RQ_REDIS_URL", redis.url()).arg("-c").arg(config);
-    cmd
-}
-
-pub fn start(redis: &RedisServer, pool: &PoolFile) -> Proc {
-    Proc::spawn(supervisor_cmd(redis, &pool.path))
+/// The file's path, so that a `PoolFile` is what `Supervisor::new(&redis, &pool)` takes.
+impl AsRef<std::ffi::OsStr> for PoolFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
 }
 
 /// Registered workers (from `rq:workers`) with their pids, sorted by pid.
@@ -88,49 +81,25 @@ pub fn wait_workers(con: &mut redis::Connection, n: usize) -> Vec<(String, u32)>
     last
 }
 
-/// [`alive`] for a `u32` pid.
-pub fn pid_alive(pid: u32) -> bool {
-    alive(Pid::from_raw(pid as i32))
-}
-
-/// [`children`] as `u32` pids.
-pub fn child_pids(pid: u32) -> Vec<u32> {
-    children(Pid::from_raw(pid as i32))
-        .into_iter()
-        .map(|p| p.as_raw() as u32)
+/// The pids of the `supervisor: spawned pid N ...` lines of pool `pool`, in log order.
+pub fn spawned_pids(log: &str, pool: &str) -> Vec<u32> {
+    lines_with(log, "supervisor: spawned pid")
+        .iter()
+        .filter(|l| l.contains(&format!("[{pool}/")))
+        .map(|l| {
+            l.split("spawned pid ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect()
 }
 
 /// Lines of a log that contain `text`.
 pub fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(text)).collect()
-}
-
-/// Live (non-zombie) processes in process group `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(i) = s.rfind(')') else { return false };
-            let f: Vec<&str> = s[i + 1..].split_whitespace().collect();
-            // state, ppid, pgrp
-            f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
-        })
-        .collect()
-}
-
-/// Waits for the worker's work horse to exist; returns its pid.
-pub fn wait_horse_pid(worker: u32) -> u32 {
-    let mut horse = Vec::new();
-    wait_until("a work horse", WAIT, || {
-        horse = child_pids(worker);
-        horse.len() == 1
-    });
-    horse[0]
 }

@@ -35,12 +35,9 @@ fn raw_job(con: &mut redis::Connection, id: &str, data: Option<&[u8]>) {
         .unwrap();
 }
 
-/// A running worker with the built-ins (and `extra` args) on queue `q`.
-fn worker(redis: &RedisServer, extra: &[&str]) -> Proc {
-    let mut args = vec!["--builtin-handlers", "--name", "w"];
-    args.extend_from_slice(extra);
-    args.push("q");
-    let w = Proc::spawn(rqworker(redis, &args));
+/// `worker` running as `w` with the built-ins, on queue `q`.
+fn worker(worker: Rqworker) -> Proc {
+    let w = worker.builtin_handlers().name("w").queues(["q"]).spawn();
     w.wait_for_log("Listening for work");
     w
 }
@@ -81,7 +78,7 @@ fn sandwich(
 #[test]
 fn a_pickled_job_fails_with_a_message_to_use_the_json_serializer() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     let exc = sandwich(&redis, &w, |_| {
         let out = python(
             &redis,
@@ -97,7 +94,7 @@ fn a_pickled_job_fails_with_a_message_to_use_the_json_serializer() {
 #[test]
 fn a_payload_that_is_neither_zlib_nor_json_fails_the_job() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     let exc = sandwich(&redis, &w, |con| {
         raw_job(con, "text-garbage", Some(b"hello, this is not json"));
         "text-garbage".into()
@@ -118,7 +115,7 @@ fn a_payload_that_is_neither_zlib_nor_json_fails_the_job() {
 #[test]
 fn nan_and_infinity_from_python_json_fail_the_job_clearly() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     let exc = sandwich(&redis, &w, |_| {
         // Python's json.dumps writes bare NaN and Infinity.
         py_enqueue_args(&redis, "q", "rq.builtin.echo", "[1.5, NaN, -Infinity]")
@@ -137,7 +134,7 @@ fn nan_and_infinity_from_python_json_fail_the_job_clearly() {
 #[test]
 fn a_payload_of_the_wrong_shape_fails_the_job() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     for (id, payload, detail) in [
         (
             "obj",
@@ -173,7 +170,7 @@ fn a_payload_of_the_wrong_shape_fails_the_job() {
 #[test]
 fn an_id_whose_job_hash_is_gone_is_dropped_and_logged() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     let mut con = redis.con();
     let before = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["before"]));
     redis::cmd("RPUSH")
@@ -206,7 +203,7 @@ fn a_handler_program_removed_or_made_non_executable_after_start_fails_only_its_j
             toml_str(script.display().to_string())
         ),
     );
-    let w = worker(&redis, &["-c", &cfg]);
+    let w = worker(Rqworker::new(&redis).config(&cfg));
     let mut con = redis.con();
     let ok = rs_enqueue(&mut con, "q", "tasks.tool", json!([]));
     wait_status(&mut con, &ok, &["finished"]);
@@ -246,7 +243,7 @@ fn non_utf8_handler_output_fails_the_job() {
             toml_str(script.display().to_string())
         ),
     );
-    let w = worker(&redis, &["-c", &cfg]);
+    let w = worker(Rqworker::new(&redis).config(&cfg));
     let exc = sandwich(&redis, &w, |con| {
         rs_enqueue(con, "q", "tasks.bin", json!([]))
     });
@@ -277,10 +274,12 @@ fn a_burst_through_mixed_bad_and_good_jobs_loses_nothing() {
             .exec(&mut con)
             .unwrap();
     }
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     for (i, id) in good.iter().enumerate() {
         assert_eq!(latest_return(&mut con, id), Some(json!([i])));
@@ -313,10 +312,12 @@ fn json_stored_without_zlib_is_read_like_python_reads_it() {
         "raw-json",
         Some(br#"["rq.builtin.echo", null, ["plain"], {}]"#),
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, "raw-json"), Some(json!(["plain"])));
 }
@@ -324,7 +325,7 @@ fn json_stored_without_zlib_is_read_like_python_reads_it() {
 #[test]
 fn broken_json_that_mentions_nan_in_a_string_is_not_blamed_on_nan() {
     let redis = RedisServer::start();
-    let w = worker(&redis, &[]);
+    let w = worker(Rqworker::new(&redis));
     // Truncated JSON whose only "NaN" is text inside a string.
     let exc = sandwich(&redis, &w, |con| {
         raw_job(

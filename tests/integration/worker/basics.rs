@@ -11,17 +11,12 @@ fn burst_runs_queued_jobs_in_priority_order_and_registers_death() {
     let redis = RedisServer::start();
     let low = py_enqueue_args(&redis, "low", "rq.builtin.echo", r#"["low"]"#);
     let high = py_enqueue_args(&redis, "high", "rq.builtin.echo", r#"["high"]"#);
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "--builtin-handlers",
-            "--name",
-            "w1",
-            "high",
-            "low",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w1")
+        .queues(["high", "low"])
+        .spawn();
     let status = w.wait_exit(WAIT);
     assert!(status.success(), "{}", w.log());
     let log = w.log();
@@ -53,7 +48,10 @@ fn burst_runs_queued_jobs_in_priority_order_and_registers_death() {
 #[test]
 fn idle_worker_stops_at_once_on_sigterm() {
     let redis = RedisServer::start();
-    let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "idle"]));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("idle")
+        .spawn();
     w.wait_for_log("Listening for work");
     let mut con = redis.con();
     wait_worker_state(&mut con, "idle", "idle");

@@ -70,10 +70,11 @@ fn a_finished_job_is_recorded_as_rq_records_it() {
         .query(&mut con)
         .unwrap();
 
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["finished"]);
     // The settle step writes the job and the worker in one go; wait for the worker to be idle.
     wait_worker_state(&mut con, "w", "idle");
@@ -200,10 +201,12 @@ fn a_failed_job_is_recorded_as_rq_records_it() {
         "{}",
         r#"{"meta": {"keep": "yes"}}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let key = format!("rq:job:{id}");
     let job = hgetall(&mut con, &key);
@@ -272,10 +275,12 @@ fn failure_ttl_sets_the_failed_score_and_the_job_and_result_expiry() {
         "{}",
         r#"{"failure_ttl": 100}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("failed"));
     let ended = rq_time(&hget(&mut con, &format!("rq:job:{id}"), "ended_at").unwrap());
@@ -297,18 +302,13 @@ fn result_ttl_custom_zero_forever_and_the_worker_default() {
     let zero = echo(r#"{"result_ttl": 0}"#);
     let forever = echo(r#"{"result_ttl": -1}"#);
     let default = echo("{}");
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "--results-ttl",
-            "77",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .opt("--results-ttl", "77")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let now = unix_now();
 
@@ -371,7 +371,11 @@ fn a_running_job_is_in_the_started_registry_with_an_execution_record() {
     );
     let key = format!("rq:job:{id}");
     assert!(ttl(&mut con, &key) > 0);
-    let w = Proc::spawn(rqworker(&redis, &["-c", &cfg, "--name", "w", "q"]));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["started"]);
 
     let wip = zrange(&mut con, "rq:wip:q");
@@ -436,10 +440,12 @@ fn retried_failures_requeue_without_a_result_until_the_last_one() {
         "{}",
         r#"{"retry": {"max": 2}}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(
         w.log()

@@ -20,10 +20,11 @@ fn without_queue_arguments_the_worker_listens_on_default() {
     let redis = RedisServer::start();
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--burst", "--builtin-handlers", "--name", "w"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let log = w.log();
     assert!(log.contains("*** Listening for work on default\n"), "{log}");
@@ -44,18 +45,12 @@ fn burst_drains_queues_in_strict_priority_order_when_all_are_non_empty() {
             rs_enqueue(&mut con, q, "rq.builtin.echo", json!([format!("{q}-{i}")]));
         }
     }
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "high",
-            "normal",
-            "low",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["high", "normal", "low"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let log = w.log();
     assert_eq!(
@@ -82,18 +77,12 @@ fn a_job_in_a_higher_queue_runs_before_an_older_job_in_a_lower_queue() {
     let cfg = write_config(dir.path(), &gate_handler(dir.path()));
     let open = dir.path().join("open");
     let mut con = redis.con();
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "-c",
-            &cfg,
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "high",
-            "low",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["high", "low"])
+        .spawn();
     w.wait_for_log("Listening for work");
     // Keep the worker busy so that both later jobs wait in their queues at claim time.
     let blocker = rs_enqueue(
@@ -123,10 +112,11 @@ fn a_job_in_a_higher_queue_runs_before_an_older_job_in_a_lower_queue() {
 fn name_flag_sets_the_worker_name() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "custom-name_1", "q1", "q2"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("custom-name_1")
+        .queues(["q1", "q2"])
+        .spawn();
     w.wait_for_log("Listening for work");
     assert!(exists(&mut con, "rq:worker:custom-name_1"));
     assert!(smembers(&mut con, "rq:workers").contains(&"rq:worker:custom-name_1".to_string()));
@@ -145,7 +135,7 @@ fn name_flag_sets_the_worker_name() {
 fn default_name_is_hostname_dot_pid() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(&redis, &["--builtin-handlers"]));
+    let mut w = Rqworker::new(&redis).builtin_handlers().spawn();
     w.wait_for_log("Listening for work");
     let name = format!("{}.{}", hostname(), w.pid());
     let key = format!("rq:worker:{name}");
@@ -171,11 +161,13 @@ fn url_flag_wins_over_the_environment_and_the_config_file() {
         dir.path(),
         &format!("[redis]\nurl = {}\n", toml_str(dead_url(dir.path()))),
     );
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", dead_url(dir.path()))
-        .args(["--url", &redis.url(), "-c", &cfg])
-        .args(["--burst", "--builtin-handlers", "--name", "w"]);
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::at(dead_url(dir.path()))
+        .opt("--url", redis.url())
+        .config(&cfg)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
 }
@@ -190,10 +182,12 @@ fn environment_url_wins_over_the_config_file() {
         dir.path(),
         &format!("[redis]\nurl = {}\n", toml_str(dead_url(dir.path()))),
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--builtin-handlers", "--name", "w"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
 
@@ -203,10 +197,11 @@ fn environment_url_wins_over_the_config_file() {
         good_cfg_dir.path(),
         &format!("[redis]\nurl = {}\n", toml_str(redis.url())),
     );
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", dead_url(dir.path()))
-        .args(["-c", &good_cfg, "--burst", "--name", "w2"]);
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::at(dead_url(dir.path()))
+        .config(&good_cfg)
+        .burst()
+        .name("w2")
+        .spawn();
     assert!(!w.wait_exit(WAIT).success(), "{}", w.log());
     assert!(w.log().contains("nothing-here.sock"), "{}", w.log());
 }
@@ -221,16 +216,12 @@ fn config_file_url_is_used_without_flag_or_environment() {
         dir.path(),
         &format!("[redis]\nurl = {}\n", toml_str(redis.url())),
     );
-    let mut cmd = bin("rqworker");
-    cmd.env_remove("RQ_REDIS_URL").args([
-        "-c",
-        &cfg,
-        "--burst",
-        "--builtin-handlers",
-        "--name",
-        "w",
-    ]);
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::without_url()
+        .config(&cfg)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
 }
@@ -240,15 +231,13 @@ fn unreachable_redis_fails_at_start_naming_the_url_with_the_password_masked() {
     let url = "redis://user:s3cret@127.0.0.1:1/0";
     // Once through the flag, once through the environment.
     for via_env in [false, true] {
-        let mut cmd = bin("rqworker");
-        if via_env {
-            cmd.env("RQ_REDIS_URL", url);
+        let worker = if via_env {
+            Rqworker::at(url)
         } else {
-            cmd.env_remove("RQ_REDIS_URL").args(["--url", url]);
-        }
-        cmd.args(["--builtin-handlers", "--name", "w"]);
+            Rqworker::without_url().opt("--url", url)
+        };
         let start = Instant::now();
-        let mut w = Proc::spawn(cmd);
+        let mut w = worker.builtin_handlers().name("w").spawn();
         let status = w.wait_exit(WAIT);
         let log = w.log();
         assert!(!status.success(), "must fail (via_env={via_env}):\n{log}");
@@ -272,9 +261,7 @@ fn a_unix_socket_url_masks_its_pass_parameter_too() {
         "unix://{}/nothing.sock?db=0&pass=s3cret",
         dir.path().display()
     );
-    let mut cmd = bin("rqworker");
-    cmd.env("RQ_REDIS_URL", &url).args(["--name", "w"]);
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::at(&url).name("w").spawn();
     let status = w.wait_exit(WAIT);
     let log = w.log();
     assert_eq!(status.code(), Some(1), "{log}");
@@ -292,7 +279,10 @@ fn durations_accept_a_unit_suffix_or_bare_seconds() {
         ("suffix", "2m", 180),
         ("s", "100s", 160),
     ] {
-        let mut w = Proc::spawn(rqworker(&redis, &["--name", name, "--worker-ttl", ttl_arg]));
+        let mut w = Rqworker::new(&redis)
+            .name(name)
+            .opt("--worker-ttl", ttl_arg)
+            .spawn();
         w.wait_for_log("Listening for work");
         let t = ttl(&mut con, &format!("rq:worker:{name}"));
         assert!(
@@ -305,10 +295,10 @@ fn durations_accept_a_unit_suffix_or_bare_seconds() {
     // --max-idle-time in both forms ends an idle worker after about that long.
     for arg in ["1", "1s"] {
         let start = Instant::now();
-        let mut w = Proc::spawn(rqworker(
-            &redis,
-            &["--name", "idle", "--max-idle-time", arg],
-        ));
+        let mut w = Rqworker::new(&redis)
+            .name("idle")
+            .opt("--max-idle-time", arg)
+            .spawn();
         assert!(w.wait_exit(WAIT).success(), "{}", w.log());
         let took = start.elapsed();
         assert!(
@@ -316,7 +306,7 @@ fn durations_accept_a_unit_suffix_or_bare_seconds() {
             "--max-idle-time {arg}: exited after {took:?}"
         );
     }
-    let mut w = Proc::spawn(rqworker(&redis, &["--max-idle-time", "soon"]));
+    let mut w = Rqworker::new(&redis).opt("--max-idle-time", "soon").spawn();
     let status = w.wait_exit(WAIT);
     assert_eq!(status.code(), Some(2), "{}", w.log());
     assert!(w.log().contains("soon"), "{}", w.log());
@@ -327,10 +317,10 @@ fn pid_file_is_written_at_start_and_removed_at_exit() {
     let redis = RedisServer::start();
     let dir = temp_dir();
     let pid_file = dir.path().join("worker.pid");
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--name", "w", "--pid", pid_file.to_str().unwrap()],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .name("w")
+        .opt("--pid", pid_file.to_str().unwrap())
+        .spawn();
     w.wait_for_log("Listening for work");
     let text = std::fs::read_to_string(&pid_file).expect("pid file exists while running");
     assert_eq!(text.trim(), w.pid().to_string());
@@ -345,18 +335,12 @@ fn rq_log_lines_for_a_burst_run() {
     let mut con = redis.con();
     rs_enqueue(&mut con, "normal", "rq.builtin.noop", json!([]));
     rs_enqueue(&mut con, "low", "rq.builtin.echo", json!(["me@nvie.com"]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--burst",
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "high",
-            "normal",
-            "low",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .queues(["high", "normal", "low"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let log = w.log();
     let expected = [
@@ -383,10 +367,12 @@ fn quiet_flag_suppresses_info_lines_but_not_warnings() {
     let mut con = redis.con();
     let ok = rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([]));
     let bad = rs_enqueue(&mut con, "default", "no.such.function", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-q", "--burst", "--builtin-handlers", "--name", "w"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .arg("-q")
+        .burst()
+        .builtin_handlers()
+        .name("w")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let log = w.log();
     for info in [
@@ -408,10 +394,10 @@ fn quiet_flag_suppresses_info_lines_but_not_warnings() {
 fn refuses_to_start_under_the_name_of_a_live_worker() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut first = Proc::spawn(rqworker(&redis, &["--name", "dup"]));
+    let mut first = Rqworker::new(&redis).name("dup").spawn();
     first.wait_for_log("Listening for work");
     let birth = hget(&mut con, "rq:worker:dup", "birth");
-    let mut second = Proc::spawn(rqworker(&redis, &["--name", "dup", "--burst"]));
+    let mut second = Rqworker::new(&redis).name("dup").burst().spawn();
     let status = second.wait_exit(WAIT);
     let log = second.log();
     assert_eq!(status.code(), Some(1), "{log}");
@@ -436,11 +422,14 @@ fn refuses_to_start_under_the_name_of_a_live_worker() {
 fn starts_under_a_name_whose_old_record_has_death() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut old = Proc::spawn(rqworker(&redis, &["--name", "reuse", "--burst"]));
+    let mut old = Rqworker::new(&redis).name("reuse").burst().spawn();
     assert!(old.wait_exit(WAIT).success(), "{}", old.log());
     assert!(hget(&mut con, "rq:worker:reuse", "death").is_some());
     let id = rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([]));
-    let mut new = Proc::spawn(rqworker(&redis, &["--name", "reuse", "--builtin-handlers"]));
+    let mut new = Rqworker::new(&redis)
+        .name("reuse")
+        .builtin_handlers()
+        .spawn();
     new.wait_for_log("Listening for work");
     wait_status(&mut con, &id, &["finished"]);
     let w = hgetall(&mut con, "rq:worker:reuse");
@@ -464,9 +453,7 @@ fn a_rotated_password_is_not_logged_when_the_notification_connection_reconnects(
         .exec(&mut admin)
         .unwrap();
     let url = format!("{}?pass=pw-one", redis.url());
-    let mut cmd = rqworker(&redis, &["--builtin-handlers", "--name", "w"]);
-    cmd.env("RQ_REDIS_URL", &url);
-    let w = Proc::spawn(cmd);
+    let w = Rqworker::at(&url).builtin_handlers().name("w").spawn();
     w.wait_for_log("Listening for work");
     wait_worker_state(&mut admin, "w", "idle");
     // The password is rotated; connections already open stay authenticated. Then the
@@ -498,20 +485,13 @@ fn round_robin_rotates_the_queues_after_each_job() {
     for q in ["a", "a", "a", "b", "b", "c"] {
         rs_enqueue(&mut con, q, "rq.builtin.noop", json!([]));
     }
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--burst",
-            "--name",
-            "w",
-            "--dequeue-strategy",
-            "round_robin",
-            "a",
-            "b",
-            "c",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .burst()
+        .name("w")
+        .opt("--dequeue-strategy", "round_robin")
+        .queues(["a", "b", "c"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(
         got_queues(&w.log()),
@@ -528,10 +508,11 @@ fn max_jobs_stops_the_worker_after_that_many_jobs() {
     let ids: Vec<String> = (0..5)
         .map(|_| rs_enqueue(&mut con, "default", "rq.builtin.noop", json!([])))
         .collect();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "--max-jobs", "2"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .opt("--max-jobs", "2")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let statuses: Vec<Option<String>> = ids.iter().map(|i| job_status(&mut con, i)).collect();
     assert_eq!(
@@ -565,15 +546,16 @@ fn rq_suspend_stops_new_jobs_and_rq_resume_restarts_them() {
             .success()
     );
     // A burst worker leaves at once without taking anything.
-    let mut b = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--burst", "--name", "b"],
-    ));
+    let mut b = Rqworker::new(&redis)
+        .builtin_handlers()
+        .burst()
+        .name("b")
+        .spawn();
     assert!(b.wait_exit(WAIT).success(), "{}", b.log());
     assert!(b.log().contains("suspended"), "{}", b.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     // A normal worker waits in state `suspended`...
-    let w = Proc::spawn(rqworker(&redis, &["--builtin-handlers", "--name", "w"]));
+    let w = Rqworker::new(&redis).builtin_handlers().name("w").spawn();
     wait_worker_state(&mut con, "w", "suspended");
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
     // ...and works again after `rq resume`.
@@ -594,10 +576,16 @@ fn a_worker_refused_at_start_leaves_the_running_workers_pid_file_alone() {
     let dir = temp_dir();
     let pid_file = dir.path().join("w.pid");
     let pid_arg = pid_file.to_str().unwrap();
-    let mut first = Proc::spawn(rqworker(&redis, &["--name", "w", "--pid", pid_arg]));
+    let mut first = Rqworker::new(&redis)
+        .name("w")
+        .opt("--pid", pid_arg)
+        .spawn();
     first.wait_for_log("Listening for work");
     // The same service started twice by mistake: same name, same pid file.
-    let mut second = Proc::spawn(rqworker(&redis, &["--name", "w", "--pid", pid_arg]));
+    let mut second = Rqworker::new(&redis)
+        .name("w")
+        .opt("--pid", pid_arg)
+        .spawn();
     assert_eq!(second.wait_exit(WAIT).code(), Some(1), "{}", second.log());
     let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
     assert_eq!(
@@ -615,10 +603,10 @@ fn an_unwritable_pid_file_stops_the_worker_and_its_registration() {
     let redis = RedisServer::start();
     let dir = temp_dir();
     let bad = dir.path().join("no-such-dir").join("w.pid");
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--name", "w", "--pid", bad.to_str().unwrap()],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .name("w")
+        .opt("--pid", bad.to_str().unwrap())
+        .spawn();
     assert_eq!(w.wait_exit(WAIT).code(), Some(1), "{}", w.log());
     assert!(w.log().contains("cannot write pid file"), "{}", w.log());
     let mut con = redis.con();

@@ -54,9 +54,13 @@ fn a_command_handler_gets_args_in_argv_the_job_on_stdin_and_rq_environment() {
         r#"{"k": "v", "n": [1, 2]}"#,
         r#"{"meta": {"m": 1}}"#,
     );
-    let mut cmd = rqworker(&redis, &["-c", &cfg, "--burst", "--name", "w", "q"]);
-    cmd.env("SECRET_FROM_WORKER", "must not leak");
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .env("SECRET_FROM_WORKER", "must not leak")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     let mut con = redis.con();
     assert_eq!(
@@ -166,10 +170,12 @@ fn stdout_json_becomes_a_structured_result_text_a_string_and_empty_none() {
     let t = rs_enqueue(&mut con, "q", "t.text", json!([]));
     let e = rs_enqueue(&mut con, "q", "t.empty", json!([]));
     let n = rs_enqueue(&mut con, "q", "t.num", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(
         latest_return(&mut con, &j),
@@ -224,10 +230,12 @@ fn a_non_zero_exit_fails_the_job_with_the_status_and_the_stderr_tail() {
     let mut con = redis.con();
     let f = rs_enqueue(&mut con, "q", "t.fail", json!([]));
     let n = rs_enqueue(&mut con, "q", "t.noisy", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &f).as_deref(), Some("failed"));
     let exc = latest_exc(&mut con, &f);
@@ -256,10 +264,12 @@ fn output_over_one_mebibyte_is_cut_with_a_note() {
     let cfg = write_config(dir.path(), &handler_toml("t.big", &big, ""));
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "t.big", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("finished"));
     let Some(Value::String(out)) = latest_return(&mut con, &id) else {
@@ -297,10 +307,12 @@ fn glob_handler_names_match_and_an_exact_name_wins() {
     let e = rs_enqueue(&mut con, "q", "tasks.exact", json!([]));
     let g = rs_enqueue(&mut con, "q", "tasks.other", json!([]));
     let none = rs_enqueue(&mut con, "q", "other.tasks", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, &g), Some(json!("glob tasks.other")));
     assert_eq!(
@@ -345,10 +357,12 @@ fn a_handler_timeout_applies_to_jobs_without_their_own() {
         .unwrap();
     assert!(hget(&mut con, &format!("rq:job:{id}"), "timeout").is_none());
     let start = Instant::now();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -375,9 +389,13 @@ fn relative_handler_programs_resolve_against_the_config_directory() {
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "t.rel", json!([]));
     // Run from elsewhere so that only the config's directory can explain success.
-    let mut cmd = rqworker(&redis, &["-c", &cfg, "--burst", "--name", "w", "q"]);
-    cmd.current_dir("/");
-    let mut w = Proc::spawn(cmd);
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .current_dir("/")
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(latest_return(&mut con, &id), Some(json!("relative")));
 }
@@ -391,7 +409,7 @@ fn config_validation_refuses_a_missing_or_non_executable_program() {
     std::fs::write(&plain, "#!/bin/sh\necho hi\n").unwrap();
     for (program, problem) in [(&missing, "cannot be used"), (&plain, "is not executable")] {
         let cfg = write_config(dir.path(), &handler_toml("tasks.x", program, ""));
-        let mut w = Proc::spawn(rqworker(&redis, &["-c", &cfg, "--burst", "--name", "w"]));
+        let mut w = Rqworker::new(&redis).config(&cfg).burst().name("w").spawn();
         let status = w.wait_exit(WAIT);
         let log = w.log();
         assert_eq!(status.code(), Some(2), "{log}");
@@ -411,10 +429,12 @@ fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
     let mut con = redis.con();
     let bad = rs_enqueue(&mut con, "q", "tasks.unknown_fn", json!([1]));
     let good = rs_enqueue(&mut con, "q", "tasks.known", json!([]));
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &bad, &["failed", "finished"]);
     assert_eq!(job_status(&mut con, &bad).as_deref(), Some("failed"));
     let exc = latest_exc(&mut con, &bad);
@@ -451,10 +471,12 @@ fn a_positional_argument_too_long_for_argv_fails_with_a_hint_to_use_kwargs() {
         &Default::default(),
     )
     .unwrap();
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--burst", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(job_status(&mut con, &too_long).as_deref(), Some("failed"));
     let exc = latest_exc(&mut con, &too_long);

@@ -34,18 +34,12 @@ fn heartbeats_advance_while_a_job_runs_and_rq_info_does_not_fail_it() {
         "tasks.gate",
         &json!([open.display().to_string()]).to_string(),
     );
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "-c",
-            &cfg,
-            "--name",
-            "w",
-            "--job-monitoring-interval",
-            "1",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .opt("--job-monitoring-interval", "1")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["started"]);
     let member = zrange(&mut con, "rq:wip:q").pop().expect("wip member");
     let first = heartbeat_state(&mut con, &id, &member);
@@ -105,10 +99,11 @@ fn a_job_over_its_timeout_is_killed_and_failed_with_rq_text() {
         r#"{"job_timeout": 1}"#,
     );
     let next = py_enqueue_args(&redis, "q", "rq.builtin.noop", "[]");
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["started"]);
     let started = Instant::now();
     let horse = wait_horse(&w);
@@ -159,7 +154,11 @@ fn a_timeout_kills_the_handlers_whole_process_group() {
         "{}",
         r#"{"job_timeout": 1}"#,
     );
-    let w = Proc::spawn(rqworker(&redis, &["-c", &cfg, "--name", "w", "q"]));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .name("w")
+        .queues(["q"])
+        .spawn();
     let horse = wait_horse(&w);
     wait_until("grandchild pid", WAIT, || {
         std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
@@ -210,18 +209,13 @@ fn timeout_minus_one_means_no_limit_even_over_a_handler_default() {
         "{}",
         r#"{"job_timeout": -1}"#,
     );
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "-c",
-            &cfg,
-            "--builtin-handlers",
-            "--burst",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .burst()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
     assert_eq!(
         job_status(&mut con, &unlimited).as_deref(),
@@ -248,10 +242,12 @@ fn a_horse_that_kills_itself_fails_its_job_and_the_worker_goes_on() {
     let mut con = redis.con();
     let crash = rs_enqueue(&mut con, "q", "tasks.crash", json!([]));
     let next = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["after"]));
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &crash, &["failed", "finished"]);
     let exc = latest_exc(&mut con, &crash);
     assert!(
@@ -274,10 +270,11 @@ fn a_native_horse_killed_from_outside_fails_its_job() {
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([30]));
     let next = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["started"]);
     let horse = wait_horse(&w);
     kill(horse, Signal::SIGKILL).unwrap();
@@ -305,10 +302,12 @@ fn warm_shutdown_finishes_the_running_job_then_registers_death() {
         json!([open.display().to_string()]),
     );
     let waiting = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["-c", &cfg, "--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .config(&cfg)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &running, &["started"]);
     let horse = wait_horse(&w);
     w.signal(Signal::SIGTERM);
@@ -356,10 +355,11 @@ fn cold_shutdown_kills_the_horse_fails_the_job_and_registers_death() {
     let redis = RedisServer::start();
     let mut con = redis.con();
     let id = rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([30]));
-    let mut w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--name", "w", "q"],
-    ));
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues(["q"])
+        .spawn();
     wait_status(&mut con, &id, &["started"]);
     let horse = wait_horse(&w);
     w.signal(Signal::SIGTERM);
@@ -394,7 +394,7 @@ fn cold_shutdown_kills_the_horse_fails_the_job_and_registers_death() {
 fn sigint_stops_an_idle_worker_like_sigterm() {
     let redis = RedisServer::start();
     let mut con = redis.con();
-    let mut w = Proc::spawn(rqworker(&redis, &["--name", "w", "q"]));
+    let mut w = Rqworker::new(&redis).name("w").queues(["q"]).spawn();
     w.wait_for_log("Listening for work");
     w.signal(Signal::SIGINT);
     assert!(w.wait_exit(WAIT).success(), "{}", w.log());
@@ -406,17 +406,12 @@ fn sigint_stops_an_idle_worker_like_sigterm() {
 fn after_redis_loses_its_data_the_worker_reconnects_and_registers_again() {
     let mut redis = RedisServer::start();
     // worker_ttl 16 s: an idle heartbeat every second (worker_ttl - 15).
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--name",
-            "w",
-            "--worker-ttl",
-            "16",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .opt("--worker-ttl", "16")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     redis.restart(); // no persistence: every key is gone
     let mut con = redis.con();
@@ -451,10 +446,12 @@ fn with_scheduler_moves_due_scheduled_jobs_to_their_queue() {
     );
     let id: String = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(job_status(&mut con, &id).as_deref(), Some("scheduled"));
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &["--builtin-handlers", "--with-scheduler", "--name", "w", "q"],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .arg("--with-scheduler")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     wait_until("the scheduled job to run", Duration::from_secs(15), || {
         job_status(&mut con, &id).as_deref() == Some("finished")
@@ -478,17 +475,12 @@ fn registry_maintenance_fails_abandoned_jobs_in_the_started_registry() {
         .zadd("rq:wip:q", &member, (unix_now() as i64) - 10)
         .exec(&mut con)
         .unwrap();
-    let w = Proc::spawn(rqworker(
-        &redis,
-        &[
-            "--builtin-handlers",
-            "--maintenance-interval",
-            "1",
-            "--name",
-            "w",
-            "q",
-        ],
-    ));
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .opt("--maintenance-interval", "1")
+        .name("w")
+        .queues(["q"])
+        .spawn();
     w.wait_for_log("Listening for work");
     wait_until(
         "the abandoned job to be failed",

@@ -20,15 +20,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::support::supervisor::{child_pids, pid_alive, supervisor_cmd};
 use crate::support::*;
+use rq_supervisor::procfs;
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -262,11 +262,11 @@ fn plan(p: &Params) -> (Vec<JobSpec>, Vec<JobSpec>) {
 // The setup: redis-server, handlers, pool file, supervisor.
 
 /// The supervisor, its process group killed on drop (whatever a failed run leaves behind).
-struct Supervisor {
+struct SupervisorChild {
     child: Child,
 }
 
-impl Supervisor {
+impl SupervisorChild {
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -276,12 +276,12 @@ impl Supervisor {
     }
 }
 
-impl Drop for Supervisor {
+impl Drop for SupervisorChild {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let pid = self.pid();
-            for w in child_pids(pid) {
-                for h in child_pids(w) {
+            for w in procfs::children(pid) {
+                for h in procfs::children(w) {
                     let _ = killpg(Pid::from_raw(h as i32), Signal::SIGKILL);
                     let _ = kill(Pid::from_raw(h as i32), Signal::SIGKILL);
                 }
@@ -303,7 +303,7 @@ struct Setup {
     token: String,
 }
 
-fn setup(p: &Params) -> (Setup, Supervisor) {
+fn setup(p: &Params) -> (Setup, SupervisorChild) {
     let redis = RedisServer::start_with(&[
         "--appendonly",
         "yes",
@@ -319,7 +319,14 @@ fn setup(p: &Params) -> (Setup, Supervisor) {
     let runs = dir.path().join("runs.log");
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
-    let token = format!("{:016x}", p.seed);
+    // Marks this run's handler processes (the orphan check looks for it). The seed alone is
+    // not unique: runs sharing the test process (chaos_short, and the ignored chaos_long and
+    // soak with --include-ignored) may share a CHAOS_SEED.
+    let token = format!(
+        "{:016x}-{}",
+        p.seed,
+        dir.path().file_name().unwrap().to_string_lossy()
+    );
     let cmd = write_script(
         dir.path(),
         "cmd.sh",
@@ -396,7 +403,7 @@ workers = 3
     let config_path = dir.path().join("pool.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("supervisor.log");
-    let mut cmd = supervisor_cmd(&redis, &config_path);
+    let mut cmd = Supervisor::new(&redis, &config_path).command();
     cmd.stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("supervisor.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -410,7 +417,7 @@ workers = 3
             runs,
             token,
         },
-        Supervisor { child },
+        SupervisorChild { child },
     )
 }
 
@@ -437,11 +444,9 @@ fn write_plan(path: &Path, jobs: &[JobSpec]) {
 fn python_producer(setup: &Setup, jobs: &[JobSpec], over: Duration) -> Child {
     let plan = setup.dir.path().join("python-plan.jsonl");
     write_plan(&plan, jobs);
-    Command::new(python_bin())
-        .arg(py_dir().join("chaos_producer.py"))
+    py_script(&setup.redis, "chaos_producer.py")
         .arg(&plan)
         .arg(over.as_secs_f64().to_string())
-        .env("RQ_REDIS_URL", setup.redis.url())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -498,13 +503,13 @@ struct KillRecord {
 /// Workers (children of the supervisor) and their horses (children of a worker).
 fn victims(sup: u32) -> Vec<(u32, u32, bool)> {
     let mut out = Vec::new();
-    for w in child_pids(sup) {
-        if !pid_alive(w) {
+    for w in procfs::children(sup) {
+        if !alive(w) {
             continue;
         }
         out.push((w, w, false));
-        for h in child_pids(w) {
-            if pid_alive(h) {
+        for h in procfs::children(w) {
+            if alive(h) {
                 out.push((h, w, true));
             }
         }
@@ -550,14 +555,7 @@ impl Reader {
 
 /// Resource use of one process: resident memory (KiB) and open descriptors.
 fn usage(pid: u32) -> Option<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let rss = procfs::rss(pid)? / 1024;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
 }
@@ -573,7 +571,7 @@ fn sample(sup: u32, since: Instant) -> Sample {
     Sample {
         at: since.elapsed(),
         supervisor: usage(sup).unwrap_or_default(),
-        workers: child_pids(sup)
+        workers: procfs::children(sup)
             .into_iter()
             .filter_map(|w| Some((w, usage(w)?)))
             .collect(),
@@ -905,7 +903,7 @@ pub fn run(p: Params) -> Report {
 }
 
 /// SIGTERM to the supervisor, then its exit and the workers' death registrations.
-fn shut_down(sup: &mut Supervisor, reader: &mut Reader) -> String {
+fn shut_down(sup: &mut SupervisorChild, reader: &mut Reader) -> String {
     let _ = kill(Pid::from_raw(sup.pid() as i32), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -990,9 +988,9 @@ fn pending_jobs<'a>(
 fn wait_quiet(reader: &mut Reader, sup: u32, limit: Duration) -> Result<usize, String> {
     let deadline = Instant::now() + limit;
     loop {
-        let running: HashSet<u32> = child_pids(sup)
+        let running: HashSet<u32> = procfs::children(sup)
             .into_iter()
-            .filter(|p| pid_alive(*p))
+            .filter(|p| alive(*p))
             .collect();
         let registered: Vec<Option<u32>> = reader.with(|c| {
             let members: Vec<String> = redis::cmd("SMEMBERS").arg("rq:workers").query(c)?;
@@ -1004,7 +1002,7 @@ fn wait_quiet(reader: &mut Reader, sup: u32, limit: Duration) -> Result<usize, S
             Ok(out)
         });
         let reg: HashSet<u32> = registered.iter().flatten().copied().collect();
-        let horses: usize = running.iter().map(|w| child_pids(*w).len()).sum();
+        let horses: usize = running.iter().map(|w| procfs::children(*w).len()).sum();
         if running.len() == 6 && registered.len() == 6 && reg == running && horses == 0 {
             return Ok(registered.len());
         }
@@ -1428,11 +1426,11 @@ struct Processes {
 /// not one of the live workers.
 fn processes(sup: u32, token: &str) -> Processes {
     let mut problems = Vec::new();
-    let workers: Vec<u32> = child_pids(sup)
+    let workers: Vec<u32> = procfs::children(sup)
         .into_iter()
-        .filter(|p| pid_alive(*p))
+        .filter(|p| alive(*p))
         .collect();
-    let horses: usize = workers.iter().map(|w| child_pids(*w).len()).sum();
+    let horses: usize = workers.iter().map(|w| procfs::children(*w).len()).sum();
     let mut zombies = 0;
     let mut orphans = 0;
     let sup_env = format!("RQ_SUPERVISOR_PID={sup}");
@@ -1445,14 +1443,11 @@ fn processes(sup: u32, token: &str) -> Processes {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(procfs::Stat { state, ppid }) = procfs::stat(pid) else {
             continue;
         };
-        let Some(i) = stat.rfind(')') else { continue };
-        let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
-        let (state, ppid) = (f[0], f[1].parse::<u32>().unwrap_or(0));
         let ours = ppid == sup || workers.contains(&ppid);
-        if state == "Z" && ours {
+        if state == 'Z' && ours {
             zombies += 1;
             problems.push(format!("zombie pid {pid} (parent {ppid})"));
             continue;
@@ -1464,11 +1459,9 @@ fn processes(sup: u32, token: &str) -> Processes {
         let has = |needle: &str| env.split(|b| *b == 0).any(|var| var == needle.as_bytes());
         if has(&sup_env) || has(&run_env) {
             orphans += 1;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .unwrap_or_default();
             problems.push(format!(
-                "orphan pid {pid} (parent {ppid}, state {state}): {cmdline}"
+                "orphan pid {pid} (parent {ppid}, state {state}): {}",
+                cmdline(pid)
             ));
         }
     }
