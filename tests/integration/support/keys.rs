@@ -170,30 +170,25 @@ pub fn wait_worker_state_within(
     });
 }
 
+/// The fields of the job's latest result, which must be of `kind` (1 successful, 2 failed).
+fn latest_result_of(con: &mut redis::Connection, id: &str, kind: &[u8]) -> Fields {
+    let mut entries = results(con, id);
+    let (_, last) = entries
+        .pop()
+        .unwrap_or_else(|| panic!("job {id} has no result"));
+    assert_eq!(last.get("type").map(|v| &v[..]), Some(kind), "job {id}");
+    last
+}
+
 /// The failure text of the job's latest result (type 2), panicking if there is none.
 pub fn latest_exc(con: &mut redis::Connection, id: &str) -> String {
-    let entries = results(con, id);
-    let (_, last) = entries
-        .last()
-        .unwrap_or_else(|| panic!("job {id} has no result"));
-    assert_eq!(
-        last.get("type").map(|v| &v[..]),
-        Some(&b"2"[..]),
-        "job {id}"
-    );
+    let last = latest_result_of(con, id, b"2");
     decode_exc_string(last.get("exc_string").expect("exc_string"))
 }
 
 /// The return value of the job's latest result (type 1); `None` when it returned None.
 pub fn latest_return(con: &mut redis::Connection, id: &str) -> Option<serde_json::Value> {
-    let entries = results(con, id);
-    let (_, last) = entries
-        .last()
-        .unwrap_or_else(|| panic!("job {id} has no result"));
-    assert_eq!(
-        last.get("type").map(|v| &v[..]),
-        Some(&b"1"[..]),
-        "job {id}"
-    );
-    last.get("return_value").map(|v| decode_return_value(v))
+    latest_result_of(con, id, b"1")
+        .get("return_value")
+        .map(|v| decode_return_value(v))
 }
