@@ -6,15 +6,25 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rq_supervisor::procfs;
 use rq_supervisor::producer::{self, EnqueueOptions};
+
+// The tests' harness: the same redis-server and CPU-time reader. The bench uses only part of
+// `redis_server` (not the restarts or ACL users the tests need), hence the allow.
+#[path = "../tests/integration/support/cpu.rs"]
+mod cpu;
+#[allow(dead_code)]
+#[path = "../tests/integration/support/redis_server.rs"]
+mod redis_server;
+
+use cpu::cpu_seconds;
+use redis_server::RedisServer;
 
 const RQWORKER: &str = env!("CARGO_BIN_EXE_rqworker");
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_rq-supervisor");
@@ -41,7 +51,7 @@ fn main() {
         .prefix("rq-bench-")
         .tempdir()
         .expect("temp dir");
-    let redis = Redis::start(dir.path());
+    let redis = Redis::start();
     let py = Python::detect(opts.rq);
     let mut b = Bench {
         opts,
@@ -499,15 +509,14 @@ impl Bench {
             let mut s = self.supervisor(&cfg);
             self.redis.wait_workers(n);
             let up = t.elapsed().as_secs_f64();
-            let workers = descendants(s.id());
+            let workers = procfs::children(s.id());
             let total_rss: u64 = rss_kib(s.id()) + workers.iter().map(|p| rss_kib(*p)).sum::<u64>();
             let total_pss: u64 = pss_kib(s.id()) + workers.iter().map(|p| pss_kib(*p)).sum::<u64>();
-            let cpu0 = cpu_ticks(s.id());
+            let cpu0 = cpu_seconds(s.id()).unwrap_or(0.0);
             let stats0 = self.redis.stats();
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(idle));
-            let cpu =
-                (cpu_ticks(s.id()) - cpu0) as f64 / ticks_per_sec() / t0.elapsed().as_secs_f64();
+            let cpu = (cpu_seconds(s.id()).unwrap_or(0.0) - cpu0) / t0.elapsed().as_secs_f64();
             let commands = (self.redis.stats().0 - stats0.0) as f64 / t0.elapsed().as_secs_f64();
             stop(&mut s);
             self.row(
@@ -645,8 +654,10 @@ fn write_report(report: &str) {
     eprintln!("wrote {}", path.display());
 }
 
+/// The benchmark's redis-server: the tests' harness (`RedisServer`, on a unix socket in its own
+/// temp dir) with a loopback TCP port too.
 struct Redis {
-    child: Child,
+    server: RedisServer,
     /// Loopback TCP: what every measurement uses unless it says otherwise.
     url: String,
     /// The same server on a unix socket, for the one comparison that shows the transport.
@@ -654,56 +665,35 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
+    fn start() -> Redis {
+        let server = RedisServer::start_on_port("rq-bench-redis-", |port| {
+            [
                 "--port",
                 &port.to_string(),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
                 "--appendonly",
                 "no",
                 "--maxclients",
                 "10000",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--unixsocket")
-            .arg(dir.join("redis.sock"))
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let r = Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-            unix_url: format!("unix://{}", dir.join("redis.sock").display()),
-        };
-        let t = Instant::now();
-        while redis::Client::open(r.url.as_str())
-            .and_then(|c| c.get_connection())
-            .is_err()
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        });
+        let url = format!("redis://127.0.0.1:{}/0", server.port.expect("a TCP port"));
+        let unix_url = server.url();
+        Redis {
+            server,
+            url,
+            unix_url,
         }
-        r
     }
 
     fn con(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())
-            .expect("connect")
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.server.log_text()))
     }
 
     fn version(&self) -> String {
@@ -807,18 +797,11 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The pid of a registered worker whose process is alive.
 fn live_pid(con: &mut redis::Connection, worker: &str) -> Option<i32> {
     let pid: Option<String> = redis::cmd("HGET").arg(worker).arg("pid").query(con).ok()?;
-    let pid = pid?.parse::<i32>().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    let pid = pid?.parse::<u32>().ok()?;
+    procfs::stat(pid).is_some().then_some(pid as i32)
 }
 
 fn members(con: &mut redis::Connection) -> HashSet<String> {
@@ -947,12 +930,7 @@ fn time_exit(child: &mut Child, sig: Signal) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    procfs::rss(pid).unwrap_or(0) / 1024
 }
 
 /// Proportional set size: shared pages (code, libc) divided among the processes mapping them.
@@ -963,36 +941,6 @@ fn pss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn ticks_per_sec() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
-/// Direct children of `pid` (the supervisor's workers).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for e in entries.flatten() {
-            let mut s = String::new();
-            if let Ok(mut f) = std::fs::File::open(e.path().join("children")) {
-                let _ = f.read_to_string(&mut s);
-            }
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {

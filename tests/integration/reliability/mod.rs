@@ -1,0 +1,8 @@
+//! Nothing is lost or run twice: crash cleanup, Redis outages, the chaos run, and (with
+//! `--features fault-injection`) a worker killing itself at each point of a job's life.
+
+mod chaos;
+mod crash_cleanup;
+#[cfg(feature = "fault-injection")]
+mod fault_injection;
+mod redis_outage;
