@@ -37,6 +37,10 @@ pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 /// options with these. They are in `docs/supervisor.md` too, and custom worker programs
 /// (`program = ...`) built with the library parse them with the same `WorkerArgs`.
 pub mod flag {
+    /// `rq-supervisor worker ...`: the worker built into the supervisor's own executable,
+    /// which pools without `program` run. (A separate `rqworker` next to it could be another
+    /// program: Python RQ installs a script of that name in every virtualenv.)
+    pub const WORKER: &str = "worker";
     /// `-c`, short for `--config`: the form the supervisor has always written.
     pub const CONFIG: char = 'c';
     pub const CONFIG_FD: &str = "config-fd";
@@ -63,6 +67,8 @@ pub fn default_worker_name(hostname: &str, pid: u32) -> String {
 pub struct Launch {
     /// The worker binary.
     pub program: PathBuf,
+    /// `program` is rq-supervisor itself, run as its built-in worker (`worker` first).
+    pub builtin: bool,
     /// The pool file's absolute path, for the worker's messages and relative paths; the
     /// worker reads the file's text from the handoff, not from this path.
     pub config_path: PathBuf,
@@ -94,14 +100,18 @@ pub struct Launch {
 impl Launch {
     /// The worker's arguments (after the program name).
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = Vec::new();
+        if self.builtin {
+            args.push(flag::WORKER.into());
+        }
+        args.extend::<[OsString; 6]>([
             format!("-{}", flag::CONFIG).into(),
             self.config_path.clone().into(),
             long(flag::CONFIG_FD),
             WORKER_FD.to_string().into(),
             long(flag::POOL),
             self.pool.clone().into(),
-        ];
+        ]);
         if self.burst {
             args.push(long(flag::BURST));
         }
@@ -201,6 +211,7 @@ mod tests {
     fn launch() -> Launch {
         Launch {
             program: "/opt/rq/rqworker".into(),
+            builtin: false,
             config_path: "/etc/rq/pool.toml".into(),
             pool: "fast".into(),
             // A queue that looks like a flag must stay a queue.
@@ -265,6 +276,22 @@ mod tests {
         assert_eq!(a.max_jobs, None);
         assert_eq!(a.log_format, None);
         assert_eq!(a.queues, ["default"]);
+    }
+
+    #[test]
+    fn the_built_in_worker_gets_the_same_arguments_after_worker() {
+        let l = Launch {
+            program: "/usr/bin/rq-supervisor".into(),
+            builtin: true,
+            ..launch()
+        };
+        let args = l.args();
+        assert_eq!(args[0], flag::WORKER);
+        assert_eq!(args[1..], launch().args()[..]);
+        // What rq-supervisor's main does with it: drop `worker`, parse the rest as rqworker.
+        let argv = std::iter::once(OsString::from("rq-supervisor")).chain(args.into_iter().skip(1));
+        let a = WorkerArgs::try_parse_from(argv).unwrap();
+        assert_eq!(a.pool.as_deref(), Some("fast"));
     }
 
     #[test]

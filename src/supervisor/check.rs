@@ -8,8 +8,9 @@ use std::path::Path;
 use crate::config::{Config, LogFormat, LogLevel, PoolSpec};
 use crate::conn::{RedisTarget, TlsPaths};
 
-/// Says what is wrong when a pool's program cannot be run (the default `rqworker` missing
-/// next to `rq-supervisor`; a pool's own program is checked when the file is loaded).
+/// Says what is wrong when a pool's program cannot be run (the supervisor's own executable,
+/// whose built-in worker pools without `program` run, cannot be found; a pool's own program
+/// is checked when the file is loaded).
 pub fn program_problem(cfg: &Config, default_program: Option<&Path>) -> Option<String> {
     if cfg.pools.iter().all(|p| p.program.is_some()) {
         return None;
@@ -17,10 +18,10 @@ pub fn program_problem(cfg: &Config, default_program: Option<&Path>) -> Option<S
     match default_program {
         Some(p) if p.is_file() => None,
         Some(p) => Some(format!(
-            "{} is missing: the pools without `program` run the rqworker installed next to rq-supervisor; install both binaries together, or set program = \"/path/to/rqworker\" in each [pools.NAME]",
+            "{} is missing: the pools without `program` run the worker built into rq-supervisor's own executable, which was moved or deleted while running; reinstall rq-supervisor, or set program = \"/path/to/rqworker\" in each [pools.NAME]",
             p.display()
         )),
-        None => Some("cannot find the rq-supervisor executable's directory to locate rqworker; set program in each [pools.NAME]".into()),
+        None => Some("cannot find rq-supervisor's own executable, whose built-in worker the pools without `program` run; set program in each [pools.NAME]".into()),
     }
 }
 
@@ -133,8 +134,8 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
     let _ = writeln!(o, "  burst = {}", p.burst);
     let program = match (&p.program, default_program) {
         (Some(prog), _) => prog.display().to_string(),
-        (None, Some(def)) => format!("{} (default)", def.display()),
-        (None, None) => "rqworker (default)".to_string(),
+        (None, Some(def)) => format!("{} worker (built in, the default)", def.display()),
+        (None, None) => "rq-supervisor worker (built in, the default)".to_string(),
     };
     let _ = writeln!(o, "  program = {program}");
     if p.user.is_some() || p.group.is_some() {

@@ -174,17 +174,18 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         start.target.masked(),
         humantime::format_duration(cfg.shutdown_budget())
     );
-    let program = default_program.unwrap_or_else(|| PathBuf::from("rqworker"));
+    let program = default_program.unwrap_or_else(|| PathBuf::from("rq-supervisor"));
     let rt = runtime::Runtime::new(&cfg, start, program, rx);
     let code = rt.run();
     handle.close();
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
-/// The `rqworker` binary installed next to this executable.
+/// This executable: pools without `program` run its built-in worker (`rq-supervisor
+/// worker`), so a supervisor never starts someone else's `rqworker` (Python RQ installs a
+/// script of that name in every virtualenv that has it).
 pub fn default_program() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.join("rqworker"))
+    std::env::current_exe().ok()
 }
 
 /// Every exposure warning: the config file (see [`exposure_warning`]) and a TLS client key

@@ -62,7 +62,8 @@ pub struct Runtime {
     worker_args: Vec<std::ffi::OsString>,
     /// The text of the last pool file accepted (at start or by a reload).
     config_text: String,
-    /// `rqworker` next to the `rq-supervisor` executable.
+    /// This executable, whose built-in worker (`rq-supervisor worker`) pools without
+    /// `program` run.
     default_program: PathBuf,
     redis_url: String,
     tls_paths: TlsPaths,
@@ -286,6 +287,7 @@ impl Runtime {
 
     fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
         let launch = Launch {
+            builtin: spec.program.is_none(),
             program: spec
                 .program
                 .clone()

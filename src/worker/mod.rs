@@ -59,7 +59,15 @@ const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERS
 /// of a process with other threads can deadlock. The worker checks before every fork and
 /// fails the job with a message that says so rather than forking.
 pub fn main_with(registry: Registry) -> Result<(), i32> {
-    let args = cli::rq_spellings(std::env::args_os());
+    main_from(std::env::args_os(), registry)
+}
+
+/// [`main_with`] for an argument list (the program name first).
+pub fn main_from(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    registry: Registry,
+) -> Result<(), i32> {
+    let args = cli::rq_spellings(args);
     let opts = match WorkerArgs::parse_from(args).resolve() {
         Ok(opts) => opts,
         Err(msg) => {
