@@ -63,6 +63,7 @@ fn main() {
     };
     eprintln!("redis-server {} on {}", b.redis.version(), b.redis.url);
     b.throughput();
+    b.python();
     b.command_handler();
     b.latency();
     b.idle_rss();
@@ -248,6 +249,98 @@ impl Bench {
             "".into(),
             "≤ 4",
             Some(trips <= 4.0),
+        );
+    }
+
+    /// The app's own Python functions: pickled no-op jobs (RQ's default serializer), a horse
+    /// forked per job, ours (the app preloaded) beside RQ's; the ceiling of fork-per-job
+    /// Python (a bare `os.fork` loop of the same interpreter calling the same function); and
+    /// the idle RSS of a worker with the app loaded.
+    fn python(&mut self) {
+        if !self.py.ok {
+            self.notes.push(
+                "Python rows not measured: Python RQ 2.12 is needed to enqueue pickled jobs".into(),
+            );
+            return;
+        }
+        let n = self.n_jobs() / 2;
+        eprintln!("python: {n} pickled no-op jobs");
+        let bench = Python::bench_dir();
+        let bench = bench.to_str().expect("utf-8 path");
+        let pickled = |s: &Self| {
+            s.py.enqueue_pickle(&s.redis, "default", "benchjobs.noop", n)
+        };
+        let one = self.burst(n, pickled, |s| {
+            s.ours_worker(&["--burst", "-q", "-P", bench, "--preload", "benchjobs"])
+        });
+        let cfg = self.config(
+            "python2.toml",
+            &format!(
+                "[supervisor]\nlog_level = \"warning\"\n[worker]\nlog_level = \"warning\"\n[python]\npath = [{bench:?}]\npreload = [\"benchjobs\"]\n[pools.bench]\nqueues = [\"default\"]\nworkers = 2\nburst = true\n"
+            ),
+        );
+        let two = self.burst(n, pickled, |s| s.supervisor(&cfg));
+        let url = self.redis.url.clone();
+        let rq1 = self.burst(n, pickled, |s| {
+            s.py.rq_pickle(&s.redis, &url, &["worker", "--burst"])
+        });
+        let rq2 = self.burst(n, pickled, |s| {
+            s.py.rq_pickle(&s.redis, &url, &["worker-pool", "-n", "2", "--burst"])
+        });
+        let ceiling = self.py.forkloop(&self.redis, n);
+        let (one, two) = (one.map(|b| b.rate), two.map(|b| b.rate));
+        let (rq1, rq2) = (rq1.map(|b| b.rate), rq2.map(|b| b.rate));
+        for (what, ours, rq, target) in [
+            (
+                "Python, 1 worker, pickled no-op, fork per job (jobs/s)",
+                one,
+                rq1,
+                "≥ 5× `rq worker`",
+            ),
+            (
+                "Python, pool of 2, pickled no-op, fork per job (jobs/s)",
+                two,
+                rq2,
+                "≥ 5× `rq worker-pool -n 2`",
+            ),
+        ] {
+            let r = ours.zip(rq).map(|(o, r)| o / r);
+            self.row(
+                what,
+                opt(ours, f0),
+                opt(rq, f0),
+                ratio(ours, rq),
+                target,
+                r.map(|r| r >= 5.0),
+            );
+        }
+        self.row(
+            "Python ceiling: a bare os.fork loop calling the same function, 1 process (jobs/s)",
+            opt(ceiling, f0),
+            "—".into(),
+            opt(one.zip(ceiling).map(|(o, c)| o / c), |x| {
+                format!("{:.0}% reached", x * 100.0)
+            }),
+            "",
+            None,
+        );
+        self.redis.flush();
+        let mut w = self.ours_worker(&["-q", "-P", bench, "--preload", "benchjobs"]);
+        self.redis.wait_workers(1);
+        let ours = rss_kib(w.id());
+        stop(&mut w);
+        self.redis.flush();
+        let mut w = self.py.rq_with_app(&self.redis, &["worker"]);
+        self.redis.wait_workers(1);
+        let rq = rss_kib(w.id());
+        stop(&mut w);
+        self.row(
+            "idle worker RSS, the app (benchjobs) preloaded (MiB)",
+            mib(ours),
+            mib(rq),
+            format!("1/{:.1}", rq as f64 / ours as f64),
+            "",
+            None,
         );
     }
 
@@ -876,6 +969,59 @@ impl Python {
         assert!(ok, "Python enqueue failed");
     }
 
+    fn enqueue_pickle(&self, redis: &Redis, queue: &str, func: &str, n: usize) {
+        let ok = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args(["enqueue-pickle", queue, func, &n.to_string()])
+            .status()
+            .expect("python")
+            .success();
+        assert!(ok, "Python enqueue failed");
+    }
+
+    /// The fork-per-job ceiling of this interpreter (jobs/s).
+    fn forkloop(&self, redis: &Redis, n: usize) -> Option<f64> {
+        let out = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args(["forkloop", &n.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// `rq <args> --url URL -q default` with RQ's default serializer (pickle).
+    fn rq_pickle(&self, redis: &Redis, url: &str, args: &[&str]) -> Child {
+        self.rq_cli(redis, "from rq.cli import main; main()", url, args, &[])
+    }
+
+    /// `rq worker` with the app (benchjobs) imported first, as a preloaded worker has it.
+    fn rq_with_app(&self, redis: &Redis, args: &[&str]) -> Child {
+        self.rq_cli(
+            redis,
+            "import benchjobs; from rq.cli import main; main()",
+            &redis.url,
+            args,
+            &[],
+        )
+    }
+
+    fn rq_cli(&self, redis: &Redis, code: &str, url: &str, args: &[&str], extra: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut c = self.cmd(redis);
+        c.args(["-c", code])
+            .args(&args[..1])
+            .args(["--url", url])
+            .args(&args[1..])
+            .args(extra)
+            .args(["-q", "default"]);
+        c.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().expect("spawn rq")
+    }
+
     fn times(&self, redis: &Redis, queue: &str) -> Vec<[f64; 3]> {
         let out = self
             .cmd(redis)
@@ -893,17 +1039,13 @@ impl Python {
     }
 
     fn rq_at(&self, redis: &Redis, url: &str, args: &[&str]) -> Child {
-        use std::os::unix::process::CommandExt;
-        let mut c = self.cmd(redis);
-        c.args(["-c", "from rq.cli import main; main()"])
-            .args(&args[..1])
-            .args(["--url", url])
-            .args(&args[1..])
-            .args(["-q", "-S", "rq.serializers.JSONSerializer", "default"]);
-        c.process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c.spawn().expect("spawn rq")
+        self.rq_cli(
+            redis,
+            "from rq.cli import main; main()",
+            url,
+            args,
+            &["-S", "rq.serializers.JSONSerializer"],
+        )
     }
 }
 
