@@ -131,10 +131,15 @@ pub enum Kind {
     Flaky,
     /// `chaos.cmd` depending on the previous job (Python only).
     Child,
+    /// `chaostasks.work`, the app's own Python function (pickled by Python RQ's default
+    /// serializer; sleeps 0-50 ms, returns its argument doubled), run by the embedded
+    /// interpreter.
+    #[cfg(feature = "python")]
+    Python,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: &[Kind] = &[
         Kind::Noop,
         Kind::Echo,
         Kind::Slow,
@@ -144,6 +149,8 @@ impl Kind {
         Kind::Crash,
         Kind::Flaky,
         Kind::Child,
+        #[cfg(feature = "python")]
+        Kind::Python,
     ];
 
     fn name(self) -> &'static str {
@@ -157,6 +164,8 @@ impl Kind {
             Kind::Crash => "crash",
             Kind::Flaky => "flaky",
             Kind::Child => "dependent",
+            #[cfg(feature = "python")]
+            Kind::Python => "python",
         }
     }
 
@@ -178,6 +187,15 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// Enqueued with Python RQ's default serializer (pickle) rather than JSON.
+    fn pickled(&self) -> bool {
+        #[cfg(feature = "python")]
+        if self.kind == Kind::Python {
+            return true;
+        }
+        false
+    }
+
     /// Re-runs the job causes by itself (a failure with retries left), kills aside.
     fn own_requeues(&self) -> u32 {
         match self.kind {
@@ -208,6 +226,9 @@ fn plan(p: &Params) -> (Vec<JobSpec>, Vec<JobSpec>) {
             78..84 => Kind::Flaky,
             // A dependent job right after its parent (a command job), Python only.
             84..90 if python && p.jobs - i >= 2 => Kind::Child,
+            // The app's own function, pickled: Python producers only.
+            #[cfg(feature = "python")]
+            90..100 if python => Kind::Python,
             _ => Kind::Noop,
         };
         let list = if python { &mut py } else { &mut rs };
@@ -226,6 +247,8 @@ fn plan(p: &Params) -> (Vec<JobSpec>, Vec<JobSpec>) {
                 Kind::Cmd | Kind::Child => ("chaos.cmd", vec![json!(rng.u32(0..=50))]),
                 Kind::Crash => ("chaos.crash", vec![]),
                 Kind::Flaky => ("chaos.flaky", vec![]),
+                #[cfg(feature = "python")]
+                Kind::Python => ("chaostasks.work", vec![json!(n), json!(rng.u32(0..=50))]),
             };
             let retries = match kind {
                 Kind::Retried | Kind::Flaky => 2,
@@ -356,6 +379,20 @@ fn setup(p: &Params) -> (Setup, SupervisorChild) {
             marks = marks.display()
         ),
     );
+    // The app's own Python module, for Kind::Python (preloaded by every worker).
+    std::fs::write(
+        dir.path().join("chaostasks.py"),
+        "import time\n\ndef work(n, ms):\n    time.sleep(ms / 1000.0)\n    return n * 2\n",
+    )
+    .unwrap();
+    let python = if cfg!(feature = "python") {
+        format!(
+            "[python]\npath = [{}]\npreload = [\"chaostasks\"]\n",
+            toml_str(dir.path().display().to_string())
+        )
+    } else {
+        String::new()
+    };
     let handler = |name: &str, path: &Path| {
         format!(
             "[handlers.\"{name}\"]\ncommand = [{}]\nenv = {{ CHAOS_RUN = \"{token}\" }}\n",
@@ -395,6 +432,7 @@ workers = 3
 [pools.beta.restart]
 {restart}
 
+{python}
 {}{}{}"#,
         handler("chaos.cmd", &cmd),
         handler("chaos.crash", &crash),
@@ -434,6 +472,7 @@ fn write_plan(path: &Path, jobs: &[JobSpec]) {
             "args": j.args,
             "retries": j.retries,
             "depends_on": j.parent,
+            "pickle": j.pickled(),
         });
         text.push_str(&line.to_string());
         text.push('\n');
@@ -1386,7 +1425,7 @@ fn judge(
     );
     let _ = write!(text, "  by kind (finished/failed/deferred):");
     for k in Kind::ALL {
-        if let Some([a, b, c]) = by_kind.get(&k) {
+        if let Some([a, b, c]) = by_kind.get(k) {
             let _ = write!(text, " {} {a}/{b}/{c},", k.name());
         }
     }
