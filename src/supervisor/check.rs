@@ -105,6 +105,7 @@ pub fn render(
     for p in &cfg.pools {
         pool(&mut o, cfg, p, default_program);
     }
+    python(&mut o, &cfg.python);
     if cfg.handlers.is_empty() {
         let _ = writeln!(o, "handlers: none declared");
     } else {
@@ -127,6 +128,46 @@ pub fn render(
     o
 }
 
+/// `[python]`, with what each unset key means.
+fn python(o: &mut String, p: &crate::config::PythonSettings) {
+    let _ = writeln!(
+        o,
+        "[python] (the app's own job functions; see docs/python.md)"
+    );
+    let _ = writeln!(
+        o,
+        "  executable = {}",
+        p.executable.as_ref().map_or_else(
+            || "$VIRTUAL_ENV's python, else python3 on PATH".to_string(),
+            |e| e.display().to_string()
+        )
+    );
+    let paths: Vec<String> = p.paths.iter().map(|d| d.display().to_string()).collect();
+    let _ = writeln!(
+        o,
+        "  path = the working directory{}",
+        if paths.is_empty() {
+            String::new()
+        } else {
+            format!(", then {}", paths.join(", "))
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  preload = {}",
+        if p.preload.is_empty() {
+            "none (the interpreter starts with the first Python job)".to_string()
+        } else {
+            p.preload.join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  serializer = {}",
+        p.serializer.as_deref().unwrap_or("pickle or JSON, per job")
+    );
+}
+
 fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Path>) {
     let _ = writeln!(o, "[pools.{}]", p.name);
     let _ = writeln!(o, "  queues = {}", p.queues.join(", "));
@@ -138,6 +179,16 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
         (None, None) => "rq-supervisor worker (built in, the default)".to_string(),
     };
     let _ = writeln!(o, "  program = {program}");
+    if let Some(dir) = &p.cwd {
+        let _ = writeln!(o, "  cwd = {}", dir.display());
+    }
+    if !p.env.is_empty() {
+        let keys: Vec<&str> = p.env.keys().map(String::as_str).collect();
+        let _ = writeln!(o, "  env = {}", keys.join(", "));
+    }
+    if let Some(py) = &p.python {
+        let _ = writeln!(o, "  python = {}", py.display());
+    }
     if p.user.is_some() || p.group.is_some() {
         let show = |a: &Option<crate::config::Account>| {
             a.as_ref()
