@@ -1,12 +1,11 @@
-//! With the `python` feature: tell the linker where libpython lives (an rpath), so the
-//! binaries load the libpython they were built against without `LD_LIBRARY_PATH`, and record
-//! its version, which the worker compares with the interpreter it finds at run time.
+//! With the `python` feature: record the Python version the build is for (the C-API's struct
+//! layouts are that version's), which the worker compares with the interpreter it finds at
+//! run time before it loads that interpreter's libpython.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "python")]
     {
-        pyo3_build_config::add_libpython_rpath_link_args();
         let cfg = pyo3_build_config::get();
         let version = cfg.version();
         println!(

@@ -31,7 +31,7 @@
 //!   [`execution::Execution`] (today a forked work horse), and every ending is an
 //!   [`execution::Outcome`] whose failures render RQ's exception texts in one place.
 //! - `python` (feature `python`): the embedded interpreter that runs the app's own Python
-//!   job functions, forked per job; nothing outside it knows pyo3.
+//!   job functions, forked per job; nothing outside it knows the C-API.
 //! - [`worker`]: the life-cycle loop (claim -> execute -> settle), signals, heartbeats,
 //!   commands, and the command line.
 //! - [`launch`]: the supervisor -> worker contract: the argv, environment and handoff

@@ -1,19 +1,23 @@
-//! A Python job's work horse: forked from the worker while attached to the interpreter,
-//! bracketed by `PyOS_BeforeFork` / `PyOS_AfterFork_*`; the child calls `job.py`'s `run` and
-//! reports `{"kind", "payload", "text"}` to the worker as one JSON document.
+//! A Python job's work horse: forked from the worker while it holds the GIL, bracketed by
+//! `PyOS_BeforeFork` / `PyOS_AfterFork_*`; the child calls `job.py`'s `run_job`, which
+//! returns the report `{"kind", "payload", "text"}` the child writes to the worker.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::time::{Duration, Instant};
 
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::interpreter::{self, Interpreter};
-use crate::execution::fork::ForkHooks;
+use super::capi::{self, Gil, Owned};
+use super::interpreter::{self, Interpreter, Runner};
+use crate::execution::fork::{ForkHooks, Horse};
 use crate::execution::report;
 use crate::execution::{
     Execution, Exit, JobFailure, JobStart, Outcome, ReturnValue, StartError, environmental,
 };
+
+/// RQ's default callback timeout (seconds).
+const CALLBACK_TIMEOUT: u64 = 60;
 
 /// CPython's own fork protocol, which `os.fork()` follows too: the import lock and the
 /// interpreter's internal locks are taken before the fork and released (parent) or reset
@@ -29,72 +33,103 @@ impl ForkHooks for PythonFork {
     }
 
     fn before(&self) {
-        // SAFETY: called with the GIL held (inside `Python::attach`), as the C API requires.
-        unsafe { pyo3::ffi::PyOS_BeforeFork() }
+        // SAFETY: called with the GIL held (a `Gil` guard is alive around the fork), as the
+        // C API requires.
+        unsafe { (capi::api().PyOS_BeforeFork)() }
     }
 
     fn after_in_parent(&self) {
         // SAFETY: right after fork (or its failure) in the parent, with the GIL held.
-        unsafe { pyo3::ffi::PyOS_AfterFork_Parent() }
+        unsafe { (capi::api().PyOS_AfterFork_Parent)() }
     }
 
     fn after_in_child(&self) {
         // SAFETY: first thing in the child, before any other Python call.
-        unsafe { pyo3::ffi::PyOS_AfterFork_Child() }
+        unsafe { (capi::api().PyOS_AfterFork_Child)() }
     }
+}
+
+/// Runs `fork` (which forks with the hooks it is given) with the GIL held around the fork,
+/// so the child starts holding it too.
+fn forking<T>(runner: Runner, fork: impl FnOnce(&PythonFork) -> T) -> T {
+    let _gil = Gil::acquire();
+    // Text the worker buffered (the app printed at import) must not be written again by
+    // every horse.
+    interpreter::flush_std_streams(runner);
+    let hooks = PythonFork {
+        app_threads: app_threads(runner),
+    };
+    fork(&hooks)
 }
 
 /// Forks the horse for `job`.
 pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
-    Python::attach(|py| {
-        // Text the worker buffered (the app printed at import) must not be written again by
-        // every horse.
-        interpreter::flush_std_streams(py);
-        let hooks = PythonFork {
-            app_threads: app_threads(py),
-        };
-        let run = |out: &mut dyn Write| {
-            let doc = run_job(py, interp, job);
-            interpreter::flush_std_streams(py);
-            let _ = out.write_all(doc.to_string().as_bytes());
-            0
-        };
-        let stopped_callback = job
-            .record
-            .fields
-            .get("stopped_callback_name")
-            .is_some_and(|v| !v.is_empty())
-            .then(|| StoppedCallback {
-                runner: interp.runner.clone_ref(py),
-                job_id: job.record.id.clone(),
-                fields: job.record.fields.clone(),
-                timeout: job
-                    .record
-                    .fields
-                    .get("stopped_callback_timeout")
-                    .and_then(|t| std::str::from_utf8(t).ok()?.trim().parse().ok())
-                    .unwrap_or(CALLBACK_TIMEOUT),
+    let runner = interp.runner;
+    let blob = encode_fields(&job.record.fields);
+    let timeout = job.timeout.map_or(-1, |t| t as i64);
+    let stopped_callback = job
+        .record
+        .fields
+        .get("stopped_callback_name")
+        .is_some_and(|v| !v.is_empty())
+        .then(|| StoppedCallback {
+            runner,
+            job_id: job.record.id.clone(),
+            fields: job.record.fields.clone(),
+            timeout: job
+                .record
+                .fields
+                .get("stopped_callback_timeout")
+                .and_then(|t| std::str::from_utf8(t).ok()?.trim().parse().ok())
+                .unwrap_or(CALLBACK_TIMEOUT),
+        });
+    let run = |out: &mut dyn Write| {
+        let args = [
+            capi::str_obj(&job.record.id),
+            capi::bytes_obj(&blob),
+            capi::int_obj(timeout),
+            capi::str_obj(job.worker),
+        ];
+        let report = args
+            .into_iter()
+            .collect::<Option<Vec<Owned>>>()
+            .and_then(|args| runner.call_text(c"run_job", args))
+            .unwrap_or_else(|| {
+                r#"{"kind": "failed", "payload": "rqworker's Python job runner failed (the error is in the worker's log)\n", "text": ""}"#.into()
             });
-        report::fork(&hooks, run, decode)
-            .map(|inner| {
-                Box::new(PythonExecution {
-                    inner,
-                    stopped_callback,
-                }) as Box<dyn Execution>
-            })
-            .map_err(|e| StartError {
-                environment: environmental(&e) || e.kind() == std::io::ErrorKind::Other,
-                failure: JobFailure::StartFailed {
-                    what: "cannot fork a work horse".into(),
-                    error: e.to_string(),
-                    fix: None,
-                },
-            })
-    })
+        interpreter::flush_std_streams(runner);
+        let _ = out.write_all(report.as_bytes());
+        0
+    };
+    forking(runner, |hooks| report::fork(hooks, run, decode))
+        .map(|inner| {
+            Box::new(PythonExecution {
+                inner,
+                stopped_callback,
+            }) as Box<dyn Execution>
+        })
+        .map_err(|e| StartError {
+            environment: environmental(&e) || e.kind() == std::io::ErrorKind::Other,
+            failure: JobFailure::StartFailed {
+                what: "cannot fork a work horse".into(),
+                error: e.to_string(),
+                fix: None,
+            },
+        })
 }
 
-/// RQ's default callback timeout (seconds).
-const CALLBACK_TIMEOUT: u64 = 60;
+/// The job hash as `job.py` reads it: for each field, its name's length (u32, little
+/// endian), the name, its value's length, the value.
+fn encode_fields(fields: &HashMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.values().map(|v| v.len() + 64).sum());
+    for (k, v) in fields {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
 
 /// A running Python job: the horse, and what a stop-job command runs after killing it.
 struct PythonExecution {
@@ -105,9 +140,9 @@ struct PythonExecution {
 /// The job's `on_stopped` callback, run in a horse of its own after the job's was killed (RQ
 /// runs it in the worker; a horse keeps the app's code out of the worker process).
 struct StoppedCallback {
-    runner: Py<pyo3::types::PyModule>,
+    runner: Runner,
     job_id: String,
-    fields: std::collections::HashMap<String, Vec<u8>>,
+    fields: HashMap<String, Vec<u8>>,
     timeout: u64,
 }
 
@@ -132,21 +167,15 @@ impl Execution for PythonExecution {
         let Some(cb) = self.stopped_callback.take() else {
             return;
         };
-        let forked = Python::attach(|py| {
-            interpreter::flush_std_streams(py);
-            let hooks = PythonFork {
-                app_threads: app_threads(py),
-            };
-            crate::execution::fork::Horse::fork_with(&hooks, || {
-                let fields = PyDict::new(py);
-                for (k, v) in &cb.fields {
-                    let _ = fields.set_item(PyBytes::new(py, k.as_bytes()), PyBytes::new(py, v));
+        let blob = encode_fields(&cb.fields);
+        let forked = forking(cb.runner, |hooks| {
+            Horse::fork_with(hooks, || {
+                if let (Some(id), Some(fields)) =
+                    (capi::str_obj(&cb.job_id), capi::bytes_obj(&blob))
+                {
+                    cb.runner.call(c"run_stopped", vec![id, fields]);
                 }
-                let _ = cb
-                    .runner
-                    .bind(py)
-                    .call_method1("run_stopped_callback", (&cb.job_id, fields));
-                interpreter::flush_std_streams(py);
+                interpreter::flush_std_streams(cb.runner);
                 0
             })
         });
@@ -158,9 +187,9 @@ impl Execution for PythonExecution {
             }
         };
         // The callback has its own timeout inside; this is the backstop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(cb.timeout + 5);
+        let deadline = Instant::now() + Duration::from_secs(cb.timeout + 5);
         while horse.exited().is_none() {
-            if std::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 horse.kill_and_reap();
                 log::warn!(
                     "job {}: its stopped callback ran past its timeout ({} s); killed",
@@ -169,39 +198,17 @@ impl Execution for PythonExecution {
                 );
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 /// How many threads the app started (`threading.active_count()` less the worker's own).
-fn app_threads(py: Python<'_>) -> u32 {
-    py.import("threading")
-        .and_then(|t| t.call_method0("active_count"))
-        .and_then(|n| n.extract::<u32>())
-        .map_or(0, |n| n.saturating_sub(1))
-}
-
-/// In the horse: runs the job and returns the report.
-fn run_job(py: Python<'_>, interp: &Interpreter, job: &JobStart<'_>) -> Value {
-    let fields = PyDict::new(py);
-    for (k, v) in &job.record.fields {
-        let _ = fields.set_item(PyBytes::new(py, k.as_bytes()), PyBytes::new(py, v));
-    }
-    let timeout = job.timeout.map_or(-1, |t| t as i64);
-    let called = interp
-        .runner
-        .bind(py)
-        .call_method1("run", (&job.record.id, fields, timeout, job.worker))
-        .and_then(|r| r.extract::<(String, String, String)>());
-    match called {
-        Ok((kind, payload, text)) => json!({ "kind": kind, "payload": payload, "text": text }),
-        Err(e) => json!({
-            "kind": "failed",
-            "payload": interpreter::format_exception(py, &e),
-            "text": "",
-        }),
-    }
+fn app_threads(runner: Runner) -> u32 {
+    runner
+        .call_text(c"app_threads", Vec::new())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The job's outcome from the horse's exit and report.

@@ -71,6 +71,63 @@ _config = {
 }
 
 
+def bootstrap(config_json):
+    """The worker's one call after starting the interpreter: the import path (the working
+    directory first, then -P), this module's configuration, the preloaded modules. Returns ''
+    or what went wrong (a traceback)."""
+    try:
+        cfg = json.loads(config_json)
+        for i, d in enumerate(cfg['front']):
+            sys.path.insert(i, d)
+        configure(cfg['redis_url'], cfg['serializer'], cfg['exception_handlers'], cfg['result_cap'])
+        for name in cfg['preload']:
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                return f'cannot preload Python module {name!r}:\n{_exc_string()}'
+        return ''
+    except BaseException:
+        return _exc_string()
+    finally:
+        _flush()
+
+
+def _fields(blob):
+    """The job hash from the worker: (u32 length, name, u32 length, value) repeated."""
+    fields, view, i = {}, memoryview(blob), 0
+    while i < len(view):
+        n = int.from_bytes(view[i:i + 4], 'little')
+        key = bytes(view[i + 4:i + 4 + n])
+        i += 4 + n
+        n = int.from_bytes(view[i:i + 4], 'little')
+        fields[key] = bytes(view[i + 4:i + 4 + n])
+        i += 4 + n
+    return fields
+
+
+def run_job(job_id, blob, timeout, worker_name):
+    """In the horse: `run()` for the job, as the JSON report the worker reads."""
+    try:
+        kind, payload, text = run(job_id, _fields(blob), timeout, worker_name)
+    except BaseException:
+        kind, payload, text = 'failed', _exc_string(), ''
+    return json.dumps({'kind': kind, 'payload': payload, 'text': text})
+
+
+def run_stopped(job_id, blob):
+    run_stopped_callback(job_id, _fields(blob))
+
+
+def app_threads():
+    """Threads the app started (Python knows of them), besides the worker's; as text."""
+    threading = sys.modules.get('threading')
+    return str(max(threading.active_count() - 1, 0) if threading else 0)
+
+
+def flush():
+    _flush()
+
+
 def configure(redis_url, serializer, exception_handlers, result_cap):
     """Once per worker, before the first fork. Every error is raised with a message that
     says what to fix; the worker reports it and stops."""

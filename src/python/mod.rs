@@ -1,13 +1,16 @@
 //! Python job functions (feature `python`): the app's own functions, run as `rq worker` runs
 //! them, in a work horse forked from an interpreter embedded in the worker. Nothing outside
-//! this module knows pyo3.
+//! this module knows the C-API.
 //!
 //! The interpreter starts the first time a job needs it (or at boot with `preload`), never in
-//! a worker that runs no Python job. Every fork is bracketed by `PyOS_BeforeFork` and
+//! a worker that runs no Python job: libpython is not even linked, but loaded then, from the
+//! interpreter the environment names ([`capi`]), so a worker without Python jobs has the
+//! memory of one built without Python. Every fork is bracketed by `PyOS_BeforeFork` and
 //! `PyOS_AfterFork_*` with stdout and stderr flushed; the horse calls `job.py`'s `run`, which
 //! runs the job with its own serializer and reports back, then `_exit`s (skipping atexit);
 //! the worker finalizes the interpreter when it stops.
 
+mod capi;
 mod horse;
 mod interpreter;
 
