@@ -266,7 +266,46 @@ impl RedisTarget {
 /// read-only replica, a full server, a key of the wrong type, a certificate problem. Empty
 /// for errors that reconnecting or retrying cures.
 pub fn hint(e: &redis::RedisError) -> String {
+    if let Some(h) = unreachable_hint(e) {
+        return h.to_string();
+    }
     hint_text(e.code().unwrap_or_default(), &e.to_string())
+}
+
+/// The system error code under a Redis error, when it is an I/O failure.
+pub fn io_errno(e: &redis::RedisError) -> Option<i32> {
+    std::error::Error::source(e)?
+        .downcast_ref::<std::io::Error>()?
+        .raw_os_error()
+}
+
+/// Whether the error means Redis could not be reached (or this process could not even open
+/// a socket): what waiting cures, unlike a refusal (a wrong password, a certificate, an ACL).
+pub fn is_unreachable(e: &redis::RedisError) -> bool {
+    io_errno(e).is_some() || e.is_timeout() || e.is_connection_refusal()
+}
+
+/// The truth about an unreachable Redis: a file limit is not a Redis that is down.
+fn unreachable_hint(e: &redis::RedisError) -> Option<&'static str> {
+    use nix::libc;
+    match io_errno(e) {
+        Some(libc::EMFILE) => Some(
+            "; this process's open-file limit is reached, so it cannot open a socket: raise RLIMIT_NOFILE (ulimit -n, LimitNOFILE= in the systemd unit); Redis itself may be fine",
+        ),
+        Some(libc::ENFILE) => Some(
+            "; the system's file table is full, so no socket can be opened: raise fs.file-max, or find what holds so many files; Redis itself may be fine",
+        ),
+        Some(libc::ENOMEM | libc::ENOBUFS) => {
+            Some("; the kernel has no memory for a socket; Redis itself may be fine")
+        }
+        Some(libc::ECONNREFUSED | libc::ENOENT | libc::EHOSTUNREACH | libc::ENETUNREACH) => Some(
+            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
+        ),
+        _ if e.is_connection_refusal() || e.is_timeout() => Some(
+            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
+        ),
+        _ => None,
+    }
 }
 
 /// [`hint`] for an error known only as text (the wake-up connection's own client), with the

@@ -53,6 +53,7 @@ impl Handler for CommandHandler {
                 };
                 StartError {
                     environment: !too_long && environmental(&e),
+                    errno: e.raw_os_error(),
                     failure: JobFailure::StartFailed {
                         what,
                         error: e.to_string(),

@@ -56,6 +56,20 @@ pub struct StartError {
     /// The cause lies in the worker's environment (a process or file limit, a program that
     /// vanished), not in the job.
     pub environment: bool,
+    /// The system call's error code, when one failed (for the diagnosis of the limit).
+    pub errno: Option<i32>,
+}
+
+impl StartError {
+    /// A start whose system call failed with `e`, described as `failure`: in the environment
+    /// when the error code says so (and for the fork guard's refusal, `ErrorKind::Other`).
+    pub fn io(e: &std::io::Error, failure: JobFailure) -> StartError {
+        StartError {
+            failure,
+            environment: environmental(e) || e.kind() == std::io::ErrorKind::Other,
+            errno: e.raw_os_error(),
+        }
+    }
 }
 
 /// A job about to start, as every handler kind sees it.
@@ -75,6 +89,7 @@ impl JobStart<'_> {
     pub fn call(&self) -> Result<&JobCall, StartError> {
         self.call.ok_or_else(|| StartError {
             environment: false,
+            errno: None,
             failure: JobFailure::StartFailed {
                 what: "cannot run this job".into(),
                 error: "its payload is not JSON, and only Python handlers read other payloads"
@@ -119,11 +134,14 @@ pub trait Handler {
 }
 
 /// Whether an error of a start-up system call lies in the environment: a process or file
-/// limit, memory, a program that is no longer there.
+/// limit, memory, a program that is no longer there or no longer executable (the config
+/// checked both when it was read).
 pub(crate) fn environmental(e: &std::io::Error) -> bool {
     use nix::libc;
     matches!(
         e.raw_os_error(),
-        Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOENT)
+        Some(
+            libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOENT | libc::EACCES
+        )
     )
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::call::{JobCall, JobError, job_env};
 use super::fork::ForkHooks;
-use super::{Execution, Exit, Handler, JobFailure, JobStart, Outcome, StartError, environmental};
+use super::{Execution, Exit, Handler, JobFailure, JobStart, Outcome, StartError};
 
 /// A native handler: runs in the forked work horse.
 pub type NativeFn = dyn Fn(&JobCall) -> Result<Value, JobError>;
@@ -43,13 +43,15 @@ impl Handler for NativeHandler {
         };
         super::report::fork(&Plain, run, outcome)
             .map(|e| Box::new(e) as Box<dyn Execution>)
-            .map_err(|e| StartError {
-                environment: environmental(&e) || e.kind() == io::ErrorKind::Other,
-                failure: JobFailure::StartFailed {
-                    what: "cannot fork a work horse".into(),
-                    error: e.to_string(),
-                    fix: None,
-                },
+            .map_err(|e| {
+                StartError::io(
+                    &e,
+                    JobFailure::StartFailed {
+                        what: "cannot fork a work horse".into(),
+                        error: e.to_string(),
+                        fix: None,
+                    },
+                )
             })
     }
 

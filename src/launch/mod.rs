@@ -29,6 +29,11 @@ use crate::config::LogFormat;
 pub use crate::config::REDIS_URL_ENV;
 use handoff::{Handoff, WORKER_FD};
 
+/// A worker's exit status when jobs could not start in its environment (process or file
+/// limits, a missing program, an interpreter that cannot start; the jobs went back to their
+/// queues): the supervisor reads it as a worker that cannot work here, not as a crash.
+pub const EXIT_ENVIRONMENT: i32 = 3;
+
 /// Set by rq-supervisor to its own pid in every worker's environment, so a worker can tell
 /// that its supervisor died (its parent pid changed) and stop cold (see `worker::signals`).
 pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";

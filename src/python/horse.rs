@@ -12,9 +12,7 @@ use super::capi::{self, Gil, Owned};
 use super::interpreter::{self, Interpreter, Runner};
 use crate::execution::fork::{ForkHooks, Horse};
 use crate::execution::report;
-use crate::execution::{
-    Execution, Exit, JobFailure, JobStart, Outcome, ReturnValue, StartError, environmental,
-};
+use crate::execution::{Execution, Exit, JobFailure, JobStart, Outcome, ReturnValue, StartError};
 
 /// RQ's default callback timeout (seconds).
 const CALLBACK_TIMEOUT: u64 = 60;
@@ -108,13 +106,15 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 stopped_callback,
             }) as Box<dyn Execution>
         })
-        .map_err(|e| StartError {
-            environment: environmental(&e) || e.kind() == std::io::ErrorKind::Other,
-            failure: JobFailure::StartFailed {
-                what: "cannot fork a work horse".into(),
-                error: e.to_string(),
-                fix: None,
-            },
+        .map_err(|e| {
+            StartError::io(
+                &e,
+                JobFailure::StartFailed {
+                    what: "cannot fork a work horse".into(),
+                    error: e.to_string(),
+                    fix: None,
+                },
+            )
         })
 }
 

@@ -107,6 +107,7 @@ impl Handler for PythonHandler {
         if let Err(e) = self.ensure_started() {
             return Err(StartError {
                 environment: true,
+                errno: None,
                 failure: JobFailure::StartFailed {
                     what: "cannot start the Python interpreter".into(),
                     error: e,

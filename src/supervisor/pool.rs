@@ -37,6 +37,9 @@ pub struct Pool {
     /// No start before this instant (crash backoff).
     pub next_start: Option<Instant>,
     pub(super) roll: Option<RollStep>,
+    /// Why the pool is degraded, when its workers cannot work in this environment (shown
+    /// until it recovers).
+    pub degraded_reason: Option<String>,
 }
 
 impl Pool {
@@ -57,6 +60,7 @@ pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
         restart: RestartTracker::default(),
         next_start: None,
         roll: None,
+        degraded_reason: None,
         spec: spec.clone(),
     }
 }

@@ -262,6 +262,15 @@ impl Runtime {
                     Err(e) => Event::SpawnFailed {
                         id: spec.id,
                         error: e.to_string(),
+                        environment: matches!(
+                            e.raw_os_error(),
+                            Some(
+                                nix::libc::EAGAIN
+                                    | nix::libc::ENOMEM
+                                    | nix::libc::EMFILE
+                                    | nix::libc::ENFILE
+                            )
+                        ),
                     },
                 };
                 pending.extend(self.handle(event));

@@ -21,8 +21,9 @@ use crate::settings::{
              each in a forked work horse. Wire-compatible with Python RQ 2.12 (JSON serializer).",
     after_help = "Signals: the first SIGINT/SIGTERM finishes the current job, registers death and \
                   exits 0; the second kills the work horse, fails its job and still registers death.\n\
-                  Exit codes: 0 stopped cleanly, 1 runtime error (Redis unreachable, name taken), \
-                  2 bad usage or config."
+                  Exit codes: 0 stopped cleanly, 1 runtime error (name taken), \
+                  2 bad usage or config, 3 jobs could not start here (a process or file limit, a \
+                  missing program, an interpreter that cannot start; the jobs are back on their queues)."
 )]
 pub struct WorkerArgs {
     /// Queues to listen on, highest priority first.

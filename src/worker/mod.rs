@@ -11,6 +11,7 @@
 //! - [`wakeup`]: the notification connection, commands, and the idle wait.
 
 pub mod cli;
+mod environment;
 mod monitor;
 pub mod scheduler;
 mod settle;
@@ -42,12 +43,15 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status for bad usage or configuration.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status when jobs could not start in this environment (process or file limits, a
+/// missing program, an interpreter that cannot start): the jobs are back on their queues.
+pub use environment::EXIT_ENVIRONMENT;
 
-/// The longest wait between two attempts to reach Redis (taking a job, recording an
-/// outcome). Python RQ waits up to 60 s; this stays well below the smallest `worker_ttl`
-/// (16 s), because rq-supervisor restarts its stuck-worker clocks when Redis comes back and a
-/// healthy worker must have heartbeaten again before they run out.
-const RECONNECT_CAP: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts to reach Redis (at start, taking a job, recording
+/// an outcome). Python RQ waits up to 60 s; one second brings a fleet back within about a
+/// second of Redis answering, and the jitter spreads a fleet's reconnects over that second so
+/// a recovering Redis is not stampeded (docs/supervisor.md has the figures for 256 workers).
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
 
 /// The `python_version` field of the worker record; RQ's tools show it as free text.
 const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERSION"), " (Rust)");
@@ -146,6 +150,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         record_failures: !opts.python.disable_default_exception_handler,
         log_descriptions: opts.log_descriptions,
         suspended: false,
+        streak: environment::Streak::new(),
     };
     worker.start()?;
     // Written only once the worker is registered: a second copy refused at start (name
@@ -166,6 +171,9 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     // After the death registration: the app's atexit hooks may take their time.
     #[cfg(feature = "python")]
     python.finalize();
+    if reason == Stop::Environment {
+        return Err(EXIT_ENVIRONMENT);
+    }
     Ok(())
 }
 
@@ -212,6 +220,16 @@ enum Stop {
     BurstSuspended,
     MaxJobs,
     MaxIdle,
+    /// Jobs could not start here, again and again: exit with `EXIT_ENVIRONMENT`.
+    Environment,
+}
+
+/// Whether a claimed job ran.
+enum Ran {
+    Yes,
+    /// It could not start for a reason of the worker's environment, and went back to its
+    /// queue.
+    NotHere(crate::execution::StartError),
 }
 
 /// What the loop does with the queues: the order of the next claim, and what a claim left
@@ -265,6 +283,8 @@ struct Worker {
     suspended: bool,
     /// Present with `--with-scheduler`.
     scheduler: Option<Scheduler>,
+    /// Environment failures since the last job that started.
+    streak: environment::Streak,
 }
 
 impl Worker {
@@ -315,29 +335,38 @@ impl Worker {
         Ok(())
     }
 
-    /// A Redis that answers LOADING (restarted, reading its AOF or RDB) is there and will
-    /// serve shortly: wait for it instead of failing, which under rq-supervisor would count
-    /// as a crash and could turn the pool degraded after every Redis restart.
+    /// Waits for Redis at start: one that is not there yet (a fleet restarted before its
+    /// Redis) or still loading its data is waited for, with the reconnect's capped, jittered
+    /// backoff, instead of exiting, which under rq-supervisor would count as a crash and turn
+    /// the pool degraded. A refusal (a wrong password, a certificate, an ACL) stops the worker.
     fn wait_for_redis(&mut self) -> Result<(), i32> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         loop {
             match self.store.ping() {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_loading() => {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        log::info!("Redis answers; starting");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_loading() || e.is_unreachable() => {
                     if self.signals.stop_count() > 0 {
-                        log::info!("stopping on request while Redis was still loading its data");
+                        log::info!("stopping on request before Redis answered");
                         return Err(EXIT_OK);
                     }
                     if backoff.attempts() == 0 {
-                        log::warn!("{e}; waiting until Redis has loaded its data");
+                        let what = if e.is_loading() {
+                            "waiting until Redis has loaded its data"
+                        } else {
+                            "waiting for Redis: trying again at most every second"
+                        };
+                        log::warn!("{e}; {what}");
                     }
                     let delay = backoff.next_delay();
                     self.sleep(delay);
                 }
                 Err(e) => {
-                    log::error!(
-                        "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
-                    );
+                    log::error!("{e}");
                     return Err(EXIT_FAILURE);
                 }
             }
@@ -493,9 +522,18 @@ impl Worker {
                 fault_point!("after-claim");
                 self.resumed();
                 self.rotate_order(&c.queue);
-                self.execute(*c);
-                self.jobs_done += 1;
-                self.idle_since = Instant::now();
+                let id = c.record.id.clone();
+                match self.execute(*c) {
+                    Ran::Yes => {
+                        self.streak.reset();
+                        self.jobs_done += 1;
+                        self.idle_since = Instant::now();
+                    }
+                    Ran::NotHere(e) => match self.streak.failed(&e, &id) {
+                        environment::Next::Wait(delay) => self.sleep(delay),
+                        environment::Next::GiveUp => return Some(Stop::Environment),
+                    },
+                }
             }
             ClaimResult::Empty => {
                 // `rq resume` (or the suspension expired): RQ restores the state the worker
@@ -608,7 +646,9 @@ impl Worker {
     }
 
     /// Runs one claimed job to its end and settles it.
-    fn execute(&mut self, c: Claimed) {
+    /// Runs one claimed job to its end and settles it; or, when it could not start for a
+    /// reason of the worker's environment, gives it back unchanged and says so.
+    fn execute(&mut self, c: Claimed) -> Ran {
         // A description carries the arguments' repr, which can be megabytes long.
         if self.log_descriptions {
             log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
@@ -635,12 +675,45 @@ impl Worker {
                     let grace = job.handler.kill_grace();
                     self.monitor(execution, &c, job.timeout, grace)
                 }
+                Err(e) if e.environment => {
+                    self.unclaim(&c);
+                    return Ran::NotHere(e);
+                }
                 Err(e) => Outcome::Failed(e.failure),
             },
         };
         fault_point!("after-horse-exit");
         self.settle(&c, outcome, started.elapsed());
         fault_point!("after-settle");
+        Ran::Yes
+    }
+
+    /// Gives a job the worker could not start back to its queue, retrying through outages
+    /// (until it is back, the job is `started` with nobody running it).
+    fn unclaim(&mut self, c: &Claimed) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
+        loop {
+            match self.store.unclaim(c, &self.name) {
+                Ok(_) => return,
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        log::error!(
+                            "cannot give job {} back to its queue: {e}; retrying until Redis accepts it",
+                            c.record.id
+                        );
+                    }
+                    if self.signals.stop_count() >= 2 && backoff.attempts() >= 3 {
+                        log::error!(
+                            "cold shutdown: giving up on giving job {} back; it stays started until rq-supervisor or RQ's abandoned-job cleanup settles it",
+                            c.record.id
+                        );
+                        return;
+                    }
+                    let delay = backoff.next_delay();
+                    self.sleep(delay);
+                }
+            }
+        }
     }
 
     /// Decodes the payload and finds the handler. An error is the job's failure.
