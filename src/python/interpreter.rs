@@ -30,7 +30,20 @@ print(os.path.join(d, lib) if sysconfig.get_config_var('Py_ENABLE_SHARED') and l
 
 /// Why Python could not be started, as a message that names the fix.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StartFailure(pub String);
+pub struct StartFailure {
+    pub text: String,
+    /// The failed system call's errno, when one failed (a process limit reached at the probe).
+    pub errno: Option<i32>,
+}
+
+impl StartFailure {
+    pub fn new(text: impl Into<String>) -> StartFailure {
+        StartFailure {
+            text: text.into(),
+            errno: None,
+        }
+    }
+}
 
 /// The interpreter to embed: where it is and what it says of itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,18 +77,19 @@ pub fn find(configured: Option<&Path>) -> Result<Found, StartFailure> {
         .args(["-c", PROBE])
         .env_remove("PYTHONSTARTUP")
         .output()
-        .map_err(|e| {
-            StartFailure(format!(
+        .map_err(|e| StartFailure {
+            text: format!(
                 "cannot run the Python interpreter {} ({chosen_by}): {e}; install Python {LINKED_VERSION}, activate the app's virtualenv, or name an interpreter with [python] executable",
                 candidate.display()
-            ))
+            ),
+            errno: e.raw_os_error(),
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let (Some(version), Some(executable), Some(libpython)) =
         (lines.next(), lines.next(), lines.next())
     else {
-        return Err(StartFailure(format!(
+        return Err(StartFailure::new(format!(
             "the Python interpreter {} ({chosen_by}) did not say its version (exit {}, stderr: {}); check that it runs",
             candidate.display(),
             out.status,
@@ -89,10 +103,10 @@ pub fn find(configured: Option<&Path>) -> Result<Found, StartFailure> {
         chosen_by,
     };
     if found.version != LINKED_VERSION {
-        return Err(StartFailure(version_mismatch(&found)));
+        return Err(StartFailure::new(version_mismatch(&found)));
     }
     if found.libpython.is_empty() {
-        return Err(StartFailure(format!(
+        return Err(StartFailure::new(format!(
             "the Python interpreter {} ({}) has no shared libpython, which rqworker embeds; use a Python built with --enable-shared (Debian's python3 with python3-dev, pyenv, python.org builds)",
             found.executable.display(),
             found.chosen_by
@@ -145,7 +159,7 @@ impl Interpreter {
     /// Loads `found`'s libpython, starts the interpreter, and runs the runner's bootstrap:
     /// the import path, its configuration, the preloaded modules.
     pub fn start(found: &Found, settings: &PythonSettings) -> Result<Interpreter, StartFailure> {
-        capi::load(&found.libpython).map_err(StartFailure)?;
+        capi::load(&found.libpython).map_err(StartFailure::new)?;
         init(&found.executable)?;
         let runner = load_runner(settings);
         // SAFETY: the interpreter is initialized and this thread holds its GIL (it
@@ -174,7 +188,7 @@ impl Interpreter {
 fn init(executable: &Path) -> Result<(), StartFailure> {
     let api = capi::api();
     let program = CString::new(executable.as_os_str().as_encoded_bytes()).map_err(|_| {
-        StartFailure(format!(
+        StartFailure::new(format!(
             "the interpreter path {} has a NUL byte",
             executable.display()
         ))
@@ -215,7 +229,7 @@ fn status_failure(what: &str, status: pyo3_ffi::PyStatus) -> StartFailure {
             .to_string_lossy()
             .into_owned()
     };
-    StartFailure(format!("{what}: {msg}"))
+    StartFailure::new(format!("{what}: {msg}"))
 }
 
 /// Compiles `job.py` as the module `_rqworker_job` and runs its bootstrap (with the GIL the
@@ -240,8 +254,8 @@ fn load_runner(settings: &PythonSettings) -> Result<Runner, StartFailure> {
     };
     let Some(module) = module else {
         capi::print_error();
-        return Err(StartFailure(
-            "cannot load rqworker's Python job runner (the error is above)".into(),
+        return Err(StartFailure::new(
+            "cannot load rqworker's Python job runner (the error is above)",
         ));
     };
     let mut front: Vec<String> = Vec::new();
@@ -263,9 +277,9 @@ fn load_runner(settings: &PythonSettings) -> Result<Runner, StartFailure> {
     let error = capi::str_obj(&config).and_then(|c| runner.call_text(c"bootstrap", vec![c]));
     match error.as_deref() {
         Some("") => Ok(runner),
-        Some(text) => Err(StartFailure(text.trim_end().to_string())),
-        None => Err(StartFailure(
-            "rqworker's Python job runner failed to start (the error is above)".into(),
+        Some(text) => Err(StartFailure::new(text.trim_end().to_string())),
+        None => Err(StartFailure::new(
+            "rqworker's Python job runner failed to start (the error is above)",
         )),
     }
 }

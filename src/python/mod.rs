@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::execution::{Execution, Handler, JobFailure, JobStart, StartError};
 use crate::protocol::payload::PayloadError;
+use interpreter::StartFailure;
 
 pub use interpreter::LINKED_VERSION;
 
@@ -58,23 +59,26 @@ impl PythonHandler {
     /// Starts the interpreter now, for `preload`: an import error stops the worker (its
     /// traceback is the error).
     pub fn start_now(&self) -> Result<(), String> {
-        self.ensure_started().map(drop)
+        self.ensure_started().map_err(|e| e.text)
     }
 
-    fn ensure_started(&self) -> Result<(), String> {
+    fn ensure_started(&self) -> Result<(), StartFailure> {
         let mut state = self.state.borrow_mut();
         match &*state {
             State::Running(_) => return Ok(()),
-            State::Failed(e) => return Err(e.clone()),
-            State::Finalized => return Err("the Python interpreter was finalized".into()),
+            State::Failed(e) => return Err(StartFailure::new(e.clone())),
+            State::Finalized => {
+                return Err(StartFailure::new("the Python interpreter was finalized"));
+            }
             State::NotStarted => {}
         }
         let started = std::time::Instant::now();
-        let result = interpreter::find(self.settings.executable.as_deref()).and_then(|found| {
-            interpreter::Interpreter::start(&found, &self.settings).map(|i| (found, i))
-        });
-        match result {
-            Ok((found, interp)) => {
+        // Finding the interpreter runs it once (a child process): a failure there, such as a
+        // process limit reached, is tried again by the next Python job. A failure after
+        // libpython was loaded is final, since an interpreter does not initialize twice.
+        let found = interpreter::find(self.settings.executable.as_deref())?;
+        match interpreter::Interpreter::start(&found, &self.settings) {
+            Ok(interp) => {
                 log::info!(
                     "Python {} started from {} ({}) in {:.0?}",
                     found.version,
@@ -86,9 +90,9 @@ impl PythonHandler {
                 Ok(())
             }
             Err(e) => {
-                log::error!("{}", e.0);
-                *state = State::Failed(e.0.clone());
-                Err(e.0)
+                log::error!("{}", e.text);
+                *state = State::Failed(e.text.clone());
+                Err(e)
             }
         }
     }
@@ -107,10 +111,10 @@ impl Handler for PythonHandler {
         if let Err(e) = self.ensure_started() {
             return Err(StartError {
                 environment: true,
-                errno: None,
+                errno: e.errno,
                 failure: JobFailure::StartFailed {
                     what: "cannot start the Python interpreter".into(),
-                    error: e,
+                    error: e.text,
                     fix: None,
                 },
             });

@@ -202,8 +202,11 @@ fn environment_url_wins_over_the_config_file() {
         .burst()
         .name("w2")
         .spawn();
-    assert!(!w.wait_exit(WAIT).success(), "{}", w.log());
+    // The dead URL is the one it waits for (a Redis not there yet is waited for).
+    w.wait_for_log("waiting for Redis");
     assert!(w.log().contains("nothing-here.sock"), "{}", w.log());
+    w.signal(Signal::SIGTERM);
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
 }
 
 #[test]
