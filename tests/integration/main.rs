@@ -16,6 +16,8 @@ mod bad_input;
 mod contract;
 mod fuzz;
 mod interop;
+#[cfg(feature = "python")]
+mod python;
 mod reliability;
 mod security;
 mod supervisor;
