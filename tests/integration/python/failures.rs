@@ -27,6 +27,17 @@ def huge():
 def exits():
     os._exit(3)
 
+def exits_via_sys_exit():
+    raise SystemExit(3)
+
+def crashes():
+    import ctypes, resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+    ctypes.string_at(0)
+
+def a_set():
+    return {1, 2}
+
 def flaky():
     job = get_current_job()
     job.connection.rpush('flaky runs', job.id)
@@ -46,8 +57,13 @@ fn jobs_that_cannot_run_or_return_fail_alone_and_say_why() {
         &redis,
         r#"
 out = {}
-for name in ['no_such_module.f', 'broken.f', 'tasks.unpicklable', 'tasks.huge', 'tasks.exits']:
-    out[name] = q.enqueue(name).id
+jq = Queue('q', connection=conn, serializer=JSONSerializer)
+for name in ['no_such_module.f', 'broken.f', 'tasks.unpicklable', 'tasks.huge', 'tasks.exits',
+             'tasks.exits_via_sys_exit', 'tasks.crashes', 'json tasks.a_set']:
+    if name.startswith('json '):
+        out[name] = jq.enqueue(name[5:]).id
+    else:
+        out[name] = q.enqueue(name).id
     out['ok after ' + name] = q.enqueue('tasks.ok', name).id
 out['tasks.flaky'] = q.enqueue('tasks.flaky', retry=Retry(max=1)).id
 out['ok'] = q.enqueue('tasks.ok', 'last').id
@@ -56,7 +72,7 @@ out['ok'] = q.enqueue('tasks.ok', 'last').id
     let log = app.burst(&redis, &[]);
     let r = app.py_args(
         &redis,
-        "out = {k: result(v) for k, v in args.items()}",
+        "out = {k: result(v, JSONSerializer if k.startswith('json') else None) for k, v in args.items()}",
         json!(jobs),
     );
     let failed = |name: &str, needles: &[&str]| {
@@ -108,6 +124,21 @@ out['ok'] = q.enqueue('tasks.ok', 'last').id
             "the Python job ended its work horse without reporting an outcome",
         ],
     );
+    // SystemExit is an exception like another inside a job, as in RQ's horse.
+    failed(
+        "tasks.exits_via_sys_exit",
+        &["Traceback (most recent call last)", "SystemExit: 3"],
+    );
+    failed(
+        "tasks.crashes",
+        &["Work-horse terminated unexpectedly; waitpid returned 11 (signal 11)"],
+    );
+    failed(
+        "json tasks.a_set",
+        &[
+            "UnserializableResult: the job returned set {1, 2}, which JSONSerializer cannot serialize",
+        ],
+    );
     // Retried once (retries_left 1), then failed for good.
     let flaky = &r["tasks.flaky"];
     assert_eq!(flaky["status"], "failed", "{flaky}");
@@ -122,5 +153,5 @@ out['ok'] = q.enqueue('tasks.ok', 'last').id
     assert_eq!(llen(&mut con, "flaky runs"), 2, "{log}");
     assert_eq!(r["ok"]["return_value"], "last");
     assert!(zrange(&mut con, "rq:wip:q").is_empty());
-    assert_eq!(zrange(&mut con, "rq:failed:q").len(), 6);
+    assert_eq!(zrange(&mut con, "rq:failed:q").len(), 9);
 }

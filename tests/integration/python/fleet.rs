@@ -101,6 +101,7 @@ out = [j.id for j in q.enqueue_many(datas)]
 }
 
 const POOL_APP: &[(&str, &str)] = &[
+    ("codec.py", CODEC_PY),
     (
         "tasks.py",
         "def ok(n):\n    return n * 10\n\ndef boom():\n    raise ValueError('boom in the pool')\n",
@@ -118,8 +119,10 @@ fn rq_supervisor_dash_n_runs_a_pool_that_passes_the_python_options_to_its_worker
     let jobs = ids(&app.py(
         &redis,
         r#"
-out = {'ok %d' % i: q.enqueue('tasks.ok', i).id for i in range(20)}
-out['boom'] = q.enqueue('tasks.boom').id
+import codec
+cq = Queue('q', connection=conn, serializer=codec.B64Json)
+out = {'ok %d' % i: cq.enqueue('tasks.ok', i).id for i in range(20)}
+out['boom'] = cq.enqueue('tasks.boom').id
 "#,
     ));
     // Started elsewhere: the app is found through -P only.
@@ -133,6 +136,8 @@ out['boom'] = q.enqueue('tasks.boom').id
         .arg(redis.url())
         .arg("-P")
         .arg(app.path())
+        .arg("-S")
+        .arg("codec.B64Json")
         .arg("--exception-handler")
         .arg("handlers.record")
         .arg("q")
@@ -142,7 +147,7 @@ out['boom'] = q.enqueue('tasks.boom').id
     assert!(status.success(), "exit {status:?}:\n{log}");
     let r = app.py_args(
         &redis,
-        "out = {k: result(v) for k, v in args.items()}",
+        "import codec\nout = {k: result(v, codec.B64Json) for k, v in args.items()}",
         json!(jobs),
     );
     for i in 0..20 {
@@ -161,24 +166,52 @@ out['boom'] = q.enqueue('tasks.boom').id
 }
 
 #[test]
-fn a_pool_files_python_path_cwd_and_interpreter_reach_its_workers() {
+fn a_pool_files_python_path_cwd_and_interpreters_reach_its_workers() {
     let redis = RedisServer::start();
     let app = App::new(&[(
         "here.py",
         "import os\n\ndef cwd():\n    return os.getcwd()\n",
     )]);
     let venv = venv_with_module(&app);
+    let venv_python = venv.join("bin").join("python");
+    let base_python = python_exe();
+    let version = python_version();
     let pool = PoolFile::new("");
     std::fs::create_dir(pool.dir.path().join("lib")).unwrap();
     std::fs::write(pool.dir.path().join("lib").join("vjobs.py"), VENV_JOBS).unwrap();
+    // `[python] executable` for every pool, `python` for one; `path` relative to the file.
     pool.rewrite(&format!(
-        "[python]\npath = [\"lib\"]\n\n[pools.p]\nqueues = [\"q\"]\nworkers = 1\nburst = true\ncwd = {}\npython = {}\n",
-        toml_str(app.path().display().to_string()),
-        toml_str(venv.join("bin").join("python").display().to_string()),
+        r#"
+[python]
+executable = {base}
+path = ["lib"]
+
+[pools.venv]
+queues = ["qv"]
+workers = 1
+burst = true
+cwd = {cwd}
+python = {venv}
+
+[pools.base]
+queues = ["qb"]
+workers = 1
+burst = true
+cwd = {cwd}
+"#,
+        base = toml_str(&base_python),
+        venv = toml_str(venv_python.display().to_string()),
+        cwd = toml_str(app.path().display().to_string()),
     ));
     let jobs = ids(&app.py(
         &redis,
-        "out = {'use': q.enqueue('vjobs.use', 7).id, 'cwd': q.enqueue('here.cwd').id}",
+        r#"
+out = {}
+for pool in ['v', 'b']:
+    qq = Queue('q' + pool, connection=conn)
+    out[pool + ' use'] = qq.enqueue('vjobs.use', 7).id
+    out[pool + ' cwd'] = qq.enqueue('here.cwd').id
+"#,
     ));
     let mut sup = Supervisor::new(&redis, &pool)
         .env_remove("VIRTUAL_ENV")
@@ -191,8 +224,38 @@ fn a_pool_files_python_path_cwd_and_interpreter_reach_its_workers() {
         "out = {k: result(v) for k, v in args.items()}",
         json!(jobs),
     );
-    assert_eq!(r["use"]["status"], "finished", "{}\n{log}", r["use"]);
-    assert_eq!(r["use"]["return_value"], "hello 7 from the venv");
+    // The pool's `python` wins over `[python] executable`.
+    assert_eq!(r["v use"]["status"], "finished", "{}\n{log}", r["v use"]);
+    assert_eq!(r["v use"]["return_value"], "hello 7 from the venv");
+    assert!(
+        log.contains(&format!(
+            "{}{}",
+            started_line(&version),
+            venv_python.display()
+        )),
+        "{log}"
+    );
+    // The other pool runs `[python] executable`, which lacks the venv's module.
+    assert_eq!(r["b use"]["status"], "failed", "{}", r["b use"]);
+    let exc = r["b use"]["exc_string"].as_str().unwrap();
+    assert!(
+        exc.contains("ModuleNotFoundError: No module named 'foo_only_in_venv'"),
+        "{exc}"
+    );
+    assert!(
+        log.contains(&format!(
+            "{}{base_python} ([python] executable (or --python))",
+            started_line(&version)
+        )),
+        "{log}"
+    );
+    // Both in the pool's cwd.
     let cwd = std::fs::canonicalize(app.path()).unwrap();
-    assert_eq!(r["cwd"]["return_value"], cwd.display().to_string(), "{log}");
+    for pool in ["v", "b"] {
+        assert_eq!(
+            r[&format!("{pool} cwd")]["return_value"],
+            cwd.display().to_string(),
+            "{log}"
+        );
+    }
 }

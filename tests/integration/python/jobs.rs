@@ -29,8 +29,16 @@ def add(a, b):
 async def slow_add(a, b):
     await asyncio.sleep(0.05)
     return a + b
+
+def is_nan(x):
+    return x != x
 "#,
     ),
+    (
+        "shadow.py",
+        "def which():\n    return 'the working directory'\n",
+    ),
+    ("extra/shadow.py", "def which():\n    return '-P'\n"),
     ("pkg/__init__.py", ""),
     ("pkg/sub.py", "def where():\n    return __name__\n"),
     ("extra/elsewhere.py", "def hello():\n    return 'from -P'\n"),
@@ -55,6 +63,9 @@ out = {
     'by name from -P': q.enqueue('elsewhere.hello').id,
     'async': q.enqueue(slow_add, 20, 22).id,
     'json': jq.enqueue(add, 'a', 'b').id,
+    # Python's json writes a bare NaN, which only Python reads back.
+    'json with NaN': jq.enqueue('tasks.is_nan', float('nan')).id,
+    'working directory first': q.enqueue('shadow.which').id,
 }
 assert fetch(out['staticmethod']).func_name == 'tasks.Calc.double'
 assert fetch(out['instance method']).func_name == 'plus'
@@ -64,7 +75,7 @@ assert fetch(out['instance method']).func_name == 'plus'
     app.burst(&redis, &["-P", extra.to_str().unwrap()]);
     let r = app.py_args(
         &redis,
-        "out = {k: result(v, JSONSerializer if k == 'json' else None) for k, v in args.items()}",
+        "out = {k: result(v, JSONSerializer if k.startswith('json') else None) for k, v in args.items()}",
         jobs,
     );
     for (what, want) in [
@@ -76,6 +87,8 @@ assert fetch(out['instance method']).func_name == 'plus'
         ("by name from -P", json!("from -P")),
         ("async", json!(42)),
         ("json", json!("ab")),
+        ("json with NaN", json!(true)),
+        ("working directory first", json!("the working directory")),
     ] {
         assert_eq!(r[what]["status"], "finished", "{what}: {}", r[what]);
         assert_eq!(r[what]["return_value"], want, "{what}");
@@ -162,24 +175,7 @@ out = {
 
 const SERIALIZER_APP: &[(&str, &str)] = &[
     ("tasks.py", "def add(a, b):\n    return {'sum': a + b}\n"),
-    (
-        "codec.py",
-        r#"
-import base64, json
-
-class B64Json:
-    """Neither JSON nor pickle on the wire: only a worker told -S codec.B64Json reads it."""
-
-    @staticmethod
-    def dumps(obj):
-        return b'B64:' + base64.b64encode(json.dumps(obj).encode())
-
-    @staticmethod
-    def loads(data):
-        assert data[:4] == b'B64:', data[:10]
-        return json.loads(base64.b64decode(data[4:]))
-"#,
-    ),
+    ("codec.py", CODEC_PY),
 ];
 
 #[test]

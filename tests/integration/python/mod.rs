@@ -159,3 +159,19 @@ pub fn venv_with_module(app: &App) -> std::path::PathBuf {
     .unwrap();
     venv
 }
+
+/// `codec.B64Json`, a serializer that writes neither JSON nor pickle: only a worker told
+/// `-S codec.B64Json` reads its jobs.
+pub const CODEC_PY: &str = r#"
+import base64, json
+
+class B64Json:
+    @staticmethod
+    def dumps(obj):
+        return b'B64:' + base64.b64encode(json.dumps(obj).encode())
+
+    @staticmethod
+    def loads(data):
+        assert data[:4] == b'B64:', data[:10]
+        return json.loads(base64.b64decode(data[4:]))
+"#;
