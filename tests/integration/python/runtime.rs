@@ -140,8 +140,7 @@ for queue in ['no_venv', 'venv', 'python']:
 
     // Neither: python3 on PATH, which lacks the module; the job's traceback names it.
     assert!(
-        logs[0].contains(&format!("{}", started_line(&version)))
-            && logs[0].contains("(python3 on PATH)"),
+        logs[0].contains(&started_line(&version)) && logs[0].contains("(python3 on PATH)"),
         "{}",
         logs[0]
     );
@@ -187,7 +186,7 @@ fn another_python_version_or_a_missing_interpreter_fails_python_jobs_and_names_t
         let exc = latest_exc(&mut con, id);
         assert!(exc.contains(&refusal), "{exc}");
         assert!(
-            exc.contains(&format!("PYO3_PYTHON=/opt/fake/bin/python3.99")),
+            exc.contains("PYO3_PYTHON=/opt/fake/bin/python3.99"),
             "names the fix: {exc}"
         );
     }

@@ -169,6 +169,8 @@ impl Supervisor {
     }
 
     /// The supervisor's working directory (its workers start in it unless a pool sets `cwd`).
+    /// Only the Python tests care where the workers start.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Supervisor {
         self.cmd.current_dir(dir);
         self
