@@ -10,9 +10,10 @@ of the name `out` CODE sets (non-JSON values as their repr). CODE sees:
   args                 ARGS_JSON, parsed
   Queue, Retry, Callback, Job, JSONSerializer, Worker, rq
   fetch(id, serializer=None)  -> Job.fetch
-  result(id, serializer=None) -> {status, type, return_value, exc_string, worker_name, types,
-                                  meta}: the job as RQ reads it, its latest result and the
-                                  types of all its results, oldest first
+  result(id, serializer=None) -> {status, type, return_value, latest_return_value,
+                                  exc_string, worker_name, types, meta}: the job as RQ reads it
+                                  (return_value: of its latest successful result), its latest
+                                  result and the types of all its results, oldest first
 """
 import json
 import os
@@ -41,6 +42,7 @@ def main():
             "status": job.get_status().value,
             "type": latest.type.name if latest else None,
             "return_value": job.return_value(),
+            "latest_return_value": latest.return_value if latest else None,
             "exc_string": latest.exc_string if latest else None,
             "worker_name": latest.worker_name if latest else None,
             "types": [r.type.name for r in reversed(job.results())],

@@ -370,16 +370,23 @@ def again():
 
 def later():
     return Retry(max=1, interval=300)
+
+def once():
+    return Retry(max=1)
 "#,
     )]);
     let jobs = ids(&app.py(
         &redis,
-        "out = {'again': q.enqueue('tasks.again').id, 'later': q.enqueue('tasks.later').id}",
+        r#"
+jq = Queue('q', connection=conn, serializer=JSONSerializer)
+out = {'again': q.enqueue('tasks.again').id, 'later': q.enqueue('tasks.later').id,
+       'json': jq.enqueue('tasks.once').id}
+"#,
     ));
     app.burst(&redis, &[]);
     let r = app.py_args(
         &redis,
-        "out = {k: result(v) for k, v in args.items()}",
+        "out = {k: result(v, JSONSerializer if k == 'json' else None) for k, v in args.items()}",
         json!(jobs),
     );
     let again = &r["again"];
@@ -404,6 +411,19 @@ def later():
     assert!(
         due > now + 200.0 && due < now + 400.0,
         "due {due}, now {now}"
+    );
+    // A JSON job's Retry is retried the same; JSON cannot write a Retry, so its results hold
+    // RQ's placeholder, as a Python RQ worker's do.
+    let json_job = &r["json"];
+    assert_eq!(json_job["status"], "failed", "{json_job}");
+    assert_eq!(
+        json_job["types"],
+        json!(["RETRIED", "MAX_RETRIES_EXCEEDED"]),
+        "{json_job}"
+    );
+    assert_eq!(
+        json_job["latest_return_value"],
+        "Unserializable return value"
     );
 }
 
