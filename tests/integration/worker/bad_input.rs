@@ -213,6 +213,31 @@ fn an_id_whose_job_hash_is_gone_is_dropped_and_logged() {
     assert!(alive(w.pid()));
 }
 
+/// The ghost is the last id in the queue: the worker meets it while it settles the job before
+/// it (the settle takes the next job in the same round trip), and that claim finds no job.
+#[test]
+fn an_id_whose_job_hash_is_gone_is_logged_when_no_job_follows_it() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let before = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["before"]));
+    redis::cmd("RPUSH")
+        .arg("rq:queue:q")
+        .arg("ghost-job")
+        .exec(&mut con)
+        .unwrap();
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .burst()
+        .queues(["q"])
+        .spawn();
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(job_status(&mut con, &before).as_deref(), Some("finished"));
+    assert!(!exists(&mut con, "rq:queue:q"));
+    let log = w.log();
+    assert!(log.contains("dropped job id q:ghost-job"), "{log}");
+}
+
 #[test]
 fn a_handler_program_removed_or_made_non_executable_after_start_fails_only_its_job() {
     let redis = RedisServer::start();
