@@ -289,6 +289,19 @@ def _encode_result(serializer, value):
     return ('ok', base64.b64encode(data).decode('ascii'), _short_repr(value))
 
 
+def _encode_retry(serializer, retry):
+    """The returned Retry as its results store it (base64). A serializer that cannot write a
+    Retry (JSON) stores RQ's placeholder instead, as rq.results.Result.serialize does: the job
+    is retried all the same."""
+    try:
+        data = serializer.dumps(retry)
+    except Exception:
+        from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
+
+        data = serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+    return base64.b64encode(data).decode('ascii')
+
+
 def _call(func, args, kwargs):
     result = func(*args, **kwargs)
     if type(result).__name__ == 'coroutine' or hasattr(result, '__await__'):
@@ -448,11 +461,12 @@ def _run(job_id, fields, timeout, worker_name):
                     sys.meta_path.remove(hook)
         rq_job = _rq()
         if rq_job is not None and isinstance(value, rq_job.Retry):
-            encoded = _encode_result(serializer, value)
-            if encoded[0] != 'ok':
-                return encoded
             intervals = value.intervals if isinstance(value.intervals, list) else [value.intervals]
-            return ('retry', encoded[1], f'{value.max} ' + ' '.join(str(int(i)) for i in intervals))
+            return (
+                'retry',
+                _encode_retry(serializer, value),
+                f'{value.max} ' + ' '.join(str(int(i)) for i in intervals),
+            )
         if fields.get(b'success_callback_name'):
             job.needed().execute_success_callback(_DeathPenalty, value)
         return _encode_result(serializer, value)

@@ -54,12 +54,14 @@ impl Worker {
         );
         match next {
             // Only a job is kept: an empty or suspended answer may be stale by the time the
-            // loop drains its notifications, so the loop asks again.
-            Ok((ClaimResult::Job(job), notes)) => {
+            // loop drains its notifications, so the loop asks again. What the claim stepped
+            // over is reported whatever it found: the ids it dropped are gone from the queue.
+            Ok((result, notes)) => {
                 report_claim_notes(&mut self.claims.broken_reported, notes);
-                self.claims.prefetched = Some(job);
+                if let ClaimResult::Job(job) = result {
+                    self.claims.prefetched = Some(job);
+                }
             }
-            Ok(_) => {}
             Err(_) => self.claims.pending = Some(execution_id),
         }
         settled

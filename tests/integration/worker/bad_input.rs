@@ -75,20 +75,42 @@ fn sandwich(
     latest_exc(&mut con, &bad_id)
 }
 
+/// Enqueues `rq.builtin.echo(1)` with RQ's default serializer, pickle.
+fn pickled_echo(redis: &RedisServer) -> String {
+    let out = python(
+        redis,
+        "rqtool.py",
+        &["enqueue-pickle", "q", "rq.builtin.echo", "[1]"],
+    );
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Without Python (the `python` feature off) the worker cannot read pickle at all.
+#[cfg(not(feature = "python"))]
 #[test]
 fn a_pickled_job_fails_with_a_message_to_use_the_json_serializer() {
     let redis = RedisServer::start();
     let w = worker(Rqworker::new(&redis));
-    let exc = sandwich(&redis, &w, |_| {
-        let out = python(
-            &redis,
-            "rqtool.py",
-            &["enqueue-pickle", "q", "rq.builtin.echo", "[1]"],
-        );
-        serde_json::from_str(out.trim()).unwrap()
-    });
+    let exc = sandwich(&redis, &w, |_| pickled_echo(&redis));
     assert!(exc.contains("serializer=JSONSerializer"), "{exc}");
     assert!(exc.contains("pickle"), "{exc}");
+}
+
+/// With Python, a pickled job is a Python job, even under the name of a built-in handler
+/// (the built-ins read JSON only): Python looks the function up as RQ does, and fails this
+/// one with RQ's own words (RQ has no `rq.builtin`), the jobs around it unaffected.
+#[cfg(feature = "python")]
+#[test]
+fn a_pickled_job_runs_in_python_and_fails_as_rq_fails_an_unknown_function() {
+    let redis = RedisServer::start();
+    let w = worker(Rqworker::new(&redis));
+    let exc = sandwich(&redis, &w, |_| pickled_echo(&redis));
+    assert!(
+        exc.contains("ValueError: Invalid attribute name: echo"),
+        "{exc}"
+    );
+    assert!(exc.contains("in import_attribute"), "{exc}");
+    assert!(!exc.contains("serializer=JSONSerializer"), "{exc}");
 }
 
 #[test]
@@ -189,6 +211,31 @@ fn an_id_whose_job_hash_is_gone_is_dropped_and_logged() {
     assert!(zrange(&mut con, "rq:failed:q").is_empty());
     assert!(!exists(&mut con, "rq:queue:q"));
     assert!(alive(w.pid()));
+}
+
+/// The ghost is the last id in the queue: the worker meets it while it settles the job before
+/// it (the settle takes the next job in the same round trip), and that claim finds no job.
+#[test]
+fn an_id_whose_job_hash_is_gone_is_logged_when_no_job_follows_it() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let before = rs_enqueue(&mut con, "q", "rq.builtin.echo", json!(["before"]));
+    redis::cmd("RPUSH")
+        .arg("rq:queue:q")
+        .arg("ghost-job")
+        .exec(&mut con)
+        .unwrap();
+    let mut w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .burst()
+        .queues(["q"])
+        .spawn();
+    assert!(w.wait_exit(WAIT).success(), "{}", w.log());
+    assert_eq!(job_status(&mut con, &before).as_deref(), Some("finished"));
+    assert!(!exists(&mut con, "rq:queue:q"));
+    let log = w.log();
+    assert!(log.contains("dropped job id q:ghost-job"), "{log}");
 }
 
 #[test]
