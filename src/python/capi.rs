@@ -72,42 +72,68 @@ api! {
     PyOS_AfterFork_Child: fn();
 }
 
-static API: OnceLock<Result<Api, String>> = OnceLock::new();
+static API: OnceLock<Api> = OnceLock::new();
+
+/// Why libpython could not be loaded, and the errno of the failed open when it is one of the
+/// environment's (a file limit reached: tried again by the next job, not a lasting failure).
+pub struct LoadError {
+    pub text: String,
+    pub errno: Option<i32>,
+}
 
 /// Loads libpython from `path` (once per process) and resolves the table. The library is
 /// loaded `RTLD_GLOBAL`, as an interpreter linked to it would see it, so the extension
 /// modules the app imports (which expect libpython's symbols in the process) find them.
-pub fn load(path: &str) -> Result<&'static Api, String> {
-    API.get_or_init(|| {
-        let c = CString::new(path).map_err(|_| format!("{path}: a NUL byte in the path"))?;
-        // SAFETY: dlopen of a path; libpython's initializers are safe to run (they only set
-        // up static data).
-        let lib =
-            unsafe { nix::libc::dlopen(c.as_ptr(), nix::libc::RTLD_NOW | nix::libc::RTLD_GLOBAL) };
-        if lib.is_null() {
-            // SAFETY: dlerror returns the last error as a NUL-terminated string, or NULL.
-            let why = unsafe { nix::libc::dlerror() };
-            let why = if why.is_null() {
-                "unknown error".to_string()
-            } else {
-                // SAFETY: non-null, from dlerror, valid until the next dl* call.
-                unsafe { CStr::from_ptr(why) }
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            return Err(format!("cannot load libpython {path}: {why}"));
-        }
-        Api::resolve(lib)
-    })
-    .as_ref()
-    .map_err(String::clone)
+/// A failure is not remembered: nothing was initialized, so the next call tries again.
+pub fn load(path: &str) -> Result<&'static Api, LoadError> {
+    if let Some(api) = API.get() {
+        return Ok(api);
+    }
+    let fail = |text: String| LoadError { text, errno: None };
+    let c = CString::new(path).map_err(|_| fail(format!("{path}: a NUL byte in the path")))?;
+    // SAFETY: dlopen of a path; libpython's initializers are safe to run (they only set up
+    // static data).
+    let lib =
+        unsafe { nix::libc::dlopen(c.as_ptr(), nix::libc::RTLD_NOW | nix::libc::RTLD_GLOBAL) };
+    if lib.is_null() {
+        // SAFETY: dlerror returns the last error as a NUL-terminated string, or NULL.
+        let why = unsafe { nix::libc::dlerror() };
+        let why = if why.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: non-null, from dlerror, valid until the next dl* call.
+            unsafe { CStr::from_ptr(why) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(LoadError {
+            errno: limit_in(&why),
+            text: format!("cannot load libpython {path}: {why}"),
+        });
+    }
+    let api = Api::resolve(lib).map_err(fail)?;
+    Ok(API.get_or_init(|| api))
+}
+
+/// The limit a dlopen error names, if any: dlerror has only text (`...: Too many open
+/// files`), and the errno dlopen leaves behind is not its open(2)'s.
+fn limit_in(why: &str) -> Option<i32> {
+    use nix::libc;
+    // ENFILE's words contain EMFILE's: it goes first.
+    [libc::ENFILE, libc::EMFILE, libc::ENOMEM]
+        .into_iter()
+        .find(|e| {
+            let text = std::io::Error::from_raw_os_error(*e).to_string();
+            let words = text.split(" (os error").next().unwrap_or(&text);
+            why.ends_with(words)
+        })
 }
 
 /// The table, once [`load`] has succeeded.
 pub fn api() -> &'static Api {
     match API.get() {
-        Some(Ok(api)) => api,
-        _ => unreachable!("the Python C-API is used only after libpython was loaded"),
+        Some(api) => api,
+        None => unreachable!("the Python C-API is used only after libpython was loaded"),
     }
 }
 
@@ -210,4 +236,24 @@ pub fn call(func: *mut PyObject, args: Vec<Owned>) -> Option<Owned> {
 pub fn print_error() {
     // SAFETY: prints the error indicator if set; harmless if not.
     unsafe { (api().PyErr_Print)() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_in_a_dlopen_error_is_recognized() {
+        use nix::libc;
+        let e = "/x/libpython3.11.so.1.0: cannot open shared object file: ";
+        assert_eq!(
+            limit_in(&format!("{e}Too many open files")),
+            Some(libc::EMFILE)
+        );
+        assert_eq!(
+            limit_in(&format!("{e}Too many open files in system")),
+            Some(libc::ENFILE)
+        );
+        assert_eq!(limit_in(&format!("{e}No such file or directory")), None);
+    }
 }

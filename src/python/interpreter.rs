@@ -32,8 +32,12 @@ print(os.path.join(d, lib) if sysconfig.get_config_var('Py_ENABLE_SHARED') and l
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartFailure {
     pub text: String,
-    /// The failed system call's errno, when one failed (a process limit reached at the probe).
+    /// The failed system call's errno, when one failed (a process limit reached at the probe,
+    /// a file limit when loading libpython).
     pub errno: Option<i32>,
+    /// The interpreter was partly initialized, so it cannot be tried again in this process.
+    /// Failures before that (finding it, loading libpython) are tried again by the next job.
+    pub lasting: bool,
 }
 
 impl StartFailure {
@@ -41,6 +45,14 @@ impl StartFailure {
         StartFailure {
             text: text.into(),
             errno: None,
+            lasting: false,
+        }
+    }
+
+    fn lasting(self) -> StartFailure {
+        StartFailure {
+            lasting: true,
+            ..self
         }
     }
 }
@@ -83,6 +95,7 @@ pub fn find(configured: Option<&Path>) -> Result<Found, StartFailure> {
                 candidate.display()
             ),
             errno: e.raw_os_error(),
+            lasting: false,
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
@@ -159,9 +172,13 @@ impl Interpreter {
     /// Loads `found`'s libpython, starts the interpreter, and runs the runner's bootstrap:
     /// the import path, its configuration, the preloaded modules.
     pub fn start(found: &Found, settings: &PythonSettings) -> Result<Interpreter, StartFailure> {
-        capi::load(&found.libpython).map_err(StartFailure::new)?;
-        init(&found.executable)?;
-        let runner = load_runner(settings);
+        capi::load(&found.libpython).map_err(|e| StartFailure {
+            text: e.text,
+            errno: e.errno,
+            lasting: false,
+        })?;
+        init(&found.executable).map_err(StartFailure::lasting)?;
+        let runner = load_runner(settings).map_err(StartFailure::lasting);
         // SAFETY: the interpreter is initialized and this thread holds its GIL (it
         // initialized it); the saved state is restored before finalizing.
         let saved = unsafe { (capi::api().PyEval_SaveThread)() };

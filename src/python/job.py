@@ -136,7 +136,7 @@ def configure(redis_url, serializer, exception_handlers, result_cap):
     handlers = []
     for path in exception_handlers:
         try:
-            handlers.append(_import(path))
+            handlers.append(import_attribute(path))
         except Exception as e:
             raise RuntimeError(f'--exception-handler {path}: cannot import it ({type(e).__name__}: {e})') from e
     _config['exception_handlers'] = handlers
@@ -195,15 +195,16 @@ class _NoConnection:
 
 
 def _load_serializer(path):
-    found = _BUILT_IN_SERIALIZERS.get(path) or _import(path)
+    found = _BUILT_IN_SERIALIZERS.get(path) or import_attribute(path)
     if not (hasattr(found, 'dumps') and hasattr(found, 'loads')):
         raise RuntimeError(f'--serializer {path}: it has no dumps() and loads()')
     return found
 
 
-def _import(name):
-    """rq.utils.import_attribute's rules: the longest importable module prefix, then
-    attributes (a class's staticmethod too), else a builtin."""
+def import_attribute(name):
+    """rq.utils.import_attribute's rules (and name, so that tracebacks read as under RQ): the
+    longest importable module prefix, then attributes (a class's staticmethod too), else a
+    builtin."""
     bits = name.split('.')
     module_bits, attribute_bits = bits[:-1], [bits[-1]]
     module = None
@@ -445,7 +446,7 @@ def _run(job_id, fields, timeout, worker_name):
     try:
         with _Timeout(timeout, job_id):
             func_name, instance, args, kwargs = serializer.loads(data)
-            func = getattr(instance, func_name) if instance is not None else _import(func_name)
+            func = getattr(instance, func_name) if instance is not None else import_attribute(func_name)
             # Importing the function's module may have imported RQ; callbacks need it.
             module = _rq() or (_import_rq() if _has_callbacks(fields) else None)
             if module is not None:

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::execution::{Execution, Handler, JobFailure, JobStart, StartError};
 use crate::protocol::payload::PayloadError;
-use interpreter::StartFailure;
+pub use interpreter::StartFailure;
 
 pub use interpreter::LINKED_VERSION;
 
@@ -58,8 +58,8 @@ impl PythonHandler {
 
     /// Starts the interpreter now, for `preload`: an import error stops the worker (its
     /// traceback is the error).
-    pub fn start_now(&self) -> Result<(), String> {
-        self.ensure_started().map_err(|e| e.text)
+    pub fn start_now(&self) -> Result<(), StartFailure> {
+        self.ensure_started()
     }
 
     fn ensure_started(&self) -> Result<(), StartFailure> {
@@ -90,8 +90,9 @@ impl PythonHandler {
                 Ok(())
             }
             Err(e) => {
-                log::error!("{}", e.text);
-                *state = State::Failed(e.text.clone());
+                if e.lasting {
+                    *state = State::Failed(e.text.clone());
+                }
                 Err(e)
             }
         }

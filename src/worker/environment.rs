@@ -58,7 +58,7 @@ impl Streak {
         self.failures += 1;
         if self.failures >= STREAK_LIMIT {
             log::error!(
-                "giving up: {} jobs in a row could not start in this worker's environment ({}); exiting with status {EXIT_ENVIRONMENT} so that a supervisor can tell (rq-supervisor marks the pool degraded and tries again later); the jobs are back on their queues",
+                "job {job_id} could not start either, back on its queue; giving up: {} jobs in a row could not start in this worker's environment ({}); exiting with status {EXIT_ENVIRONMENT} so that a supervisor can tell (rq-supervisor marks the pool degraded and tries again later); the jobs are back on their queues",
                 self.failures,
                 e.failure.summary()
             );
@@ -83,7 +83,12 @@ impl Streak {
 
 /// What the error means here, with the limit's current value and the fix.
 pub fn diagnose(e: &StartError) -> String {
-    match e.errno {
+    diagnose_errno(e.errno)
+}
+
+/// [`diagnose`] for a failed system call's errno.
+pub fn diagnose_errno(errno: Option<i32>) -> String {
+    match errno {
         Some(libc::EAGAIN) => {
             let (soft, hard) = limit(Resource::RLIMIT_NPROC);
             format!(

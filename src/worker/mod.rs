@@ -204,7 +204,18 @@ fn python_fallback(
     if !opts.python.preload.is_empty()
         && let Err(e) = python.start_now()
     {
-        log::error!("{e}");
+        // A limit reached (no process for the probe, no file for libpython) is this host's
+        // state, not a mistake in the app or its options.
+        if e.errno.is_some() {
+            log::error!(
+                "{}; {}; exiting with status {}",
+                e.text,
+                environment::diagnose_errno(e.errno),
+                environment::EXIT_ENVIRONMENT
+            );
+            return Err(environment::EXIT_ENVIRONMENT);
+        }
+        log::error!("{}", e.text);
         return Err(EXIT_USAGE);
     }
     Ok(python)
