@@ -287,8 +287,19 @@ pub fn is_unreachable(e: &redis::RedisError) -> bool {
 
 /// The truth about an unreachable Redis: a file limit is not a Redis that is down.
 fn unreachable_hint(e: &redis::RedisError) -> Option<&'static str> {
-    use nix::libc;
     match io_errno(e) {
+        Some(errno) => errno_hint(errno),
+        None if e.is_connection_refusal() || e.is_timeout() => Some(
+            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
+        ),
+        None => None,
+    }
+}
+
+/// What a failed socket call's errno says about the connection.
+fn errno_hint(errno: i32) -> Option<&'static str> {
+    use nix::libc;
+    match Some(errno) {
         Some(libc::EMFILE) => Some(
             "; this process's open-file limit is reached, so it cannot open a socket: raise RLIMIT_NOFILE (ulimit -n, LimitNOFILE= in the systemd unit); Redis itself may be fine",
         ),
@@ -301,16 +312,22 @@ fn unreachable_hint(e: &redis::RedisError) -> Option<&'static str> {
         Some(libc::ECONNREFUSED | libc::ENOENT | libc::EHOSTUNREACH | libc::ENETUNREACH) => Some(
             "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
         ),
-        _ if e.is_connection_refusal() || e.is_timeout() => Some(
-            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
-        ),
         _ => None,
     }
+}
+
+/// The errno in an I/O error's text (`... (os error 24)`), for errors known only as text.
+fn errno_in(text: &str) -> Option<i32> {
+    let (_, rest) = text.rsplit_once("(os error ")?;
+    rest.split_once(')')?.0.parse().ok()
 }
 
 /// [`hint`] for an error known only as text (the wake-up connection's own client), with the
 /// server's error code if known (empty otherwise).
 pub fn hint_text(code: &str, text: &str) -> String {
+    if let Some(h) = errno_in(text).and_then(errno_hint) {
+        return h.to_string();
+    }
     if code == "NOPERM"
         || text.contains("NOPERM")
         || text.contains("can't run this command")
@@ -587,6 +604,26 @@ mod tests {
             last_max = last_max.max(d);
         }
         assert!(last_max >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_file_limit_is_not_called_a_redis_that_is_down() {
+        use nix::libc;
+        let io = |errno| redis::RedisError::from(std::io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let h = hint(&io(errno));
+            assert!(h.contains("Redis itself may be fine"), "{errno}: {h}");
+            assert!(!h.contains("check that Redis is running"), "{errno}: {h}");
+            assert!(is_unreachable(&io(errno)), "waiting cures it");
+        }
+        assert!(hint(&io(libc::EMFILE)).contains("RLIMIT_NOFILE"));
+        for errno in [libc::ECONNREFUSED, libc::ENOENT] {
+            assert!(hint(&io(errno)).contains("check that Redis is running"));
+        }
+        // The wake-up connection's errors are known as text only.
+        let text = io(libc::EMFILE).to_string();
+        assert!(hint_text("", &text).contains("RLIMIT_NOFILE"), "{text}");
+        assert_eq!(hint_text("", "Too many (os error x)"), "");
     }
 
     #[test]
