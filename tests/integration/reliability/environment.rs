@@ -402,3 +402,90 @@ fn a_pool_at_its_process_limit_turns_degraded_instead_of_restarting_in_a_loop() 
         assert_eq!(job_status(&mut con, id).as_deref(), Some("finished"));
     }
 }
+
+#[test]
+fn a_reconnect_at_the_file_limit_says_so_and_succeeds_once_it_is_raised() {
+    // RLIMIT_NOFILE binds root too, and a process may change its own user's limits: no jail.
+    let redis = RedisServer::start();
+    let w = Rqworker::new(&redis)
+        .builtin_handlers()
+        .name("w")
+        .queues([QUEUE])
+        .spawn();
+    let mut con = redis.con();
+    wait_worker_state(&mut con, "w", "idle");
+    let pid = w.pid().as_raw() as u32;
+    let set_nofile = |value: u64| {
+        let out = std::process::Command::new("prlimit")
+            // The soft limit only, which a process may raise again up to its hard one.
+            .args(["--pid", &pid.to_string(), &format!("--nofile={value}:")])
+            .output()
+            .expect("run prlimit (util-linux)");
+        assert!(out.status.success(), "prlimit: {out:?}");
+    };
+    set_nofile(3);
+    // Its command connection and its wake-up connection (subscribed, so of type pubsub).
+    for kind in ["pubsub", "normal"] {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .exec(&mut con)
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while !w
+        .log()
+        .contains("open-file limit is reached, so it cannot open a socket")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EMFILE hint:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !w.log().contains("check that Redis is running"),
+        "{}",
+        w.log()
+    );
+    set_nofile(1024);
+    let mut con = redis.con();
+    let id = rs_enqueue(&mut con, QUEUE, "rq.builtin.echo", json!(["back"]));
+    wait_status(&mut con, &id, &["finished"]);
+    assert!(alive(w.pid()), "{}", w.log());
+}
+
+#[cfg(feature = "python")]
+#[test]
+fn a_preload_at_the_file_limit_is_the_environments_fault_exit_3_not_a_usage_error() {
+    // RLIMIT_NOFILE binds root too: no jail. With 8 descriptors the worker itself starts,
+    // but the interpreter's probe (pipes) or libpython's open(2) cannot.
+    let redis = RedisServer::start();
+    let app = temp_dir();
+    std::fs::write(
+        app.path().join("tasks.py"),
+        "def add(a, b):\n    return a + b\n",
+    )
+    .unwrap();
+    let mut cmd = Rqworker::new(&redis)
+        .name("w")
+        .opt("--preload", "tasks")
+        .queues([QUEUE])
+        .current_dir(app.path())
+        .command();
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(|| setrlimit(Resource::RLIMIT_NOFILE, 8, 8).map_err(std::io::Error::from));
+    }
+    let mut w = Proc::spawn(cmd);
+    let status = w.wait_exit(WAIT);
+    let log = w.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("RLIMIT_NOFILE is 8"),
+        "names the limit:\n{log}"
+    );
+    assert_eq!(log.matches("ERROR").count(), 1, "said once:\n{log}");
+}

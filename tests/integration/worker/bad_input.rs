@@ -239,7 +239,7 @@ fn an_id_whose_job_hash_is_gone_is_logged_when_no_job_follows_it() {
 }
 
 #[test]
-fn a_handler_program_removed_or_made_non_executable_after_start_fails_only_its_job() {
+fn a_handler_program_removed_or_made_non_executable_after_start_leaves_its_job_queued() {
     let redis = RedisServer::start();
     let dir = temp_dir();
     let script = write_script(dir.path(), "tool.sh", "#!/bin/sh\necho ok\n");
@@ -255,27 +255,46 @@ fn a_handler_program_removed_or_made_non_executable_after_start_fails_only_its_j
     let ok = rs_enqueue(&mut con, "q", "tasks.tool", json!([]));
     wait_status(&mut con, &ok, &["finished"]);
 
+    // A program gone since the config was checked is the host's fault, not the job's: the job
+    // goes back to the front of its queue, and runs, on the same worker, once it is back.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let exc = sandwich(&redis, &w, |con| {
-        rs_enqueue(con, "q", "tasks.tool", json!([]))
-    });
-    assert!(exc.contains("cannot run"), "{exc}");
-    assert!(exc.contains(&script.display().to_string()), "{exc}");
-    assert!(exc.contains("chmod +x"), "{exc}");
-
-    std::fs::remove_file(&script).unwrap();
-    let exc = sandwich(&redis, &w, |con| {
-        rs_enqueue(con, "q", "tasks.tool", json!([]))
-    });
-    assert!(exc.contains("cannot run"), "{exc}");
-    assert!(exc.contains(&script.display().to_string()), "{exc}");
-
-    // Once the program is back, the handler works again without a restart.
-    write_script(dir.path(), "tool.sh", "#!/bin/sh\necho back\n");
-    let again = rs_enqueue(&mut con, "q", "tasks.tool", json!([]));
-    wait_status(&mut con, &again, &["finished", "failed"]);
-    assert_eq!(latest_return(&mut con, &again), Some(json!("back")));
+    let breaks: [(&str, &dyn Fn()); 2] = [
+        ("chmod -x", &|| {
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap()
+        }),
+        ("rm", &|| std::fs::remove_file(&script).unwrap()),
+    ];
+    for (n, (what, break_it)) in breaks.iter().enumerate() {
+        break_it();
+        let id = rs_enqueue(&mut con, "q", "tasks.tool", json!([]));
+        wait_until(&format!("the start failure after {what}"), WAIT, || {
+            w.log()
+                .matches("could not start, and not for a reason of its own")
+                .count()
+                > n
+        });
+        let log = w.log();
+        assert!(log.contains(&script.display().to_string()), "{what}: {log}");
+        assert!(
+            log.contains("the handler's program is gone or no longer executable"),
+            "{log}"
+        );
+        assert_ne!(
+            job_status(&mut con, &id).as_deref(),
+            Some("failed"),
+            "{log}"
+        );
+        assert!(results(&mut con, &id).is_empty(), "{what}: {log}");
+        write_script(dir.path(), "tool.sh", "#!/bin/sh\necho back\n");
+        wait_status(&mut con, &id, &["finished", "failed"]);
+        assert_eq!(
+            latest_return(&mut con, &id),
+            Some(json!("back")),
+            "{}",
+            w.log()
+        );
+        assert!(alive(w.pid()), "{}", w.log());
+    }
 }
 
 #[test]
