@@ -33,6 +33,8 @@ struct Opts {
     quick: bool,
     rq: bool,
     write: bool,
+    /// `--only a,b`: run these sections only (and write nothing to the docs).
+    only: Option<Vec<String>>,
 }
 
 fn main() {
@@ -42,10 +44,16 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>());
     let opts = Opts {
         quick: args.iter().any(|a| a == "--quick"),
         rq: !args.iter().any(|a| a == "--no-rq"),
-        write: !args.iter().any(|a| a == "--no-write"),
+        write: !args.iter().any(|a| a == "--no-write") && only.is_none(),
+        only,
     };
     let dir = tempfile::Builder::new()
         .prefix("rq-bench-")
@@ -62,14 +70,26 @@ fn main() {
         notes: Vec::new(),
     };
     eprintln!("redis-server {} on {}", b.redis.version(), b.redis.url);
-    b.throughput();
-    b.python();
-    b.command_handler();
-    b.latency();
-    b.idle_rss();
-    b.restart_latency();
-    b.warm_shutdown();
-    b.scale();
+    let sections: [(&str, fn(&mut Bench)); 9] = [
+        ("throughput", Bench::throughput),
+        ("python", Bench::python),
+        ("command", Bench::command_handler),
+        ("latency", Bench::latency),
+        ("idle", Bench::idle_rss),
+        ("restart", Bench::restart_latency),
+        ("shutdown", Bench::warm_shutdown),
+        ("scale", Bench::scale),
+        ("fleet", Bench::fleet_waits_for_redis),
+    ];
+    for (name, run) in sections {
+        if b.opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == name))
+        {
+            run(&mut b);
+        }
+    }
     let report = b.report();
     println!("{report}");
     if b.opts.write {
@@ -656,6 +676,77 @@ impl Bench {
         }
     }
 
+    /// 256 workers and a Redis that is not there: started before it, then through an outage.
+    /// How soon after Redis answers they are back, and how hard they knock meanwhile.
+    fn fleet_waits_for_redis(&mut self) {
+        let n = 256;
+        eprintln!("fleet: {n} workers started before Redis, then a 3 s outage");
+        self.redis.flush();
+        self.redis.server.stop();
+        let cfg = self.config(
+            "fleet.toml",
+            &format!("[supervisor]\nlog_level = \"error\"\n[pools.p]\nqueues = [\"default\"]\nworkers = {n}\n"),
+        );
+        let mut s = self.supervisor(&cfg);
+        let t = Instant::now();
+        while procfs::children(s.id()).len() < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "workers not spawned"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every worker has tried and is waiting (its backoff is capped at 1 s).
+        std::thread::sleep(Duration::from_secs(2));
+        self.redis.server.restart();
+        let (registered, peak_start) = self.redis.wait_sampling(|c| {
+            redis::cmd("SCARD")
+                .arg("rq:workers")
+                .query::<usize>(c)
+                .unwrap_or(0)
+                >= n
+        });
+        self.redis.server.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        self.redis.server.restart();
+        // Each worker holds two connections (commands, wake-ups); the reader is one more.
+        let (back, peak_outage) = self.redis.wait_sampling(|c| {
+            let info: String = redis::cmd("INFO")
+                .arg("clients")
+                .query(c)
+                .unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix("connected_clients:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .is_some_and(|k| k > 2 * n)
+        });
+        stop(&mut s);
+        self.row(
+            &format!("{n} workers started before Redis: all registered after it answers (s)"),
+            f2(registered),
+            "—".into(),
+            "".into(),
+            "< 2 s",
+            Some(registered < 2.0),
+        );
+        self.row(
+            &format!("{n} workers, 3 s outage: all reconnected after Redis answers (s)"),
+            f2(back),
+            "—".into(),
+            "".into(),
+            "< 2 s",
+            Some(back < 2.0),
+        );
+        self.row(
+            &format!("{n} workers coming back: peak new connections per second"),
+            format!("{} / {}", f0(peak_start), f0(peak_outage)),
+            "—".into(),
+            "".into(),
+            "spread over the 1 s backoff cap",
+            None,
+        );
+    }
+
     fn report(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -859,6 +950,37 @@ impl Redis {
                 "jobs did not finish"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `done` holds, sampling `total_connections_received` every 100 ms; returns
+    /// how long it took and the highest rate of new connections over one such window.
+    fn wait_sampling(&self, mut done: impl FnMut(&mut redis::Connection) -> bool) -> (f64, f64) {
+        let received = |con: &mut redis::Connection| -> u64 {
+            let st: String = redis::cmd("INFO").arg("stats").query(con).expect("INFO");
+            st.lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let t = Instant::now();
+        let mut con = self.con();
+        let mut last = (Instant::now(), received(&mut con));
+        let mut peak: f64 = 0.0;
+        loop {
+            if last.0.elapsed() >= Duration::from_millis(100) {
+                let now = received(&mut con);
+                peak = peak.max((now - last.1) as f64 / last.0.elapsed().as_secs_f64());
+                last = (Instant::now(), now);
+            }
+            if done(&mut con) {
+                return (t.elapsed().as_secs_f64(), peak);
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "not back within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -274,9 +274,11 @@ pub fn hint(e: &redis::RedisError) -> String {
 
 /// The system error code under a Redis error, when it is an I/O failure.
 pub fn io_errno(e: &redis::RedisError) -> Option<i32> {
-    std::error::Error::source(e)?
-        .downcast_ref::<std::io::Error>()?
-        .raw_os_error()
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+        // redis-rs does not always expose the I/O error as the source; its text has the code.
+        .or_else(|| e.is_io_error().then(|| errno_in(&e.to_string())).flatten())
 }
 
 /// Whether the error means Redis could not be reached (or this process could not even open
