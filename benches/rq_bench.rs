@@ -70,7 +70,7 @@ fn main() {
         notes: Vec::new(),
     };
     eprintln!("redis-server {} on {}", b.redis.version(), b.redis.url);
-    let sections: [(&str, fn(&mut Bench)); 9] = [
+    let sections: [Section; 9] = [
         ("throughput", Bench::throughput),
         ("python", Bench::python),
         ("command", Bench::command_handler),
@@ -96,6 +96,9 @@ fn main() {
         write_report(&report);
     }
 }
+
+/// A named part of the benchmark, for `--only`.
+type Section = (&'static str, fn(&mut Bench));
 
 /// One timed burst run: jobs/s, and Redis commands and round trips per job.
 struct Burst {
