@@ -33,6 +33,8 @@ struct Opts {
     quick: bool,
     rq: bool,
     write: bool,
+    /// `--only a,b`: run these sections only (and write nothing to the docs).
+    only: Option<Vec<String>>,
 }
 
 fn main() {
@@ -42,10 +44,16 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>());
     let opts = Opts {
         quick: args.iter().any(|a| a == "--quick"),
         rq: !args.iter().any(|a| a == "--no-rq"),
-        write: !args.iter().any(|a| a == "--no-write"),
+        write: !args.iter().any(|a| a == "--no-write") && only.is_none(),
+        only,
     };
     let dir = tempfile::Builder::new()
         .prefix("rq-bench-")
@@ -62,19 +70,35 @@ fn main() {
         notes: Vec::new(),
     };
     eprintln!("redis-server {} on {}", b.redis.version(), b.redis.url);
-    b.throughput();
-    b.command_handler();
-    b.latency();
-    b.idle_rss();
-    b.restart_latency();
-    b.warm_shutdown();
-    b.scale();
+    let sections: [Section; 9] = [
+        ("throughput", Bench::throughput),
+        ("python", Bench::python),
+        ("command", Bench::command_handler),
+        ("latency", Bench::latency),
+        ("idle", Bench::idle_rss),
+        ("restart", Bench::restart_latency),
+        ("shutdown", Bench::warm_shutdown),
+        ("scale", Bench::scale),
+        ("fleet", Bench::fleet_waits_for_redis),
+    ];
+    for (name, run) in sections {
+        if b.opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == name))
+        {
+            run(&mut b);
+        }
+    }
     let report = b.report();
     println!("{report}");
     if b.opts.write {
         write_report(&report);
     }
 }
+
+/// A named part of the benchmark, for `--only`.
+type Section = (&'static str, fn(&mut Bench));
 
 /// One timed burst run: jobs/s, and Redis commands and round trips per job.
 struct Burst {
@@ -248,6 +272,98 @@ impl Bench {
             "".into(),
             "≤ 4",
             Some(trips <= 4.0),
+        );
+    }
+
+    /// The app's own Python functions: pickled no-op jobs (RQ's default serializer), a horse
+    /// forked per job, ours (the app preloaded) beside RQ's; the ceiling of fork-per-job
+    /// Python (a bare `os.fork` loop of the same interpreter calling the same function); and
+    /// the idle RSS of a worker with the app loaded.
+    fn python(&mut self) {
+        if !self.py.ok {
+            self.notes.push(
+                "Python rows not measured: Python RQ 2.12 is needed to enqueue pickled jobs".into(),
+            );
+            return;
+        }
+        let n = self.n_jobs() / 2;
+        eprintln!("python: {n} pickled no-op jobs");
+        let bench = Python::bench_dir();
+        let bench = bench.to_str().expect("utf-8 path");
+        let pickled = |s: &Self| {
+            s.py.enqueue_pickle(&s.redis, "default", "benchjobs.noop", n)
+        };
+        let one = self.burst(n, pickled, |s| {
+            s.ours_worker(&["--burst", "-q", "-P", bench, "--preload", "benchjobs"])
+        });
+        let cfg = self.config(
+            "python2.toml",
+            &format!(
+                "[supervisor]\nlog_level = \"warning\"\n[worker]\nlog_level = \"warning\"\n[python]\npath = [{bench:?}]\npreload = [\"benchjobs\"]\n[pools.bench]\nqueues = [\"default\"]\nworkers = 2\nburst = true\n"
+            ),
+        );
+        let two = self.burst(n, pickled, |s| s.supervisor(&cfg));
+        let url = self.redis.url.clone();
+        let rq1 = self.burst(n, pickled, |s| {
+            s.py.rq_pickle(&s.redis, &url, &["worker", "--burst"])
+        });
+        let rq2 = self.burst(n, pickled, |s| {
+            s.py.rq_pickle(&s.redis, &url, &["worker-pool", "-n", "2", "--burst"])
+        });
+        let ceiling = self.py.forkloop(&self.redis, n);
+        let (one, two) = (one.map(|b| b.rate), two.map(|b| b.rate));
+        let (rq1, rq2) = (rq1.map(|b| b.rate), rq2.map(|b| b.rate));
+        for (what, ours, rq, target) in [
+            (
+                "Python, 1 worker, pickled no-op, fork per job (jobs/s)",
+                one,
+                rq1,
+                "≥ 5× `rq worker`",
+            ),
+            (
+                "Python, pool of 2, pickled no-op, fork per job (jobs/s)",
+                two,
+                rq2,
+                "≥ 5× `rq worker-pool -n 2`",
+            ),
+        ] {
+            let r = ours.zip(rq).map(|(o, r)| o / r);
+            self.row(
+                what,
+                opt(ours, f0),
+                opt(rq, f0),
+                ratio(ours, rq),
+                target,
+                r.map(|r| r >= 5.0),
+            );
+        }
+        self.row(
+            "Python ceiling: a bare os.fork loop calling the same function, 1 process (jobs/s)",
+            opt(ceiling, f0),
+            "—".into(),
+            opt(one.zip(ceiling).map(|(o, c)| o / c), |x| {
+                format!("{:.0}% reached", x * 100.0)
+            }),
+            "",
+            None,
+        );
+        self.redis.flush();
+        let mut w = self.ours_worker(&["-q", "-P", bench, "--preload", "benchjobs"]);
+        self.redis.wait_workers(1);
+        let ours = rss_kib(w.id());
+        stop(&mut w);
+        self.redis.flush();
+        let mut w = self.py.rq_with_app(&self.redis, &["worker"]);
+        self.redis.wait_workers(1);
+        let rq = rss_kib(w.id());
+        stop(&mut w);
+        self.row(
+            "idle worker RSS, the app (benchjobs) preloaded (MiB)",
+            mib(ours),
+            mib(rq),
+            format!("1/{:.1}", rq as f64 / ours as f64),
+            "",
+            None,
         );
     }
 
@@ -563,6 +679,77 @@ impl Bench {
         }
     }
 
+    /// 256 workers and a Redis that is not there: started before it, then through an outage.
+    /// How soon after Redis answers they are back, and how hard they knock meanwhile.
+    fn fleet_waits_for_redis(&mut self) {
+        let n = 256;
+        eprintln!("fleet: {n} workers started before Redis, then a 3 s outage");
+        self.redis.flush();
+        self.redis.server.stop();
+        let cfg = self.config(
+            "fleet.toml",
+            &format!("[supervisor]\nlog_level = \"error\"\n[pools.p]\nqueues = [\"default\"]\nworkers = {n}\n"),
+        );
+        let mut s = self.supervisor(&cfg);
+        let t = Instant::now();
+        while procfs::children(s.id()).len() < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "workers not spawned"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every worker has tried and is waiting (its backoff is capped at 1 s).
+        std::thread::sleep(Duration::from_secs(2));
+        self.redis.server.restart();
+        let (registered, peak_start) = self.redis.wait_sampling(|c| {
+            redis::cmd("SCARD")
+                .arg("rq:workers")
+                .query::<usize>(c)
+                .unwrap_or(0)
+                >= n
+        });
+        self.redis.server.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        self.redis.server.restart();
+        // Each worker holds two connections (commands, wake-ups); the reader is one more.
+        let (back, peak_outage) = self.redis.wait_sampling(|c| {
+            let info: String = redis::cmd("INFO")
+                .arg("clients")
+                .query(c)
+                .unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix("connected_clients:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .is_some_and(|k| k > 2 * n)
+        });
+        stop(&mut s);
+        self.row(
+            &format!("{n} workers started before Redis: all registered after it answers (s)"),
+            f2(registered),
+            "—".into(),
+            "".into(),
+            "< 2 s",
+            Some(registered < 2.0),
+        );
+        self.row(
+            &format!("{n} workers, 3 s outage: all reconnected after Redis answers (s)"),
+            f2(back),
+            "—".into(),
+            "".into(),
+            "< 2 s",
+            Some(back < 2.0),
+        );
+        self.row(
+            &format!("{n} workers coming back: peak new connections per second"),
+            format!("{} / {}", f0(peak_start), f0(peak_outage)),
+            "—".into(),
+            "".into(),
+            "spread over the 1 s backoff cap",
+            None,
+        );
+    }
+
     fn report(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -769,6 +956,37 @@ impl Redis {
         }
     }
 
+    /// Waits until `done` holds, sampling `total_connections_received` every 100 ms; returns
+    /// how long it took and the highest rate of new connections over one such window.
+    fn wait_sampling(&self, mut done: impl FnMut(&mut redis::Connection) -> bool) -> (f64, f64) {
+        let received = |con: &mut redis::Connection| -> u64 {
+            let st: String = redis::cmd("INFO").arg("stats").query(con).expect("INFO");
+            st.lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let t = Instant::now();
+        let mut con = self.con();
+        let mut last = (Instant::now(), received(&mut con));
+        let mut peak: f64 = 0.0;
+        loop {
+            if last.0.elapsed() >= Duration::from_millis(100) {
+                let now = received(&mut con);
+                peak = peak.max((now - last.1) as f64 / last.0.elapsed().as_secs_f64());
+                last = (Instant::now(), now);
+            }
+            if done(&mut con) {
+                return (t.elapsed().as_secs_f64(), peak);
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "not back within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn wait_workers(&self, n: usize) -> HashSet<String> {
         let mut con = self.con();
         let t = Instant::now();
@@ -876,6 +1094,59 @@ impl Python {
         assert!(ok, "Python enqueue failed");
     }
 
+    fn enqueue_pickle(&self, redis: &Redis, queue: &str, func: &str, n: usize) {
+        let ok = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args(["enqueue-pickle", queue, func, &n.to_string()])
+            .status()
+            .expect("python")
+            .success();
+        assert!(ok, "Python enqueue failed");
+    }
+
+    /// The fork-per-job ceiling of this interpreter (jobs/s).
+    fn forkloop(&self, redis: &Redis, n: usize) -> Option<f64> {
+        let out = self
+            .cmd(redis)
+            .arg(Self::bench_dir().join("rq_side.py"))
+            .args(["forkloop", &n.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// `rq <args> --url URL -q default` with RQ's default serializer (pickle).
+    fn rq_pickle(&self, redis: &Redis, url: &str, args: &[&str]) -> Child {
+        self.rq_cli(redis, "from rq.cli import main; main()", url, args, &[])
+    }
+
+    /// `rq worker` with the app (benchjobs) imported first, as a preloaded worker has it.
+    fn rq_with_app(&self, redis: &Redis, args: &[&str]) -> Child {
+        self.rq_cli(
+            redis,
+            "import benchjobs; from rq.cli import main; main()",
+            &redis.url,
+            args,
+            &[],
+        )
+    }
+
+    fn rq_cli(&self, redis: &Redis, code: &str, url: &str, args: &[&str], extra: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut c = self.cmd(redis);
+        c.args(["-c", code])
+            .args(&args[..1])
+            .args(["--url", url])
+            .args(&args[1..])
+            .args(extra)
+            .args(["-q", "default"]);
+        c.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().expect("spawn rq")
+    }
+
     fn times(&self, redis: &Redis, queue: &str) -> Vec<[f64; 3]> {
         let out = self
             .cmd(redis)
@@ -893,17 +1164,13 @@ impl Python {
     }
 
     fn rq_at(&self, redis: &Redis, url: &str, args: &[&str]) -> Child {
-        use std::os::unix::process::CommandExt;
-        let mut c = self.cmd(redis);
-        c.args(["-c", "from rq.cli import main; main()"])
-            .args(&args[..1])
-            .args(["--url", url])
-            .args(&args[1..])
-            .args(["-q", "-S", "rq.serializers.JSONSerializer", "default"]);
-        c.process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c.spawn().expect("spawn rq")
+        self.rq_cli(
+            redis,
+            "from rq.cli import main; main()",
+            url,
+            args,
+            &["-S", "rq.serializers.JSONSerializer"],
+        )
     }
 }
 

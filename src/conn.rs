@@ -266,12 +266,70 @@ impl RedisTarget {
 /// read-only replica, a full server, a key of the wrong type, a certificate problem. Empty
 /// for errors that reconnecting or retrying cures.
 pub fn hint(e: &redis::RedisError) -> String {
+    if let Some(h) = unreachable_hint(e) {
+        return h.to_string();
+    }
     hint_text(e.code().unwrap_or_default(), &e.to_string())
+}
+
+/// The system error code under a Redis error, when it is an I/O failure.
+pub fn io_errno(e: &redis::RedisError) -> Option<i32> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+        // redis-rs does not always expose the I/O error as the source; its text has the code.
+        .or_else(|| e.is_io_error().then(|| errno_in(&e.to_string())).flatten())
+}
+
+/// Whether the error means Redis could not be reached (or this process could not even open
+/// a socket): what waiting cures, unlike a refusal (a wrong password, a certificate, an ACL).
+pub fn is_unreachable(e: &redis::RedisError) -> bool {
+    io_errno(e).is_some() || e.is_timeout() || e.is_connection_refusal()
+}
+
+/// The truth about an unreachable Redis: a file limit is not a Redis that is down.
+fn unreachable_hint(e: &redis::RedisError) -> Option<&'static str> {
+    match io_errno(e) {
+        Some(errno) => errno_hint(errno),
+        None if e.is_connection_refusal() || e.is_timeout() => Some(
+            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
+        ),
+        None => None,
+    }
+}
+
+/// What a failed socket call's errno says about the connection.
+fn errno_hint(errno: i32) -> Option<&'static str> {
+    use nix::libc;
+    match Some(errno) {
+        Some(libc::EMFILE) => Some(
+            "; this process's open-file limit is reached, so it cannot open a socket: raise RLIMIT_NOFILE (ulimit -n, LimitNOFILE= in the systemd unit); Redis itself may be fine",
+        ),
+        Some(libc::ENFILE) => Some(
+            "; the system's file table is full, so no socket can be opened: raise fs.file-max, or find what holds so many files; Redis itself may be fine",
+        ),
+        Some(libc::ENOMEM | libc::ENOBUFS) => {
+            Some("; the kernel has no memory for a socket; Redis itself may be fine")
+        }
+        Some(libc::ECONNREFUSED | libc::ENOENT | libc::EHOSTUNREACH | libc::ENETUNREACH) => Some(
+            "; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right",
+        ),
+        _ => None,
+    }
+}
+
+/// The errno in an I/O error's text (`... (os error 24)`), for errors known only as text.
+fn errno_in(text: &str) -> Option<i32> {
+    let (_, rest) = text.rsplit_once("(os error ")?;
+    rest.split_once(')')?.0.parse().ok()
 }
 
 /// [`hint`] for an error known only as text (the wake-up connection's own client), with the
 /// server's error code if known (empty otherwise).
 pub fn hint_text(code: &str, text: &str) -> String {
+    if let Some(h) = errno_in(text).and_then(errno_hint) {
+        return h.to_string();
+    }
     if code == "NOPERM"
         || text.contains("NOPERM")
         || text.contains("can't run this command")
@@ -548,6 +606,26 @@ mod tests {
             last_max = last_max.max(d);
         }
         assert!(last_max >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_file_limit_is_not_called_a_redis_that_is_down() {
+        use nix::libc;
+        let io = |errno| redis::RedisError::from(std::io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let h = hint(&io(errno));
+            assert!(h.contains("Redis itself may be fine"), "{errno}: {h}");
+            assert!(!h.contains("check that Redis is running"), "{errno}: {h}");
+            assert!(is_unreachable(&io(errno)), "waiting cures it");
+        }
+        assert!(hint(&io(libc::EMFILE)).contains("RLIMIT_NOFILE"));
+        for errno in [libc::ECONNREFUSED, libc::ENOENT] {
+            assert!(hint(&io(errno)).contains("check that Redis is running"));
+        }
+        // The wake-up connection's errors are known as text only.
+        let text = io(libc::EMFILE).to_string();
+        assert!(hint_text("", &text).contains("RLIMIT_NOFILE"), "{text}");
+        assert_eq!(hint_text("", "Too many (os error x)"), "");
     }
 
     #[test]

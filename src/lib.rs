@@ -30,6 +30,8 @@
 //! - [`execution`]: the seam between the loop and a running job: each handler kind starts an
 //!   [`execution::Execution`] (today a forked work horse), and every ending is an
 //!   [`execution::Outcome`] whose failures render RQ's exception texts in one place.
+//! - `python` (feature `python`): the embedded interpreter that runs the app's own Python
+//!   job functions, forked per job; nothing outside it knows the C-API.
 //! - [`worker`]: the life-cycle loop (claim -> execute -> settle), signals, heartbeats,
 //!   commands, and the command line.
 //! - [`launch`]: the supervisor -> worker contract: the argv, environment and handoff
@@ -60,6 +62,8 @@ pub mod logging;
 pub mod procfs;
 pub mod producer;
 pub mod protocol;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod settings;
 pub mod store;
 pub mod supervisor;

@@ -127,6 +127,27 @@ pub struct WorkerSettings {
     pub log_format: Option<LogFormat>,
 }
 
+/// How the worker runs Python job functions (`[python]`, a pool's `python` key, `rqworker`'s
+/// Python options). Plain data: without the `python` feature only "no Python" is valid.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PythonSettings {
+    /// The interpreter to embed; else `$VIRTUAL_ENV`'s, else `python3` on `PATH`.
+    pub executable: Option<std::path::PathBuf>,
+    /// Import directories after the working directory (`-P/--path`, `[python] path`).
+    pub paths: Vec<std::path::PathBuf>,
+    /// Modules imported at boot, before the first fork (`--preload`, `[python] preload`).
+    pub preload: Vec<String>,
+    /// `-S`: `json`, `pickle` or a dotted path; `None` reads pickle or JSON, per job.
+    pub serializer: Option<String>,
+    /// `--exception-handler` dotted paths, in order.
+    pub exception_handlers: Vec<String>,
+    /// `-d/--disable-default-exception-handler`.
+    pub disable_default_exception_handler: bool,
+    /// For `get_current_job().connection` (opened only if the job uses it).
+    #[serde(skip)]
+    pub redis_url: String,
+}
+
 /// The shortest `worker_ttl`: RQ heartbeats every `worker_ttl - 15s`.
 pub const MIN_WORKER_TTL: Duration = Duration::from_secs(16);
 
@@ -316,7 +337,8 @@ impl FromStr for LogLevel {
     /// Any case, and `warn` for `warning`, as Python's logging names them.
     fn from_str(v: &str) -> Result<LogLevel, Problem> {
         match v.to_ascii_lowercase().as_str() {
-            "error" => Ok(LogLevel::Error),
+            // Python's CRITICAL: our most severe level.
+            "error" | "critical" => Ok(LogLevel::Error),
             "warning" | "warn" => Ok(LogLevel::Warning),
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),

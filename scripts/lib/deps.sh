@@ -22,3 +22,19 @@ ensure_rq() {
   "$py" -m pip install --quiet --disable-pip-version-check 'rq==2.12.*' 2>/dev/null \
     || "$py" -m pip install --quiet --disable-pip-version-check --break-system-packages 'rq==2.12.*'
 }
+
+# A Python with its shared libpython, which the `python` feature links (pyo3). pyenv and
+# python.org builds have one; Debian's comes with python3-dev.
+ensure_python_dev() {
+  local py="${PYO3_PYTHON:-python3}"
+  if "$py" -c 'import os, sys, sysconfig
+lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("LDLIBRARY") or "")
+sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") and os.path.exists(lib) else 1)' 2>/dev/null; then
+    return
+  fi
+  echo ">> $py has no shared libpython: installing Debian's python3-dev with apt-get" >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-dev python3-venv >/dev/null
+}

@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use crate::conn::{TlsFile, TlsPaths};
 use crate::settings::{self, Problem};
-pub use crate::settings::{DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
-use raw::{RawConfig, RawHandler, RawPool, RawRestart, RawWorker};
+pub use crate::settings::{
+    DequeueStrategy, LogFormat, LogLevel, PythonSettings, WorkerSettings, WorkerSpec,
+};
+use raw::{RawConfig, RawHandler, RawPool, RawPython, RawRestart, RawWorker};
 use values::Secs;
 
 /// The Redis URL used when neither the command line, `RQ_REDIS_URL` nor the file names one.
@@ -65,6 +67,9 @@ pub struct Config {
     pub worker: WorkerSettings,
     pub pools: Vec<PoolSpec>,
     pub handlers: Vec<HandlerSpec>,
+    /// `[python]`: how workers run Python job functions (a pool's `python` key overrides the
+    /// interpreter).
+    pub python: PythonSettings,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +107,14 @@ pub struct PoolSpec {
     /// reload can tell whether it changed.
     pub worker: WorkerSettings,
     pub restart: RestartPolicy,
+    /// The workers' working directory: the app's project directory, which Python jobs import
+    /// from. `None`: the supervisor's.
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the workers' environment (their horses and Python jobs see them;
+    /// command handlers only through their own `env`).
+    pub env: BTreeMap<String, String>,
+    /// The pool's Python interpreter, over `[python] executable`.
+    pub python: Option<PathBuf>,
 }
 
 /// A user or group: the name as written and the id it resolved to.
@@ -330,6 +343,7 @@ impl Validator {
                 "set both (a client certificate and its key), or neither",
             ));
         }
+        let python = self.python(raw.python)?;
         Ok(Config {
             path: path.to_path_buf(),
             redis_url: raw.redis.url,
@@ -338,6 +352,7 @@ impl Validator {
             worker,
             pools,
             handlers,
+            python,
         })
     }
 
@@ -439,6 +454,71 @@ impl Validator {
             group,
             worker,
             restart: self.restart(&table, p.restart)?,
+            cwd: self.directory(&format!("{table} cwd"), p.cwd)?,
+            env: self.env(&format!("{table} env"), p.env)?,
+            python: match p.python {
+                Some(prog) => Some(self.executable(&format!("{table} python"), &prog)?),
+                None => None,
+            },
+        })
+    }
+
+    /// A directory a key names, relative to the file's; it must exist.
+    fn directory(&self, key: &str, dir: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(dir) = dir else { return Ok(None) };
+        let path = self.dir.join(&dir);
+        if !path.is_dir() {
+            return Err(self.invalid(
+                key,
+                format!("{} is not a directory", path.display()),
+                "create it or fix the path (relative paths start at the config file's directory)",
+            ));
+        }
+        Ok(Some(std::path::absolute(&path).unwrap_or(path)))
+    }
+
+    /// Environment variables a key sets: names without `=` or NUL, values without NUL.
+    fn env(
+        &self,
+        key: &str,
+        env: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        if let Some((name, _)) = env
+            .iter()
+            .find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+        {
+            return Err(self.invalid(
+                key,
+                format!("{name:?} cannot be set in an environment"),
+                "use names without '=' and values without NUL bytes",
+            ));
+        }
+        Ok(env)
+    }
+
+    /// `[python]`: its paths resolved against the file's directory, its interpreter checked.
+    fn python(&self, p: RawPython) -> Result<PythonSettings, ConfigError> {
+        let executable = match p.executable {
+            Some(prog) => Some(self.executable("[python] executable", &prog)?),
+            None => None,
+        };
+        let mut paths = Vec::new();
+        for dir in p.path {
+            paths.extend(self.directory("[python] path", Some(dir))?);
+        }
+        if let Some(m) = p.preload.iter().find(|m| !is_module_name(m)) {
+            return Err(self.invalid(
+                "[python] preload",
+                format!("{m:?} is not a module name"),
+                "write dotted module names, e.g. preload = [\"myapp.tasks\"]",
+            ));
+        }
+        Ok(PythonSettings {
+            executable,
+            paths,
+            preload: p.preload,
+            serializer: p.serializer,
+            ..PythonSettings::default()
         })
     }
 
@@ -637,6 +717,17 @@ impl Validator {
             Err(problem) => Err(self.invalid(key, problem, "install the program, fix the path (relative paths start at the config file's directory), or make it executable with chmod +x")),
         }
     }
+}
+
+/// `pkg.module`: dot-separated Python identifiers.
+pub fn is_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
 }
 
 /// Finds `program`: a path with a `/` is taken relative to `base`, a bare name is looked up

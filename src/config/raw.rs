@@ -21,6 +21,20 @@ pub struct RawConfig {
     pub pools: BTreeMap<String, RawPool>,
     #[serde(default)]
     pub handlers: BTreeMap<String, RawHandler>,
+    #[serde(default)]
+    pub python: RawPython,
+}
+
+/// `[python]`: how workers run the app's Python job functions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPython {
+    pub executable: Option<String>,
+    #[serde(default)]
+    pub path: Vec<String>,
+    #[serde(default)]
+    pub preload: Vec<String>,
+    pub serializer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +88,13 @@ pub struct RawPool {
     pub memory_limit: Option<Bytes>,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// The workers' working directory (the app's project directory).
+    pub cwd: Option<String>,
+    /// Variables added to the workers' environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The pool's Python interpreter, over `[python] executable`.
+    pub python: Option<String>,
     #[serde(default)]
     pub worker: RawWorker,
     #[serde(default)]

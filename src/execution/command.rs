@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::call::{JobCall, job_env};
 use super::fork::Horse;
-use super::{Execution, Exit, Handler, JobFailure, Outcome, StartError, environmental};
+use super::{Execution, Exit, Handler, JobFailure, JobStart, Outcome, StartError, environmental};
 use crate::config::HandlerSpec;
 
 /// Most stdout a command handler's result may take; the rest is discarded with a note.
@@ -34,7 +34,8 @@ const INHERITED_ENV: &[&str] = &[
 pub struct CommandHandler(pub HandlerSpec);
 
 impl Handler for CommandHandler {
-    fn start(&self, call: &JobCall) -> Result<Box<dyn Execution>, StartError> {
+    fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
+        let call = job.call()?;
         let spec = &self.0;
         spawn(spec, call)
             .map(|e| Box::new(e) as Box<dyn Execution>)
@@ -52,6 +53,7 @@ impl Handler for CommandHandler {
                 };
                 StartError {
                     environment: !too_long && environmental(&e),
+                    errno: e.raw_os_error(),
                     failure: JobFailure::StartFailed {
                         what,
                         error: e.to_string(),
@@ -312,16 +314,21 @@ fn outcome(
         }
     };
     if out_total > STDOUT_CAP {
-        return Outcome::Returned(Value::String(format!(
-            "{text}\n[rqworker: output cut at {STDOUT_CAP} of {out_total} bytes]"
-        )));
+        return Outcome::Returned(
+            Value::String(format!(
+                "{text}\n[rqworker: output cut at {STDOUT_CAP} of {out_total} bytes]"
+            ))
+            .into(),
+        );
     }
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Outcome::Returned(Value::Null);
+        return Outcome::Returned(Value::Null.into());
     }
     Outcome::Returned(
-        serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string())),
+        serde_json::from_str(trimmed)
+            .unwrap_or_else(|_| Value::String(trimmed.to_string()))
+            .into(),
     )
 }
 
@@ -336,9 +343,12 @@ mod tests {
         let ok = Exit(WaitStatus::Exited(Pid::from_raw(1), 0));
         let none = VecDeque::new();
         let run = |out: &[u8]| outcome(ok, "p", out.to_vec(), out.len(), &none);
-        assert_eq!(run(b" {\"a\": 1}\n"), Outcome::Returned(json!({"a": 1})));
-        assert_eq!(run(b"hello\n"), Outcome::Returned(json!("hello")));
-        assert_eq!(run(b"\n"), Outcome::Returned(Value::Null));
+        assert_eq!(
+            run(b" {\"a\": 1}\n"),
+            Outcome::Returned(json!({"a": 1}).into())
+        );
+        assert_eq!(run(b"hello\n"), Outcome::Returned(json!("hello").into()));
+        assert_eq!(run(b"\n"), Outcome::Returned(Value::Null.into()));
         assert!(
             matches!(run(b"\xff\xfe"), Outcome::Failed(f) if f.exc_string().contains("not UTF-8"))
         );

@@ -24,19 +24,51 @@ pub struct Horse {
     reaped: Option<WaitStatus>,
 }
 
+/// What a runtime embedded in the worker must do around a fork (the Python interpreter:
+/// `PyOS_BeforeFork` and its after-fork hooks, which reseed `random`, reset locks and make the
+/// child's thread the interpreter's main thread).
+pub trait ForkHooks {
+    /// Threads the runtime knows of and accepts across a fork (the app's own Python threads,
+    /// which `rq worker` forks with too), besides the worker's one.
+    fn accepted_threads(&self) -> u32 {
+        0
+    }
+    fn before(&self) {}
+    fn after_in_parent(&self) {}
+    fn after_in_child(&self) {}
+}
+
+struct NoHooks;
+impl ForkHooks for NoHooks {}
+
 impl Horse {
     /// Forks a horse that runs `job` and `_exit`s with the code it returns. The child resets
     /// the worker's signal handlers, leads its own session and dies with the worker.
     pub fn fork(job: impl FnOnce() -> i32) -> io::Result<Horse> {
-        refuse_if_threaded()?;
+        Horse::fork_with(&NoHooks, job)
+    }
+
+    /// [`Horse::fork`] with a runtime's hooks around the fork.
+    pub fn fork_with(hooks: &dyn ForkHooks, job: impl FnOnce() -> i32) -> io::Result<Horse> {
+        refuse_if_threaded(1 + hooks.accepted_threads())?;
         let parent = getpid();
         log::logger().flush();
-        // SAFETY: `refuse_if_threaded` just checked that this process has a single thread, so
-        // the child, a copy of that one thread, may run arbitrary code: no lock is held by a
-        // thread that does not exist in the child.
-        match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-            ForkResult::Parent { child } => Ok(Horse::adopt(child)),
-            ForkResult::Child => {
+        hooks.before();
+        // SAFETY: `refuse_if_threaded` just checked that this process has no thread besides
+        // this one but those the runtime accepts (whose locks its after-fork hooks reset), so
+        // the child, a copy of this one thread, may run arbitrary code.
+        let forked = unsafe { nix::unistd::fork() };
+        match forked {
+            Err(e) => {
+                hooks.after_in_parent();
+                Err(io::Error::from(e))
+            }
+            Ok(ForkResult::Parent { child }) => {
+                hooks.after_in_parent();
+                Ok(Horse::adopt(child))
+            }
+            Ok(ForkResult::Child) => {
+                hooks.after_in_child();
                 become_horse(parent);
                 let code = job();
                 // SAFETY: ends the child without running the worker's exit path (atexit
@@ -119,9 +151,9 @@ fn reset_signals() {
     }
 }
 
-/// Fails when this process has more than one thread. One `pread` of `/proc/self/stat`,
-/// opened once, so the check costs one system call per job.
-fn refuse_if_threaded() -> io::Result<()> {
+/// Fails when this process has more than `allowed` threads. One `pread` of
+/// `/proc/self/stat`, opened once, so the check costs one system call per job.
+fn refuse_if_threaded(allowed: u32) -> io::Result<()> {
     static STAT: OnceLock<Option<File>> = OnceLock::new();
     let Some(file) = STAT.get_or_init(|| File::open("/proc/self/stat").ok()) else {
         // No /proc: nothing to check with; the worker itself never starts a thread.
@@ -133,7 +165,7 @@ fn refuse_if_threaded() -> io::Result<()> {
         .ok()
         .and_then(crate::procfs::parse_stat)
         .map_or(1, |s| s.threads);
-    if threads > 1 {
+    if threads > allowed {
         return Err(io::Error::other(format!(
             "this process has {threads} threads, and a forked child of a multi-threaded process can deadlock on a lock another thread held; the worker must stay single-threaded (start no thread before or while running rq_supervisor::worker::run)"
         )));

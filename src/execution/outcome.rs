@@ -16,11 +16,51 @@ use crate::store::Ending;
 /// How an execution ended, before it is written to Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The handler returned this value (`null` = no result).
-    Returned(Value),
+    /// The handler returned this value.
+    Returned(ReturnValue),
     Failed(JobFailure),
     /// Stopped on request (`rq.command.send_stop_job_command`).
     Stopped,
+    /// The job returned RQ's `Retry(max, interval)` (Python jobs): run it again.
+    Retry {
+        /// The `Retry` serialized with the job's serializer, base64, as RQ stores it.
+        base64: String,
+        max: u32,
+        intervals: Vec<u64>,
+    },
+}
+
+/// A job's return value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReturnValue {
+    /// A JSON value (native and command handlers); `null` means no result.
+    Json(Value),
+    /// Already serialized with the job's own serializer (Python jobs): the base64 text RQ
+    /// stores in `return_value` (empty for None), and the value's repr for the log.
+    Serialized { base64: String, repr: String },
+}
+
+impl From<Value> for ReturnValue {
+    fn from(v: Value) -> ReturnValue {
+        ReturnValue::Json(v)
+    }
+}
+
+impl ReturnValue {
+    pub fn is_none(&self) -> bool {
+        match self {
+            ReturnValue::Json(v) => v.is_null(),
+            ReturnValue::Serialized { base64, .. } => base64.is_empty(),
+        }
+    }
+
+    /// What the log shows of it.
+    pub fn shown(&self) -> String {
+        match self {
+            ReturnValue::Json(v) => v.to_string(),
+            ReturnValue::Serialized { repr, .. } => repr.clone(),
+        }
+    }
 }
 
 /// RQ's text for a stopped job.
@@ -33,6 +73,10 @@ impl Outcome {
             Outcome::Returned(_) => Ending::Finished,
             Outcome::Failed(_) => Ending::Failed,
             Outcome::Stopped => Ending::Stopped,
+            Outcome::Retry { max, intervals, .. } => Ending::Retried {
+                max: *max,
+                intervals: intervals.clone(),
+            },
         }
     }
 
@@ -40,10 +84,12 @@ impl Outcome {
     /// `exc_string`.
     pub fn payload(&self) -> String {
         match self {
-            Outcome::Returned(v) if v.is_null() => String::new(),
-            Outcome::Returned(v) => result::encode_return_value(v),
+            Outcome::Returned(v) if v.is_none() => String::new(),
+            Outcome::Returned(ReturnValue::Json(v)) => result::encode_return_value(v),
+            Outcome::Returned(ReturnValue::Serialized { base64, .. }) => base64.clone(),
             Outcome::Failed(f) => result::encode_exc_string(&f.exc_string()),
             Outcome::Stopped => result::encode_exc_string(STOPPED),
+            Outcome::Retry { base64, .. } => base64.clone(),
         }
     }
 
@@ -194,13 +240,16 @@ impl JobFailure {
         }
     }
 
-    /// The first line, for the worker's log.
+    /// One line for the worker's log: the first, or for a Python traceback its last (the
+    /// exception and its message).
     pub fn summary(&self) -> String {
-        self.exc_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let text = self.exc_string();
+        let line = if text.starts_with("Traceback (most recent call last):") {
+            text.lines().rev().find(|l| !l.trim().is_empty())
+        } else {
+            text.lines().next()
+        };
+        line.unwrap_or_default().to_string()
     }
 }
 
@@ -247,7 +296,7 @@ mod tests {
                 .starts_with("UnknownFunction: no handler for function \"other\"")
         );
         assert!(unknown.summary().contains("tasks.mail.send"));
-        assert_eq!(Outcome::Returned(Value::Null).payload(), "");
+        assert_eq!(Outcome::Returned(Value::Null.into()).payload(), "");
         assert!(Outcome::Failed(JobFailure::Raised("E: x\n".into())).allows_retry());
         assert!(!Outcome::Stopped.allows_retry());
     }

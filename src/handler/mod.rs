@@ -10,8 +10,9 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use crate::config::HandlerSpec;
-use crate::execution::{CommandHandler, Handler, NativeHandler};
+use crate::execution::{CommandHandler, Handler, JobFailure, NativeHandler};
 pub use crate::execution::{JobCall, JobError};
+use crate::protocol::payload::{self, Call, PayloadError};
 
 /// Function names to handlers. Exact names win over globs; among globs the longest
 /// pattern (the most specific) wins.
@@ -19,6 +20,8 @@ pub use crate::execution::{JobCall, JobError};
 pub struct Registry {
     exact: HashMap<String, Rc<dyn Handler>>,
     globs: Vec<(String, Rc<dyn Handler>)>,
+    /// What runs a name nothing declares (Python, with the `python` feature).
+    fallback: Option<Rc<dyn Handler>>,
 }
 
 impl Registry {
@@ -42,6 +45,44 @@ impl Registry {
 
     pub fn add_builtins(&mut self) {
         builtin::register(self);
+    }
+
+    /// Runs every job whose function no declared handler runs, and every payload the worker
+    /// cannot decode, when that handler reads such payloads.
+    pub fn set_fallback(&mut self, handler: Rc<dyn Handler>) {
+        self.fallback = Some(handler);
+    }
+
+    /// The handler for a job, from its payload `data` decoded (or why it could not be).
+    /// Declared handlers win; the fallback takes the rest, and the payloads it can read that
+    /// the worker cannot.
+    pub fn resolve(
+        &self,
+        data: &[u8],
+        decoded: &Result<Call, PayloadError>,
+    ) -> Result<Rc<dyn Handler>, JobFailure> {
+        let fallback = self.fallback.as_ref();
+        match decoded {
+            Ok(call) => match self.lookup(&call.func_name).or(fallback) {
+                Some(h) => Ok(Rc::clone(h)),
+                None => Err(JobFailure::UnknownFunction {
+                    func_name: call.func_name.clone(),
+                    known: self.names(),
+                }),
+            },
+            // JSON with NaN or Infinity: Python reads it, but a declared (native or command)
+            // handler could not be given those numbers.
+            Err(PayloadError::NonFiniteNumber)
+                if fallback.is_some()
+                    && payload::peek_func_name(data).is_some_and(|f| self.lookup(&f).is_none()) =>
+            {
+                Ok(Rc::clone(fallback.expect("checked")))
+            }
+            Err(e) => match fallback {
+                Some(h) if h.reads_payload(e) => Ok(Rc::clone(h)),
+                _ => Err(JobFailure::Deserialization(e.clone())),
+            },
+        }
     }
 
     fn insert(&mut self, name: &str, handler: Rc<dyn Handler>) {
@@ -75,8 +116,9 @@ impl Registry {
         names
     }
 
+    /// Nothing would run any job: no declared handler and no fallback.
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.globs.is_empty()
+        self.exact.is_empty() && self.globs.is_empty() && self.fallback.is_none()
     }
 }
 

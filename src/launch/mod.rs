@@ -29,6 +29,11 @@ use crate::config::LogFormat;
 pub use crate::config::REDIS_URL_ENV;
 use handoff::{Handoff, WORKER_FD};
 
+/// A worker's exit status when jobs could not start in its environment (process or file
+/// limits, a missing program, an interpreter that cannot start; the jobs went back to their
+/// queues): the supervisor reads it as a worker that cannot work here, not as a crash.
+pub const EXIT_ENVIRONMENT: i32 = 3;
+
 /// Set by rq-supervisor to its own pid in every worker's environment, so a worker can tell
 /// that its supervisor died (its parent pid changed) and stop cold (see `worker::signals`).
 pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
@@ -37,6 +42,10 @@ pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";
 /// options with these. They are in `docs/supervisor.md` too, and custom worker programs
 /// (`program = ...`) built with the library parse them with the same `WorkerArgs`.
 pub mod flag {
+    /// `rq-supervisor worker ...`: the worker built into the supervisor's own executable,
+    /// which pools without `program` run. (A separate `rqworker` next to it could be another
+    /// program: Python RQ installs a script of that name in every virtualenv.)
+    pub const WORKER: &str = "worker";
     /// `-c`, short for `--config`: the form the supervisor has always written.
     pub const CONFIG: char = 'c';
     pub const CONFIG_FD: &str = "config-fd";
@@ -63,6 +72,8 @@ pub fn default_worker_name(hostname: &str, pid: u32) -> String {
 pub struct Launch {
     /// The worker binary.
     pub program: PathBuf,
+    /// `program` is rq-supervisor itself, run as its built-in worker (`worker` first).
+    pub builtin: bool,
     /// The pool file's absolute path, for the worker's messages and relative paths; the
     /// worker reads the file's text from the handoff, not from this path.
     pub config_path: PathBuf,
@@ -82,19 +93,30 @@ pub struct Launch {
     /// The pool's `user` and `group` ids, applied when the supervisor runs as root.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The pool's `cwd`: the app's project directory, where Python jobs import from.
+    pub cwd: Option<PathBuf>,
+    /// The pool's `env`, on top of the supervisor's environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// More `rqworker` options, written before the queues (a command-line pool's worker
+    /// options: `--path`, `--serializer`, `--log-format`...).
+    pub extra_args: Vec<OsString>,
 }
 
 impl Launch {
     /// The worker's arguments (after the program name).
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = Vec::new();
+        if self.builtin {
+            args.push(flag::WORKER.into());
+        }
+        args.extend::<[OsString; 6]>([
             format!("-{}", flag::CONFIG).into(),
             self.config_path.clone().into(),
             long(flag::CONFIG_FD),
             WORKER_FD.to_string().into(),
             long(flag::POOL),
             self.pool.clone().into(),
-        ];
+        ]);
         if self.burst {
             args.push(long(flag::BURST));
         }
@@ -104,6 +126,7 @@ impl Launch {
         if let Some(f) = self.log_format {
             args.extend([long(flag::LOG_FORMAT), f.name().into()]);
         }
+        args.extend(self.extra_args.iter().cloned());
         // Queue names may start with a dash.
         args.push("--".into());
         args.extend(self.queues.iter().map(OsString::from));
@@ -131,10 +154,15 @@ impl Launch {
     /// stay open until the command is spawned.
     pub(crate) fn command(&self, handoff_fd: RawFd) -> Command {
         let mut cmd = Command::new(&self.program);
+        // The pool's variables first: the contract's own must not be overridden by them.
         cmd.args(self.args())
+            .envs(&self.env)
             .envs(self.envs())
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         // `user`/`group`: std sets the group, drops supplementary groups and sets the user
         // before the pre_exec closure below runs, so the parent-death signal is set after
         // the credentials change (a change of credentials would clear it).
@@ -188,6 +216,7 @@ mod tests {
     fn launch() -> Launch {
         Launch {
             program: "/opt/rq/rqworker".into(),
+            builtin: false,
             config_path: "/etc/rq/pool.toml".into(),
             pool: "fast".into(),
             // A queue that looks like a flag must stay a queue.
@@ -199,6 +228,9 @@ mod tests {
             supervisor: Pid::from_raw(4242),
             uid: None,
             gid: None,
+            cwd: None,
+            env: Default::default(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -220,7 +252,10 @@ mod tests {
         assert_eq!(a.queues, l.queues);
         assert!(a.burst);
         assert_eq!(a.max_jobs, Some(523));
-        assert_eq!(a.log_format, Some(LogFormat::Json));
+        assert_eq!(
+            a.log_format,
+            Some(crate::worker::cli::LogFormatArg::Named(LogFormat::Json))
+        );
         // Nothing else is set: the rest comes from the pool file.
         assert_eq!(a.url, None);
         assert_eq!(a.name, None);
@@ -246,6 +281,22 @@ mod tests {
         assert_eq!(a.max_jobs, None);
         assert_eq!(a.log_format, None);
         assert_eq!(a.queues, ["default"]);
+    }
+
+    #[test]
+    fn the_built_in_worker_gets_the_same_arguments_after_worker() {
+        let l = Launch {
+            program: "/usr/bin/rq-supervisor".into(),
+            builtin: true,
+            ..launch()
+        };
+        let args = l.args();
+        assert_eq!(args[0], flag::WORKER);
+        assert_eq!(args[1..], launch().args()[..]);
+        // What rq-supervisor's main does with it: drop `worker`, parse the rest as rqworker.
+        let argv = std::iter::once(OsString::from("rq-supervisor")).chain(args.into_iter().skip(1));
+        let a = WorkerArgs::try_parse_from(argv).unwrap();
+        assert_eq!(a.pool.as_deref(), Some("fast"));
     }
 
     #[test]

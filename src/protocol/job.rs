@@ -10,8 +10,6 @@ use super::defaults;
 #[derive(Debug, Clone, Default)]
 pub struct JobRecord {
     pub id: String,
-    /// The raw `data` field; decode it with [`super::payload::decode`].
-    pub data: Vec<u8>,
     pub status: String,
     /// The queue name the job was enqueued to; registries are found from it.
     pub origin: String,
@@ -20,8 +18,6 @@ pub struct JobRecord {
     pub timeout: Option<i64>,
     pub result_ttl: Option<i64>,
     pub failure_ttl: Option<i64>,
-    /// The `meta` field as stored (JSON text for JSON producers).
-    pub meta: Vec<u8>,
     pub retries_left: Option<i64>,
     pub retry_intervals: Vec<i64>,
     pub enqueue_at_front_on_retry: bool,
@@ -34,18 +30,21 @@ pub struct JobRecord {
     pub callbacks: Vec<(String, String)>,
     /// RQ 2.10+ webhooks, which this worker does not send (it says so in the log).
     pub has_webhooks: bool,
+    /// Every field of the hash as stored (`data`, `meta`, and those not parsed above), for the
+    /// Python runner, which reads the job as RQ's `Job.restore` does.
+    pub fields: HashMap<String, Vec<u8>>,
 }
 
 impl JobRecord {
     /// Builds the record from the hash fields. An empty map means the hash is gone.
-    pub fn from_hash(id: &str, mut fields: HashMap<String, Vec<u8>>) -> Option<JobRecord> {
+    pub fn from_hash(id: &str, fields: HashMap<String, Vec<u8>>) -> Option<JobRecord> {
         if fields.is_empty() {
             return None;
         }
-        let mut text = |name: &str| {
+        let text = |name: &str| {
             fields
-                .remove(name)
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
         let int = |s: String| s.trim().parse::<i64>().ok();
@@ -75,8 +74,6 @@ impl JobRecord {
         .collect();
         Some(JobRecord {
             id: id.to_string(),
-            data: fields.remove("data").unwrap_or_default(),
-            meta: fields.remove("meta").unwrap_or_default(),
             status,
             origin,
             description,
@@ -93,6 +90,7 @@ impl JobRecord {
             worker_name,
             callbacks,
             has_webhooks,
+            fields,
         })
     }
 
@@ -129,7 +127,18 @@ impl JobRecord {
 
     /// The meta dict as JSON, or `null` when absent or not JSON (e.g. pickled by Python).
     pub fn meta_json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.meta).unwrap_or(serde_json::Value::Null)
+        self.fields
+            .get("meta")
+            .and_then(|m| serde_json::from_slice(m).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The raw `data` field; decode it with [`super::payload::decode`].
+    pub fn data(&self) -> &[u8] {
+        self.fields
+            .get("data")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 

@@ -56,6 +56,18 @@ pub enum PayloadError {
     TooLarge,
 }
 
+/// The function name at the start of a JSON payload that did not decode as a whole (it has
+/// NaN or Infinity, which Python's json module reads and writes): `["name", ...`.
+pub fn peek_func_name(data: &[u8]) -> Option<String> {
+    let inflated = inflate(data).unwrap_or_else(|_| data.to_vec());
+    let text = std::str::from_utf8(&inflated).ok()?;
+    let rest = text.trim_start().strip_prefix('[')?;
+    serde_json::Deserializer::from_str(rest)
+        .into_iter::<String>()
+        .next()?
+        .ok()
+}
+
 /// Most a job payload may inflate to. Redis stores at most 512 MB per value, but a small
 /// zlib stream can inflate to many gigabytes; without a cap one bad job could exhaust the
 /// worker's memory.

@@ -18,6 +18,7 @@ mod registrations;
 mod scheduler;
 pub mod script;
 mod settle;
+mod unclaim;
 
 use redis::{Connection, RedisError};
 
@@ -29,6 +30,7 @@ pub use maintenance::Report as MaintenanceReport;
 pub use registrations::Registration;
 pub use scheduler::Tick as SchedulerTick;
 pub use settle::{Ending, Settlement, Verdict};
+pub use unclaim::Unclaimed;
 
 /// A Redis operation failed; the connection has been dropped.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,18 @@ impl StoreError {
         match self {
             StoreError::Redis { source, .. } => loading(source),
             StoreError::Connect(ConnError::Connect { source, .. }) => loading(source),
+            _ => false,
+        }
+    }
+
+    /// True when Redis could not be reached at all (refused, not there, timed out, or no
+    /// socket could be opened): waiting cures it, unlike a refusal.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Redis { source, .. } => crate::conn::is_unreachable(source),
+            StoreError::Connect(ConnError::Connect { source, .. }) => {
+                crate::conn::is_unreachable(source)
+            }
             _ => false,
         }
     }

@@ -14,6 +14,12 @@
 --  13 `1` when the worker is alive and its counters are to be updated (empty: the worker is
 --     dead and its record must not be touched)
 --  14 `1` if a failure may be retried
+--  15 for `retried` (the job returned RQ's `Retry`): its max and intervals, `max i1 i2 ...`
+--
+-- Outcomes besides those: `failed-unrecorded` is a failure under RQ's
+-- --disable-default-exception-handler (status failed, retries honoured, but no
+-- failed-registry entry and no result); `retried` records RQ 2.x's returned-`Retry` path
+-- (result type 4 and a new run, or type 5 once `number_of_retries` reaches the max).
 --
 -- Returns what happened: `finished`, `repeated`, `failed`, `stopped`, `requeued`, `scheduled`,
 -- `gone` when the job hash no longer exists, or `unknown` when the execution is not (or no
@@ -33,6 +39,8 @@ local function sane_ttl(v)
 end
 local default_result_ttl = sane_ttl(ARGV[11]) or 500
 local payload, alive, allow_retry = ARGV[12], ARGV[13] ~= '', ARGV[14] == '1'
+local record_failure = outcome ~= 'failed-unrecorded'
+if not record_failure then outcome = 'failed' end
 local jkey = KEY_JOB .. id
 local wkey = KEY_WORKER .. worker
 local wip = KEY_WIP .. q
@@ -70,7 +78,7 @@ end
 
 local job = redis.call('HMGET', jkey, 'status', 'result_ttl', 'failure_ttl', 'retries_left',
   'retry_intervals', 'enqueue_at_front_on_retry', 'repeats_left', 'repeat_intervals',
-  'dependency_ids')
+  'dependency_ids', 'number_of_retries')
 -- Every RQ job has a status; without one the hash is gone (deleted or expired meanwhile).
 if not job[1] then return 'gone' end
 local dependents_key = key_dependents(id)
@@ -199,6 +207,47 @@ if outcome == 'finished' then
   return 'finished'
 end
 
+-- The job returned a Retry (RQ 2.x Job._handle_retry_result): a RETRIED result (type 4), then
+-- queued again or scheduled after its interval, counting number_of_retries; once that count
+-- has reached the Retry's max, a terminal failure with a MAX_RETRIES_EXCEEDED result (type 5).
+if outcome == 'retried' then
+  local spec = {}
+  for n in string.gmatch(ARGV[15] or '', '%S+') do table.insert(spec, tonumber(n) or 0) end
+  local max = spec[1] or 1
+  local done = tonumber(job[10]) or 0
+  local failure_ttl = sane_ttl(job[3])
+  local function result_ttl(kind)
+    add_result(kind, 'return_value')
+    if failure_ttl then
+      if failure_ttl == -1 then
+        redis.call('PERSIST', KEY_RESULTS .. id)
+      else
+        redis.call('EXPIRE', KEY_RESULTS .. id, failure_ttl)
+      end
+    end
+  end
+  if done > 0 and done >= max then
+    local ttl = failure_ttl or 31536000
+    set_ended('failed')
+    redis.call('ZADD', KEY_FAILED .. q, ttl < 0 and ttl or inow + ttl, id)
+    result_ttl('5')
+    enqueue_dependents('failed')
+    apply_ttl(ttl)
+    return 'failed'
+  end
+  result_ttl('4')
+  local interval = 0
+  if #spec > 1 then interval = spec[math.min(#spec - 1, done + 1) + 1] or 0 end
+  if interval > 0 then
+    set_ended('scheduled', 'number_of_retries', done + 1)
+    redis.call('ZADD', KEY_SCHEDULED .. q, inow + interval, id)
+    return 'scheduled'
+  end
+  set_ended('queued', 'number_of_retries', done + 1, 'enqueued_at', iso)
+  redis.call('RPUSH', KEY_QUEUE .. q, id)
+  return 'requeued'
+end
+
 local retries_left = tonumber(job[4]) or 0
 if outcome == 'failed' and allow_retry and retries_left > 0 then
   local list = intervals(job[5])
@@ -227,6 +276,8 @@ local failure_ttl = sane_ttl(job[3])
 local ttl = failure_ttl or 31536000
 set_ended(outcome)
 if outcome == 'failed' then enqueue_dependents('failed') end
+-- RQ's --disable-default-exception-handler skips exactly this record of the failure.
+if not record_failure then return 'failed' end
 if ttl < 0 then
   redis.call('ZADD', KEY_FAILED .. q, ttl, id)
 else

@@ -16,19 +16,40 @@ pub(super) static SETTLE: LazyLock<Script> =
     LazyLock::new(|| script::guarded("settle", include_str!("settle.lua")));
 
 /// The ending a settle records; what RQ calls the outcome of an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     Finished,
     Failed,
+    /// Failed under RQ's `--disable-default-exception-handler`: status failed and retries
+    /// honoured, but no failed-registry entry and no result.
+    FailedUnrecorded,
     Stopped,
+    /// The job returned RQ's `Retry(max, interval)`.
+    Retried {
+        max: u32,
+        intervals: Vec<u64>,
+    },
 }
 
 impl Ending {
-    fn as_arg(self) -> &'static str {
+    fn as_arg(&self) -> &'static str {
         match self {
             Ending::Finished => "finished",
             Ending::Failed => "failed",
+            Ending::FailedUnrecorded => "failed-unrecorded",
             Ending::Stopped => "stopped",
+            Ending::Retried { .. } => "retried",
+        }
+    }
+
+    /// settle.lua's ARGV[15].
+    fn retry_spec(&self) -> String {
+        match self {
+            Ending::Retried { max, intervals } => std::iter::once(max.to_string())
+                .chain(intervals.iter().map(u64::to_string))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
         }
     }
 }
@@ -130,7 +151,8 @@ impl<'a> Settlement<'a> {
             .arg(self.default_result_ttl)
             .arg(&self.payload)
             .arg(if self.alive { "1" } else { "" })
-            .arg(if self.allow_retry { "1" } else { "0" });
+            .arg(if self.allow_retry { "1" } else { "0" })
+            .arg(self.ending.retry_spec());
         cmd
     }
 

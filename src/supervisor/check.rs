@@ -8,8 +8,9 @@ use std::path::Path;
 use crate::config::{Config, LogFormat, LogLevel, PoolSpec};
 use crate::conn::{RedisTarget, TlsPaths};
 
-/// Says what is wrong when a pool's program cannot be run (the default `rqworker` missing
-/// next to `rq-supervisor`; a pool's own program is checked when the file is loaded).
+/// Says what is wrong when a pool's program cannot be run (the supervisor's own executable,
+/// whose built-in worker pools without `program` run, cannot be found; a pool's own program
+/// is checked when the file is loaded).
 pub fn program_problem(cfg: &Config, default_program: Option<&Path>) -> Option<String> {
     if cfg.pools.iter().all(|p| p.program.is_some()) {
         return None;
@@ -17,10 +18,10 @@ pub fn program_problem(cfg: &Config, default_program: Option<&Path>) -> Option<S
     match default_program {
         Some(p) if p.is_file() => None,
         Some(p) => Some(format!(
-            "{} is missing: the pools without `program` run the rqworker installed next to rq-supervisor; install both binaries together, or set program = \"/path/to/rqworker\" in each [pools.NAME]",
+            "{} is missing: the pools without `program` run the worker built into rq-supervisor's own executable, which was moved or deleted while running; reinstall rq-supervisor, or set program = \"/path/to/rqworker\" in each [pools.NAME]",
             p.display()
         )),
-        None => Some("cannot find the rq-supervisor executable's directory to locate rqworker; set program in each [pools.NAME]".into()),
+        None => Some("cannot find rq-supervisor's own executable, whose built-in worker the pools without `program` run; set program in each [pools.NAME]".into()),
     }
 }
 
@@ -104,6 +105,7 @@ pub fn render(
     for p in &cfg.pools {
         pool(&mut o, cfg, p, default_program);
     }
+    python(&mut o, &cfg.python);
     if cfg.handlers.is_empty() {
         let _ = writeln!(o, "handlers: none declared");
     } else {
@@ -126,6 +128,46 @@ pub fn render(
     o
 }
 
+/// `[python]`, with what each unset key means.
+fn python(o: &mut String, p: &crate::config::PythonSettings) {
+    let _ = writeln!(
+        o,
+        "[python] (the app's own job functions; see docs/python.md)"
+    );
+    let _ = writeln!(
+        o,
+        "  executable = {}",
+        p.executable.as_ref().map_or_else(
+            || "$VIRTUAL_ENV's python, else python3 on PATH".to_string(),
+            |e| e.display().to_string()
+        )
+    );
+    let paths: Vec<String> = p.paths.iter().map(|d| d.display().to_string()).collect();
+    let _ = writeln!(
+        o,
+        "  path = the working directory{}",
+        if paths.is_empty() {
+            String::new()
+        } else {
+            format!(", then {}", paths.join(", "))
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  preload = {}",
+        if p.preload.is_empty() {
+            "none (the interpreter starts with the first Python job)".to_string()
+        } else {
+            p.preload.join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  serializer = {}",
+        p.serializer.as_deref().unwrap_or("pickle or JSON, per job")
+    );
+}
+
 fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Path>) {
     let _ = writeln!(o, "[pools.{}]", p.name);
     let _ = writeln!(o, "  queues = {}", p.queues.join(", "));
@@ -133,10 +175,20 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
     let _ = writeln!(o, "  burst = {}", p.burst);
     let program = match (&p.program, default_program) {
         (Some(prog), _) => prog.display().to_string(),
-        (None, Some(def)) => format!("{} (default)", def.display()),
-        (None, None) => "rqworker (default)".to_string(),
+        (None, Some(def)) => format!("{} worker (built in, the default)", def.display()),
+        (None, None) => "rq-supervisor worker (built in, the default)".to_string(),
     };
     let _ = writeln!(o, "  program = {program}");
+    if let Some(dir) = &p.cwd {
+        let _ = writeln!(o, "  cwd = {}", dir.display());
+    }
+    if !p.env.is_empty() {
+        let keys: Vec<&str> = p.env.keys().map(String::as_str).collect();
+        let _ = writeln!(o, "  env = {}", keys.join(", "));
+    }
+    if let Some(py) = &p.python {
+        let _ = writeln!(o, "  python = {}", py.display());
+    }
     if p.user.is_some() || p.group.is_some() {
         let show = |a: &Option<crate::config::Account>| {
             a.as_ref()

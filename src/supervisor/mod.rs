@@ -40,11 +40,26 @@ pub const EXIT_FAILURE: i32 = 1;
 
 /// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
 pub fn main() -> Result<(), i32> {
-    let (path, command) = match cli::Cli::from_env() {
+    let (source, command) = match cli::Cli::from_env() {
         Ok(parsed) => parsed,
         Err(done) => return done,
     };
-    let (cfg, text) = match Config::read(&path) {
+    let (path, read, worker_args) = match source {
+        cli::Source::File(path) => {
+            let read = Config::read(&path);
+            (path, read, Vec::new())
+        }
+        cli::Source::CommandLine { text, worker_args } => {
+            // A label for messages; relative paths start at the working directory.
+            let path = std::env::current_dir()
+                .unwrap_or_default()
+                .join("(command line)");
+            let read = Config::parse(&path, &text).map(|cfg| (cfg, text));
+            (path, read, worker_args)
+        }
+    };
+    let from_file = worker_args.is_empty() && path.is_file();
+    let (cfg, text) = match read {
         Ok(read) => read,
         Err(e) => {
             eprintln!("rq-supervisor: {e}");
@@ -91,6 +106,8 @@ pub fn main() -> Result<(), i32> {
             }
             let start = runtime::Start {
                 config_path: path,
+                from_file,
+                worker_args,
                 config_text: text,
                 redis_url,
                 tls_paths,
@@ -157,17 +174,18 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         start.target.masked(),
         humantime::format_duration(cfg.shutdown_budget())
     );
-    let program = default_program.unwrap_or_else(|| PathBuf::from("rqworker"));
+    let program = default_program.unwrap_or_else(|| PathBuf::from("rq-supervisor"));
     let rt = runtime::Runtime::new(&cfg, start, program, rx);
     let code = rt.run();
     handle.close();
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
-/// The `rqworker` binary installed next to this executable.
+/// This executable: pools without `program` run its built-in worker (`rq-supervisor
+/// worker`), so a supervisor never starts someone else's `rqworker` (Python RQ installs a
+/// script of that name in every virtualenv that has it).
 pub fn default_program() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.join("rqworker"))
+    std::env::current_exe().ok()
 }
 
 /// Every exposure warning: the config file (see [`exposure_warning`]) and a TLS client key

@@ -37,6 +37,9 @@ pub struct Pool {
     /// No start before this instant (crash backoff).
     pub next_start: Option<Instant>,
     pub(super) roll: Option<RollStep>,
+    /// Why the pool is degraded, when its workers cannot work in this environment (shown
+    /// until it recovers).
+    pub degraded_reason: Option<String>,
 }
 
 impl Pool {
@@ -57,6 +60,7 @@ pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
         restart: RestartTracker::default(),
         next_start: None,
         roll: None,
+        degraded_reason: None,
         spec: spec.clone(),
     }
 }
@@ -65,8 +69,17 @@ pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
 pub(super) fn fingerprint(cfg: &Config, pool: &PoolSpec) -> String {
     let spec = serde_json::to_string(&cfg.worker_for_pool(pool)).unwrap_or_default();
     let handlers = serde_json::to_string(&cfg.handlers).unwrap_or_default();
+    let python = serde_json::to_string(&cfg.python).unwrap_or_default();
     format!(
-        "queues={:?} burst={} program={:?} max_jobs={:?} user={:?} group={:?} worker={spec} handlers={handlers}",
-        pool.queues, pool.burst, pool.program, pool.max_jobs, pool.user, pool.group
+        "queues={:?} burst={} program={:?} max_jobs={:?} user={:?} group={:?} cwd={:?} env={:?} python={:?} worker={spec} handlers={handlers} [python]={python}",
+        pool.queues,
+        pool.burst,
+        pool.program,
+        pool.max_jobs,
+        pool.user,
+        pool.group,
+        pool.cwd,
+        pool.env,
+        pool.python
     )
 }

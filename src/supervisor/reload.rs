@@ -143,8 +143,11 @@ fn describe_change(old: &PoolSpec, new: &PoolSpec) -> String {
     if old.worker != new.worker {
         what.push("[worker] overrides".to_string());
     }
+    if old.cwd != new.cwd || old.env != new.env || old.python != new.python {
+        what.push("cwd/env/python".to_string());
+    }
     if what.is_empty() {
-        what.push("[worker] or [handlers]".to_string());
+        what.push("[worker], [python] or [handlers]".to_string());
     }
     what.join(", ")
 }

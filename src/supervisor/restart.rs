@@ -97,6 +97,25 @@ impl RestartTracker {
         }
     }
 
+    /// A worker left because jobs cannot start in this environment (it exited with
+    /// `launch::EXIT_ENVIRONMENT`, or could not be spawned for a process or file limit): no
+    /// backoff ladder, the pool is degraded at once and tries again every
+    /// `degraded_interval`, so a host out of processes or files is never a restart loop.
+    pub fn record_environment_failure(&mut self, now: Instant, policy: &RestartPolicy) -> Verdict {
+        self.consecutive = self.consecutive.saturating_add(1);
+        self.failures.push_back(now);
+        let was = self.degraded;
+        self.degraded = true;
+        let d = policy.degraded_interval.0;
+        Verdict {
+            delay: d,
+            ceiling: d,
+            in_window: self.failures.len() as u32,
+            degraded: true,
+            became_degraded: !was,
+        }
+    }
+
     /// Recovery: a worker started after the latest failure has now run for the whole
     /// failure window. Returns true when this call reset the tracker.
     pub fn check_recovery(

@@ -39,6 +39,10 @@ const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
 /// What `main` resolved before the loop starts.
 pub struct Start {
     pub config_path: PathBuf,
+    /// False for a pool given on the command line (`-n N QUEUE...`): nothing to reload.
+    pub from_file: bool,
+    /// Options every worker is started with (the command-line pool's worker options).
+    pub worker_args: Vec<std::ffi::OsString>,
     /// The pool file's text as validated; handed to every worker (see `launch::handoff`).
     pub config_text: String,
     pub redis_url: String,
@@ -52,9 +56,14 @@ pub struct Start {
 pub struct Runtime {
     state: State,
     config_path: PathBuf,
+    /// False for a command-line pool: SIGHUP has no file to read.
+    from_file: bool,
+    /// Options every worker is started with.
+    worker_args: Vec<std::ffi::OsString>,
     /// The text of the last pool file accepted (at start or by a reload).
     config_text: String,
-    /// `rqworker` next to the `rq-supervisor` executable.
+    /// This executable, whose built-in worker (`rq-supervisor worker`) pools without
+    /// `program` run.
     default_program: PathBuf,
     redis_url: String,
     tls_paths: TlsPaths,
@@ -81,6 +90,8 @@ impl Runtime {
     ) -> Runtime {
         let Start {
             config_path,
+            from_file,
+            worker_args,
             config_text,
             redis_url,
             tls_paths,
@@ -91,6 +102,8 @@ impl Runtime {
         Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
+            from_file,
+            worker_args,
             config_text,
             default_program,
             redis_url,
@@ -192,6 +205,11 @@ impl Runtime {
 
     /// SIGHUP: fresh health readings, then the file read again (or why it was refused).
     fn reload(&mut self) -> Vec<Event> {
+        if !self.from_file {
+            return vec![Event::ReloadFailed(
+                "the pool was given on the command line (-n N QUEUE...), so there is no pool file to read again; restart rq-supervisor with the new options, or run it with -c pool.toml to reload on SIGHUP".into(),
+            )];
+        }
         log::info!("SIGHUP: reloading {}", self.config_path.display());
         let fresh = self.health(false);
         let reload = match Config::read(&self.config_path) {
@@ -244,6 +262,15 @@ impl Runtime {
                     Err(e) => Event::SpawnFailed {
                         id: spec.id,
                         error: e.to_string(),
+                        environment: matches!(
+                            e.raw_os_error(),
+                            Some(
+                                nix::libc::EAGAIN
+                                    | nix::libc::ENOMEM
+                                    | nix::libc::EMFILE
+                                    | nix::libc::ENFILE
+                            )
+                        ),
                     },
                 };
                 pending.extend(self.handle(event));
@@ -269,6 +296,7 @@ impl Runtime {
 
     fn spawn(&self, spec: &SpawnSpec) -> io::Result<Child> {
         let launch = Launch {
+            builtin: spec.program.is_none(),
             program: spec
                 .program
                 .clone()
@@ -283,6 +311,9 @@ impl Runtime {
             supervisor: self.me,
             uid: spec.uid,
             gid: spec.gid,
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
+            extra_args: self.worker_args.clone(),
         };
         // The worker gets the pool file's text and the TLS files from us on a descriptor,
         // not from disk: it may run as a user who cannot read them (see launch::handoff).

@@ -73,6 +73,8 @@ pub enum Event {
     SpawnFailed {
         id: WorkerId,
         error: String,
+        /// The cause is a process or file limit (EAGAIN, ENOMEM, EMFILE, ENFILE).
+        environment: bool,
     },
     Exited {
         id: WorkerId,
@@ -102,6 +104,9 @@ pub struct SpawnSpec {
     /// The pool's `user` and `group` ids, applied when the supervisor runs as root.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The pool's `cwd` and `env`.
+    pub cwd: Option<PathBuf>,
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -418,7 +423,11 @@ impl State {
                     }
                 }
             }
-            Event::SpawnFailed { id, error } => {
+            Event::SpawnFailed {
+                id,
+                error,
+                environment,
+            } => {
                 if let Some(w) = self.workers.remove(&id) {
                     out.log(
                         Level::Error,
@@ -426,7 +435,16 @@ impl State {
                         None,
                         format!("cannot start a worker: {error}"),
                     );
-                    self.failure(now, &w.pool, out);
+                    if environment {
+                        self.environment_failure(
+                            now,
+                            &w.pool,
+                            format!("cannot start workers: {error}"),
+                            out,
+                        );
+                    } else {
+                        self.failure(now, &w.pool, out);
+                    }
                 }
             }
             Event::Exited { id, how } => self.on_exit(now, id, how, out),
@@ -555,6 +573,45 @@ impl State {
                 ),
             );
         }
+    }
+
+    /// A worker that cannot work here: the pool turns degraded at once, with `reason`, and
+    /// tries again every `degraded_interval`.
+    fn environment_failure(
+        &mut self,
+        now: Instant,
+        pool_name: &str,
+        reason: String,
+        out: &mut Out,
+    ) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let Some(pool) = self.pools.get_mut(pool_name) else {
+            return;
+        };
+        let v = pool
+            .restart
+            .record_environment_failure(now, &pool.spec.restart);
+        pool.next_start = Some(now + v.delay);
+        pool.degraded_reason = Some(reason.clone());
+        out.pool(
+            if v.became_degraded {
+                Level::Error
+            } else {
+                Level::Warn
+            },
+            pool_name,
+            format!(
+                "pool {}: {reason}; next attempt in {}",
+                if v.became_degraded {
+                    "DEGRADED"
+                } else {
+                    "still degraded"
+                },
+                secs(v.delay)
+            ),
+        );
     }
 
     fn failure(&mut self, now: Instant, pool_name: &str, out: &mut Out) {
@@ -699,6 +756,22 @@ impl State {
                     how.describe()
                 ),
             ),
+            (false, _) if how == ExitKind::Code(crate::launch::EXIT_ENVIRONMENT) => {
+                out.worker(
+                    Level::Warn,
+                    &w,
+                    format!(
+                        "pid {pid} {}: jobs could not start in its environment (its last lines say why); they are back on their queues",
+                        how.describe()
+                    ),
+                );
+                self.environment_failure(
+                    now,
+                    &w.pool,
+                    "its workers cannot start jobs in this environment (exit status 3: a process or file limit, a missing program, or an interpreter that cannot start; the workers' logs name it)".into(),
+                    out,
+                );
+            }
             (false, _) => {
                 let uptime = now.saturating_duration_since(w.spawned_at);
                 let min_uptime = self
@@ -791,6 +864,7 @@ impl State {
             .check_recovery(now, &pool.spec.restart, survivor)
         {
             pool.next_start = None;
+            pool.degraded_reason = None;
             out.pool(
                 if was_degraded {
                     Level::Warn
@@ -891,6 +965,8 @@ impl State {
             max_jobs: w.max_jobs,
             uid: pool.spec.user.as_ref().map(|u| u.id),
             gid: pool.spec.group.as_ref().map(|g| g.id),
+            cwd: pool.spec.cwd.clone(),
+            env: pool.spec.env.clone(),
         }
     }
 

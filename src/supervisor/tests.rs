@@ -621,7 +621,49 @@ fn spawn_failure_counts_as_a_failure() {
     h.feed(Event::SpawnFailed {
         id: s.id,
         error: "No such file or directory".into(),
+        environment: false,
     });
     assert!(h.logged("cannot start a worker: No such file"));
     assert!(h.logged("restart in"));
+}
+
+#[test]
+fn a_worker_that_cannot_work_here_degrades_its_pool_at_once_and_never_spins() {
+    let mut h = Harness::new(
+        "[supervisor]\nspawn_stagger = 0\n[pools.a]\nqueues = [\"q\"]\nworkers = 2\n[pools.a.restart]\ndegraded_interval = \"60s\"\n",
+    );
+    h.settle();
+    let pids = h.pids("a");
+    assert_eq!(pids.len(), 2);
+    // Long after start: not an early death, yet not a healthy one to replace at once.
+    h.advance(Duration::from_secs(30));
+    let acts = h.exit(pids[0], ExitKind::Code(crate::launch::EXIT_ENVIRONMENT));
+    assert!(spawns(&acts).is_empty());
+    assert!(h.logged("pool DEGRADED: its workers cannot start jobs in this environment"));
+    let pool = &h.st.pools["a"];
+    assert!(pool.restart.is_degraded());
+    assert!(
+        pool.degraded_reason
+            .as_deref()
+            .unwrap()
+            .contains("exit status 3")
+    );
+    // No replacement before degraded_interval, however many ticks.
+    for _ in 0..59 {
+        assert!(spawns(&h.advance(Duration::from_secs(1))).is_empty());
+    }
+    let acts = h.advance(Duration::from_secs(2));
+    let again = spawns(&acts);
+    assert_eq!(again.len(), 1, "it tries again after degraded_interval");
+    // A spawn refused for a process limit degrades the same way, without the backoff ladder.
+    let new_pid = h.pids("a").into_iter().max().unwrap();
+    let id = h.id_of(new_pid);
+    h.st.workers.get_mut(&id).unwrap().pid = None;
+    h.feed(Event::SpawnFailed {
+        id,
+        error: "Resource temporarily unavailable (os error 11)".into(),
+        environment: true,
+    });
+    assert!(h.logged("still degraded: cannot start workers: Resource temporarily unavailable"));
+    assert!(spawns(&h.advance(Duration::from_secs(30))).is_empty());
 }

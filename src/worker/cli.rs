@@ -9,7 +9,9 @@ use crate::config::{self, Config, HandlerSpec};
 use crate::conn::TlsMaterial;
 use crate::launch::flag;
 use crate::launch::handoff::Handoff;
-use crate::settings::{self, DequeueStrategy, LogFormat, LogLevel, WorkerSettings, WorkerSpec};
+use crate::settings::{
+    self, DequeueStrategy, LogFormat, LogLevel, PythonSettings, WorkerSettings, WorkerSpec,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,8 +21,9 @@ use crate::settings::{self, DequeueStrategy, LogFormat, LogLevel, WorkerSettings
              each in a forked work horse. Wire-compatible with Python RQ 2.12 (JSON serializer).",
     after_help = "Signals: the first SIGINT/SIGTERM finishes the current job, registers death and \
                   exits 0; the second kills the work horse, fails its job and still registers death.\n\
-                  Exit codes: 0 stopped cleanly, 1 runtime error (Redis unreachable, name taken), \
-                  2 bad usage or config."
+                  Exit codes: 0 stopped cleanly, 1 runtime error (name taken), \
+                  2 bad usage or config, 3 jobs could not start here (a process or file limit, a \
+                  missing program, an interpreter that cannot start; the jobs are back on their queues)."
 )]
 pub struct WorkerArgs {
     /// Queues to listen on, highest priority first.
@@ -66,20 +69,64 @@ pub struct WorkerArgs {
     #[arg(long = "dequeue-strategy", value_name = "STRATEGY")]
     pub dequeue_strategy: Option<DequeueStrategy>,
     /// Also move due scheduled jobs to their queues (enqueue_in / enqueue_at / retry intervals).
-    #[arg(long = "with-scheduler")]
+    #[arg(short = 's', long = "with-scheduler")]
     pub with_scheduler: bool,
-    /// Serializer; only JSON is supported (the option exists for `rq worker` compatibility).
+    /// Serializer of the jobs' payloads and results: json, pickle, or a dotted path to a class
+    /// with dumps() and loads(), as `rq worker -S`. Default: pickle or JSON, read per job (and
+    /// the result written with the job's own).
     #[arg(short = 'S', long = "serializer", value_name = "SERIALIZER")]
     pub serializer: Option<String>,
+    /// A directory to import the app's Python modules from, after the working directory (as
+    /// `rq worker -P`); repeatable.
+    #[arg(short = 'P', long = "path", value_name = "DIR")]
+    pub path: Vec<PathBuf>,
+    /// A Python module to import at start, before the first job, so every work horse starts
+    /// with it loaded; repeatable. An import error stops the worker (exit 2).
+    #[arg(long = "preload", value_name = "MODULE")]
+    pub preload: Vec<String>,
+    /// The Python interpreter whose packages the jobs import (default: $VIRTUAL_ENV's, else
+    /// python3 on PATH); it must be the Python version rqworker was built for.
+    #[arg(long = "python", value_name = "EXECUTABLE")]
+    pub python: Option<PathBuf>,
+    /// A Python exception handler, `module.function(job, exc_type, exc_value, traceback)`, run
+    /// in the work horse when a job fails, as `rq worker --exception-handler`; repeatable.
+    #[arg(long = "exception-handler", value_name = "DOTTED.PATH")]
+    pub exception_handler: Vec<String>,
+    /// As `rq worker -d`: a failed Python job is not recorded in the failed registry or its
+    /// results (its status still becomes failed).
+    #[arg(short = 'd', long = "disable-default-exception-handler")]
+    pub disable_default_exception_handler: bool,
     /// Log debug messages.
     #[arg(short = 'v', long = "verbose", conflicts_with = "quiet")]
     pub verbose: bool,
     /// Log only warnings and errors.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// Log format: text or json.
+    /// Log format: text, json, or a Python logging format string as `rq worker` takes
+    /// (e.g. '%(asctime)s %(levelname)s %(message)s').
     #[arg(long = flag::LOG_FORMAT, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<LogFormatArg>,
+    /// The date format of %(asctime)s in a Python log format (strftime; RQ's default %H:%M:%S).
+    #[arg(long = "date-format", value_name = "FORMAT")]
+    pub date_format: Option<String>,
+    /// The log level by name, as `rq worker --logging_level`: DEBUG, INFO, WARNING, ERROR.
+    #[arg(long = "logging_level", alias = "logging-level", value_name = "LEVEL")]
+    pub logging_level: Option<LogLevel>,
+    /// Log the job's id instead of its description (its call with the arguments).
+    #[arg(long = "disable-job-desc-logging")]
+    pub disable_job_desc_logging: bool,
+    /// The worker class, as `rq worker -w`: rq.Worker (the default; a work horse per job).
+    #[arg(short = 'w', long = "worker-class", value_name = "CLASS")]
+    pub worker_class: Option<String>,
+    /// The job class, as `rq worker -j`: rq.job.Job.
+    #[arg(short = 'j', long = "job-class", value_name = "CLASS")]
+    pub job_class: Option<String>,
+    /// The queue class, as `rq worker --queue-class`: rq.Queue.
+    #[arg(long = "queue-class", value_name = "CLASS")]
+    pub queue_class: Option<String>,
+    /// The Redis client class, as `rq worker --connection-class`: redis.Redis.
+    #[arg(long = "connection-class", value_name = "CLASS")]
+    pub connection_class: Option<String>,
     /// Write the worker's pid to this file (removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
@@ -97,6 +144,53 @@ pub struct WorkerArgs {
     pub config_fd: Option<i32>,
 }
 
+/// `--log-format`: a format name, or a Python logging format string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormatArg {
+    Named(LogFormat),
+    Python(String),
+}
+
+impl std::str::FromStr for LogFormatArg {
+    type Err = settings::Problem;
+    fn from_str(v: &str) -> Result<LogFormatArg, settings::Problem> {
+        if v.contains("%(") {
+            return Ok(LogFormatArg::Python(v.to_string()));
+        }
+        v.parse().map(LogFormatArg::Named)
+    }
+}
+
+/// RQ's spelling that clap cannot take as is: `-ds` (a two-letter short option) for
+/// `--dequeue-strategy`. Every other argument is passed through.
+pub fn rq_spellings(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-ds") => "--dequeue-strategy".into(),
+            Some(s) if s.starts_with("-ds=") => format!("--dequeue-strategy={}", &s[4..]).into(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// The classes `rq worker -w/-j/--queue-class/--connection-class` may name here: RQ's own
+/// (the worker's behaviour is RQ's, in Rust); a custom class would be Python code subclassing
+/// RQ's worker, which this worker does not run.
+const CLASSES: [(&str, &str, &[&str]); 4] = [
+    (
+        "-w/--worker-class",
+        "rq.Worker",
+        &["rq.Worker", "rq.worker.Worker"],
+    ),
+    ("-j/--job-class", "rq.job.Job", &["rq.job.Job", "rq.Job"]),
+    ("--queue-class", "rq.Queue", &["rq.Queue", "rq.queue.Queue"]),
+    (
+        "--connection-class",
+        "redis.Redis",
+        &["redis.Redis", "redis.StrictRedis", "redis.client.Redis"],
+    ),
+];
+
 /// Everything `worker::run` needs, resolved from the CLI, the config and the environment.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -110,6 +204,11 @@ pub struct WorkerOptions {
     pub pool: Option<String>,
     /// TLS CA and client certificate contents for `rediss://` (empty: system roots).
     pub tls: crate::conn::TlsMaterial,
+    pub python: PythonSettings,
+    /// `--log-format` as a Python logging format, with `--date-format`.
+    pub log_template: Option<crate::logging::Template>,
+    /// False with `--disable-job-desc-logging`.
+    pub log_descriptions: bool,
 }
 
 impl WorkerArgs {
@@ -131,9 +230,14 @@ impl WorkerArgs {
             } else if self.quiet {
                 Some(LogLevel::Warning)
             } else {
-                None
+                self.logging_level
             },
-            log_format: self.log_format,
+            log_format: match &self.log_format {
+                Some(LogFormatArg::Named(f)) => Some(*f),
+                // A Python format string is a text format with a template.
+                Some(LogFormatArg::Python(_)) => Some(LogFormat::Text),
+                None => None,
+            },
         }
     }
 
@@ -141,13 +245,17 @@ impl WorkerArgs {
     /// RQ's defaults (`settings::resolve`). Errors are complete messages for the user.
     pub fn resolve(self) -> Result<WorkerOptions, String> {
         let (cfg, handed_tls) = self.load_config()?;
-        if let Some(s) = &self.serializer
-            && !matches!(s.as_str(), "json" | "rq.serializers.JSONSerializer")
-        {
-            return Err(format!(
-                "--serializer {s}: rqworker reads only JSON jobs; enqueue with serializer=JSONSerializer and pass --serializer json (or nothing)"
-            ));
-        }
+        let python = self.python_settings(cfg.as_ref())?;
+        self.check_classes()?;
+        let log_template = match &self.log_format {
+            Some(LogFormatArg::Python(f)) => Some(crate::logging::Template::parse(
+                f,
+                self.date_format
+                    .as_deref()
+                    .unwrap_or(crate::logging::Template::DEFAULT_DATE_FORMAT),
+            )?),
+            _ => None,
+        };
         let cli = self.settings();
         // The file's tables were checked by the same rules when the file was read.
         cli.check()
@@ -185,6 +293,12 @@ impl WorkerArgs {
             .map_err(|e| e.to_string())?,
         };
         Ok(WorkerOptions {
+            log_template,
+            log_descriptions: !self.disable_job_desc_logging,
+            python: PythonSettings {
+                redis_url: url.clone(),
+                ..python
+            },
             tls,
             name: self.name,
             queues,
@@ -195,6 +309,87 @@ impl WorkerArgs {
             pid_file: self.pid,
             pool: self.pool,
         })
+    }
+
+    /// `-w`, `-j`, `--queue-class`, `--connection-class`: RQ's own classes only.
+    fn check_classes(&self) -> Result<(), String> {
+        let given = [
+            &self.worker_class,
+            &self.job_class,
+            &self.queue_class,
+            &self.connection_class,
+        ];
+        for ((option, default, accepted), value) in CLASSES.iter().zip(given) {
+            let Some(v) = value else { continue };
+            if accepted.contains(&v.as_str()) {
+                continue;
+            }
+            if option.starts_with("-w") && v.ends_with("SimpleWorker") {
+                return Err(format!(
+                    "{option} {v}: rqworker has no no-fork mode yet; every job runs in a work horse (rq.Worker)"
+                ));
+            }
+            return Err(format!(
+                "{option} {v}: rqworker runs RQ's own {default}, in Rust, and cannot load a Python subclass of it; drop the option (custom job code goes in the job functions, exception handlers in --exception-handler)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Python options: the command line's over the pool's `python` over `[python]`;
+    /// without the `python` feature, only what needs no Python.
+    fn python_settings(&self, cfg: Option<&Config>) -> Result<PythonSettings, String> {
+        let file = cfg.map(|c| c.python.clone()).unwrap_or_default();
+        let pool_python = cfg.and_then(|c| {
+            let pool = self.pool.as_deref()?;
+            c.pools.iter().find(|p| p.name == pool)?.python.clone()
+        });
+        let serializer = match self.serializer.as_deref().or(file.serializer.as_deref()) {
+            // JSON is read per job anyway; naming it changes nothing.
+            None | Some("json" | "rq.serializers.JSONSerializer") => None,
+            Some(other) => Some(other.to_string()),
+        };
+        let mut paths = file.paths;
+        paths.extend(
+            self.path
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        );
+        let mut preload = file.preload;
+        preload.extend(self.preload.iter().cloned());
+        if let Some(m) = preload.iter().find(|m| !config::is_module_name(m)) {
+            return Err(format!(
+                "--preload {m:?}: not a module name; write a dotted module name such as myapp.tasks"
+            ));
+        }
+        let settings = PythonSettings {
+            executable: self.python.clone().or(pool_python).or(file.executable),
+            paths,
+            preload,
+            serializer,
+            exception_handlers: self.exception_handler.clone(),
+            disable_default_exception_handler: self.disable_default_exception_handler,
+            redis_url: String::new(),
+        };
+        if cfg!(not(feature = "python")) {
+            let needs = if settings.serializer.is_some() {
+                Some("--serializer other than json")
+            } else if !settings.preload.is_empty() {
+                Some("--preload")
+            } else if !settings.exception_handlers.is_empty() {
+                Some("--exception-handler")
+            } else if settings.executable.is_some() {
+                Some("--python")
+            } else {
+                None
+            };
+            if let Some(option) = needs {
+                return Err(format!(
+                    "{option}: this rqworker is built without Python (the `python` feature), so it runs only JSON jobs with native, command and built-in handlers; build it with the default features to run Python job functions"
+                ));
+            }
+        }
+        Ok(settings)
     }
 
     /// The config file, from the supervisor's handoff descriptor or from disk, and the TLS

@@ -11,6 +11,7 @@
 //! - [`wakeup`]: the notification connection, commands, and the idle wait.
 
 pub mod cli;
+mod environment;
 mod monitor;
 pub mod scheduler;
 mod settle;
@@ -25,7 +26,7 @@ use clap::Parser;
 
 use crate::config::{DequeueStrategy, WorkerSpec};
 use crate::conn::{Backoff, RedisTarget};
-use crate::execution::{Handler, JobFailure, Outcome};
+use crate::execution::{Handler, JobFailure, JobStart, Outcome};
 use crate::fault::fault_point;
 use crate::handler::{JobCall, Registry};
 use crate::logging::{self, LogContext, shorten};
@@ -42,12 +43,15 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status for bad usage or configuration.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status when jobs could not start in this environment (process or file limits, a
+/// missing program, an interpreter that cannot start): the jobs are back on their queues.
+pub use environment::EXIT_ENVIRONMENT;
 
-/// The longest wait between two attempts to reach Redis (taking a job, recording an
-/// outcome). Python RQ waits up to 60 s; this stays well below the smallest `worker_ttl`
-/// (16 s), because rq-supervisor restarts its stuck-worker clocks when Redis comes back and a
-/// healthy worker must have heartbeaten again before they run out.
-const RECONNECT_CAP: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts to reach Redis (at start, taking a job, recording
+/// an outcome). Python RQ waits up to 60 s; one second brings a fleet back within about a
+/// second of Redis answering, and the jitter spreads a fleet's reconnects over that second so
+/// a recovering Redis is not stampeded (docs/supervisor.md has the figures for 256 workers).
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
 
 /// The `python_version` field of the worker record; RQ's tools show it as free text.
 const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERSION"), " (Rust)");
@@ -59,7 +63,16 @@ const RUNTIME_DESCRIPTION: &str = concat!("rq-supervisor ", env!("CARGO_PKG_VERS
 /// of a process with other threads can deadlock. The worker checks before every fork and
 /// fails the job with a message that says so rather than forking.
 pub fn main_with(registry: Registry) -> Result<(), i32> {
-    let opts = match WorkerArgs::parse().resolve() {
+    main_from(std::env::args_os(), registry)
+}
+
+/// [`main_with`] for an argument list (the program name first).
+pub fn main_from(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    registry: Registry,
+) -> Result<(), i32> {
+    let args = cli::rq_spellings(args);
+    let opts = match WorkerArgs::parse_from(args).resolve() {
         Ok(opts) => opts,
         Err(msg) => {
             eprintln!("rqworker: {msg}");
@@ -73,6 +86,9 @@ pub fn main_with(registry: Registry) -> Result<(), i32> {
 /// [`main_with`]: the process must have no other thread.
 pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
+    if let Some(t) = &opts.log_template {
+        logging::set_template(t.clone());
+    }
     let hostname = crate::launch::hostname();
     let pid = std::process::id();
     let name = opts
@@ -83,15 +99,24 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         pool: opts.pool.clone(),
         name: name.clone(),
     });
-    add_config_handlers(&mut registry, &opts);
     let target = RedisTarget::with_tls(&opts.url, &opts.tls).map_err(|e| {
         log::error!("{e}");
         EXIT_USAGE
     })?;
+    // Before any interpreter starts: Python must find SIGINT taken, or it installs its own
+    // handler and a Ctrl-C becomes a KeyboardInterrupt inside the worker.
     let signals = Signals::install().map_err(|e| {
         log::error!("cannot install signal handlers: {e}");
         EXIT_FAILURE
     })?;
+    add_config_handlers(&mut registry, &opts);
+    #[cfg(feature = "python")]
+    let python = python_fallback(&mut registry, &opts)?;
+    if registry.is_empty() {
+        log::warn!(
+            "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
+        );
+    }
     let now = Instant::now();
     let mut worker = Worker {
         claims: Claims {
@@ -122,7 +147,10 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         },
         idle_since: now,
         warm_noted: false,
+        record_failures: !opts.python.disable_default_exception_handler,
+        log_descriptions: opts.log_descriptions,
         suspended: false,
+        streak: environment::Streak::new(),
     };
     worker.start()?;
     // Written only once the worker is registered: a second copy refused at start (name
@@ -140,6 +168,12 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     };
     let reason = worker.work();
     worker.finish(reason);
+    // After the death registration: the app's atexit hooks may take their time.
+    #[cfg(feature = "python")]
+    python.finalize();
+    if reason == Stop::Environment {
+        return Err(EXIT_ENVIRONMENT);
+    }
     Ok(())
 }
 
@@ -156,11 +190,35 @@ fn add_config_handlers(registry: &mut Registry, opts: &WorkerOptions) {
     if opts.spec.builtin_handlers {
         registry.add_builtins();
     }
-    if registry.is_empty() {
-        log::warn!(
-            "no handlers are configured, so every job will fail; declare [handlers] in a config file (-c) or pass --builtin-handlers"
-        );
+}
+
+/// Python runs every job no declared handler runs. With `preload`, the interpreter starts
+/// now and imports the modules; an import error stops the worker with its traceback.
+#[cfg(feature = "python")]
+fn python_fallback(
+    registry: &mut Registry,
+    opts: &WorkerOptions,
+) -> Result<Rc<crate::python::PythonHandler>, i32> {
+    let python = Rc::new(crate::python::PythonHandler::new(opts.python.clone()));
+    registry.set_fallback(python.clone());
+    if !opts.python.preload.is_empty()
+        && let Err(e) = python.start_now()
+    {
+        // A limit reached (no process for the probe, no file for libpython) is this host's
+        // state, not a mistake in the app or its options.
+        if e.errno.is_some() {
+            log::error!(
+                "{}; {}; exiting with status {}",
+                e.text,
+                environment::diagnose_errno(e.errno),
+                environment::EXIT_ENVIRONMENT
+            );
+            return Err(environment::EXIT_ENVIRONMENT);
+        }
+        log::error!("{}", e.text);
+        return Err(EXIT_USAGE);
     }
+    Ok(python)
 }
 
 /// Why the main loop ended.
@@ -173,6 +231,16 @@ enum Stop {
     BurstSuspended,
     MaxJobs,
     MaxIdle,
+    /// Jobs could not start here, again and again: exit with `EXIT_ENVIRONMENT`.
+    Environment,
+}
+
+/// Whether a claimed job ran.
+enum Ran {
+    Yes,
+    /// It could not start for a reason of the worker's environment, and went back to its
+    /// queue.
+    NotHere(crate::execution::StartError),
 }
 
 /// What the loop does with the queues: the order of the next claim, and what a claim left
@@ -218,9 +286,16 @@ struct Worker {
     idle_since: Instant,
     /// Whether the warm-shutdown request was already logged and recorded.
     warm_noted: bool,
+    /// False with `--disable-job-desc-logging`: jobs are logged by id, not by their call.
+    log_descriptions: bool,
+    /// False under `--disable-default-exception-handler`: failures are settled without their
+    /// failed-registry entry and result, as RQ does.
+    record_failures: bool,
     suspended: bool,
     /// Present with `--with-scheduler`.
     scheduler: Option<Scheduler>,
+    /// Environment failures since the last job that started.
+    streak: environment::Streak,
 }
 
 impl Worker {
@@ -271,29 +346,38 @@ impl Worker {
         Ok(())
     }
 
-    /// A Redis that answers LOADING (restarted, reading its AOF or RDB) is there and will
-    /// serve shortly: wait for it instead of failing, which under rq-supervisor would count
-    /// as a crash and could turn the pool degraded after every Redis restart.
+    /// Waits for Redis at start: one that is not there yet (a fleet restarted before its
+    /// Redis) or still loading its data is waited for, with the reconnect's capped, jittered
+    /// backoff, instead of exiting, which under rq-supervisor would count as a crash and turn
+    /// the pool degraded. A refusal (a wrong password, a certificate, an ACL) stops the worker.
     fn wait_for_redis(&mut self) -> Result<(), i32> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
         loop {
             match self.store.ping() {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_loading() => {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        log::info!("Redis answers; starting");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_loading() || e.is_unreachable() => {
                     if self.signals.stop_count() > 0 {
-                        log::info!("stopping on request while Redis was still loading its data");
+                        log::info!("stopping on request before Redis answered");
                         return Err(EXIT_OK);
                     }
                     if backoff.attempts() == 0 {
-                        log::warn!("{e}; waiting until Redis has loaded its data");
+                        let what = if e.is_loading() {
+                            "waiting until Redis has loaded its data"
+                        } else {
+                            "waiting for Redis: trying again at most every second"
+                        };
+                        log::warn!("{e}; {what}");
                     }
                     let delay = backoff.next_delay();
                     self.sleep(delay);
                 }
                 Err(e) => {
-                    log::error!(
-                        "{e}; check that Redis is running and that the URL (--url, $RQ_REDIS_URL or [redis] url) is right"
-                    );
+                    log::error!("{e}");
                     return Err(EXIT_FAILURE);
                 }
             }
@@ -449,9 +533,18 @@ impl Worker {
                 fault_point!("after-claim");
                 self.resumed();
                 self.rotate_order(&c.queue);
-                self.execute(*c);
-                self.jobs_done += 1;
-                self.idle_since = Instant::now();
+                let id = c.record.id.clone();
+                match self.execute(*c) {
+                    Ran::Yes => {
+                        self.streak.reset();
+                        self.jobs_done += 1;
+                        self.idle_since = Instant::now();
+                    }
+                    Ran::NotHere(e) => match self.streak.failed(&e, &id) {
+                        environment::Next::Wait(delay) => self.sleep(delay),
+                        environment::Next::GiveUp => return Some(Stop::Environment),
+                    },
+                }
             }
             ClaimResult::Empty => {
                 // `rq resume` (or the suspension expired): RQ restores the state the worker
@@ -564,22 +657,38 @@ impl Worker {
     }
 
     /// Runs one claimed job to its end and settles it.
-    fn execute(&mut self, c: Claimed) {
+    /// Runs one claimed job to its end and settles it; or, when it could not start for a
+    /// reason of the worker's environment, gives it back unchanged and says so.
+    fn execute(&mut self, c: Claimed) -> Ran {
         // A description carries the arguments' repr, which can be megabytes long.
-        log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
+        if self.log_descriptions {
+            log::info!("Got {} from {}", shorten(&Self::describe(&c), 300), c.queue);
+        } else {
+            log::info!("Got job {} from {}", c.record.id, c.queue);
+        }
         log::debug!("job {} execution {}", c.record.id, c.execution_id);
         let started = Instant::now();
         let outcome = match self.prepare(&c) {
             // Retried like any failure, as RQ does: in a mixed fleet a Python worker that
             // knows the function (or reads pickle) may take the retry.
             Err(failure) => Outcome::Failed(failure),
-            Ok(job) => match job.handler.start(&job.call) {
+            Ok(job) => match job.handler.start(&JobStart {
+                record: &c.record,
+                call: job.call.as_ref(),
+                timeout: job.timeout,
+                worker: &self.name,
+            }) {
                 Ok(execution) => {
                     if let Some(pid) = execution.pid() {
                         log::debug!("job {} work horse pid {pid}", c.record.id);
                     }
                     fault_point!("after-fork");
-                    self.monitor(execution, &c, job.timeout)
+                    let grace = job.handler.kill_grace();
+                    self.monitor(execution, &c, job.timeout, grace)
+                }
+                Err(e) if e.environment => {
+                    self.unclaim(&c);
+                    return Ran::NotHere(e);
                 }
                 Err(e) => Outcome::Failed(e.failure),
             },
@@ -587,20 +696,44 @@ impl Worker {
         fault_point!("after-horse-exit");
         self.settle(&c, outcome, started.elapsed());
         fault_point!("after-settle");
+        Ran::Yes
+    }
+
+    /// Gives a job the worker could not start back to its queue, retrying through outages
+    /// (until it is back, the job is `started` with nobody running it).
+    fn unclaim(&mut self, c: &Claimed) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_CAP);
+        loop {
+            match self.store.unclaim(c, &self.name) {
+                Ok(_) => return,
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        log::error!(
+                            "cannot give job {} back to its queue: {e}; retrying until Redis accepts it",
+                            c.record.id
+                        );
+                    }
+                    if self.signals.stop_count() >= 2 && backoff.attempts() >= 3 {
+                        log::error!(
+                            "cold shutdown: giving up on giving job {} back; it stays started until rq-supervisor or RQ's abandoned-job cleanup settles it",
+                            c.record.id
+                        );
+                        return;
+                    }
+                    let delay = backoff.next_delay();
+                    self.sleep(delay);
+                }
+            }
+        }
     }
 
     /// Decodes the payload and finds the handler. An error is the job's failure.
     fn prepare(&self, c: &Claimed) -> Result<Prepared, JobFailure> {
-        let call = payload::decode(&c.record.data).map_err(JobFailure::Deserialization)?;
-        let Some(handler) = self.registry.lookup(&call.func_name).cloned() else {
-            return Err(JobFailure::UnknownFunction {
-                func_name: call.func_name,
-                known: self.registry.names(),
-            });
-        };
-        warn_unsupported(c);
+        let decoded = payload::decode(c.record.data());
+        let handler = self.registry.resolve(c.record.data(), &decoded)?;
+        warn_unsupported(c, &*handler);
         let timeout = c.record.effective_timeout(handler.default_timeout());
-        let call = JobCall {
+        let call = decoded.ok().map(|call| JobCall {
             id: c.record.id.clone(),
             func_name: call.func_name,
             args: call.args,
@@ -610,7 +743,7 @@ impl Worker {
             meta: c.record.meta_json(),
             worker_name: self.name.clone(),
             execution_id: c.execution_id.clone(),
-        };
+        });
         Ok(Prepared {
             handler,
             call,
@@ -641,22 +774,24 @@ impl Worker {
     }
 }
 
-/// A job ready to start: its handler, the call, and the timeout the worker enforces.
+/// A job ready to start: its handler, the decoded call (JSON payloads), and the timeout the
+/// worker enforces.
 struct Prepared {
     handler: Rc<dyn Handler>,
-    call: JobCall,
+    call: Option<JobCall>,
     timeout: Option<u64>,
 }
 
-/// Says what a job asks for that a Rust worker does not do: webhooks, Python callbacks.
-fn warn_unsupported(c: &Claimed) {
+/// Says what a job asks for that a Rust worker does not do: webhooks, and Python callbacks
+/// for handlers that are not Python.
+fn warn_unsupported(c: &Claimed, handler: &dyn Handler) {
     if c.record.has_webhooks {
         log::warn!(
             "job {} asks for webhooks, which rqworker does not send; the job runs without them",
             c.record.id
         );
     }
-    if !c.record.callbacks.is_empty() {
+    if !c.record.callbacks.is_empty() && !handler.runs_python_callbacks() {
         let names: Vec<String> = c
             .record
             .callbacks

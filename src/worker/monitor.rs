@@ -29,14 +29,16 @@ pub(super) struct RunningJob {
 impl Worker {
     /// Waits for the job while heartbeating, enforcing the timeout, and reacting to signals
     /// and commands; returns how it ended.
+    /// A job that may be interrupted from inside at its timeout is killed `grace` later.
     pub(super) fn monitor(
         &mut self,
         mut exec: Box<dyn Execution>,
         c: &Claimed,
         timeout: Option<u64>,
+        grace: Duration,
     ) -> Outcome {
         let start = Instant::now();
-        let deadline = timeout.map(|t| start + Duration::from_secs(t));
+        let deadline = timeout.map(|t| start + Duration::from_secs(t) + grace);
         let interval = self.spec.job_monitoring_interval.0;
         let mut next_hb = start + interval;
         let mut job = RunningJob {
@@ -54,6 +56,9 @@ impl Worker {
             }
             if let Some(kill) = job.kill {
                 let exit = exec.kill();
+                if kill == Kill::Stop {
+                    exec.after_stop();
+                }
                 return self.killed(kill, exit, timeout);
             }
             if now >= next_hb {

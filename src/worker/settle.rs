@@ -8,7 +8,7 @@ use super::{RECONNECT_CAP, Worker, claim_id, claim_request, report_claim_notes};
 use crate::conn::Backoff;
 use crate::execution::Outcome;
 use crate::logging::shorten;
-use crate::store::{ClaimResult, Claimed, Settlement, StoreError, Verdict};
+use crate::store::{ClaimResult, Claimed, Ending, Settlement, StoreError, Verdict};
 
 impl Worker {
     pub(super) fn settle(&mut self, c: &Claimed, outcome: Outcome, working: Duration) {
@@ -19,7 +19,10 @@ impl Worker {
             queue: &c.queue,
             execution_id: &c.execution_id,
             worker: &name,
-            ending: outcome.ending(),
+            ending: match outcome.ending() {
+                Ending::Failed if !self.record_failures => Ending::FailedUnrecorded,
+                other => other,
+            },
             started: Some(c.at),
             working_secs: working.as_secs_f64(),
             default_result_ttl: self.spec.results_ttl,
@@ -51,12 +54,14 @@ impl Worker {
         );
         match next {
             // Only a job is kept: an empty or suspended answer may be stale by the time the
-            // loop drains its notifications, so the loop asks again.
-            Ok((ClaimResult::Job(job), notes)) => {
+            // loop drains its notifications, so the loop asks again. What the claim stepped
+            // over is reported whatever it found: the ids it dropped are gone from the queue.
+            Ok((result, notes)) => {
                 report_claim_notes(&mut self.claims.broken_reported, notes);
-                self.claims.prefetched = Some(job);
+                if let ClaimResult::Job(job) = result {
+                    self.claims.prefetched = Some(job);
+                }
             }
-            Ok(_) => {}
             Err(_) => self.claims.pending = Some(execution_id),
         }
         settled
@@ -103,12 +108,12 @@ impl Worker {
 fn log_verdict(c: &Claimed, outcome: &Outcome, verdict: Verdict, retried: bool) {
     let id = &c.record.id;
     match (verdict, outcome) {
-        (Verdict::Finished, Outcome::Returned(v)) if v.is_null() => {
+        (Verdict::Finished, Outcome::Returned(v)) if v.is_none() => {
             log::info!("Job ended normally without result")
         }
         (Verdict::Finished, Outcome::Returned(v)) => log::info!(
             "Job ended normally with result: {}",
-            shorten(&v.to_string(), 100)
+            shorten(&v.shown(), 100)
         ),
         (Verdict::Failed, Outcome::Failed(f)) => log::warn!("Job failed: {}", f.summary()),
         (Verdict::Requeued, Outcome::Failed(f)) => {
@@ -117,6 +122,15 @@ fn log_verdict(c: &Claimed, outcome: &Outcome, verdict: Verdict, retried: bool) 
         (Verdict::Scheduled, Outcome::Failed(f)) => {
             log::warn!("Job failed; a retry is scheduled: {}", f.summary())
         }
+        (Verdict::Requeued, Outcome::Retry { .. }) => {
+            log::info!("Job returned a Retry; queued again")
+        }
+        (Verdict::Scheduled, Outcome::Retry { .. }) => {
+            log::info!("Job returned a Retry; scheduled after its interval")
+        }
+        (Verdict::Failed, Outcome::Retry { max, .. }) => log::warn!(
+            "Job returned a Retry, but has been retried {max} time(s) already (the Retry's max); failed"
+        ),
         (Verdict::Stopped, _) => log::info!("Job {id} stopped by request"),
         (Verdict::Gone, _) => log::warn!("job {id} was deleted while it ran; nothing to record"),
         (Verdict::Unknown, _) if retried => log::info!(

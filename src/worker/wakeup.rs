@@ -27,7 +27,8 @@ impl Wakeup {
         Wakeup {
             listener: None,
             retry_at: Instant::now(),
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            // As the main connection's, so notices resume about when claims do.
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
         }
     }
 

@@ -8,7 +8,10 @@
 //! dispositions) and must not count processes it did not start itself.
 //!
 //! `cargo test --test integration worker::` runs one area; the reliability tests that make
-//! the worker kill itself need `--features fault-injection`.
+//! the worker kill itself need `--features fault-injection`, and the `python` area (the app's
+//! Python job functions) the `python` feature, on by default. A few tests have a Python-free
+//! twin (`#[cfg(not(feature = "python"))]`): `cargo test --no-default-features --features
+//! tls,fault-injection --test integration` runs that build's suite.
 
 mod support;
 
@@ -16,6 +19,8 @@ mod bad_input;
 mod contract;
 mod fuzz;
 mod interop;
+#[cfg(feature = "python")]
+mod python;
 mod reliability;
 mod security;
 mod supervisor;

@@ -5,7 +5,8 @@ restarts.
   chaos_producer.py PLAN_FILE SECONDS
 
 PLAN_FILE holds one JSON object per line: {"id", "queue", "func", "args", "retries",
-"depends_on"} (the last two may be 0 / null). Reads the Redis URL from $RQ_REDIS_URL. Prints
+"depends_on", "pickle"} (the last three may be 0 / null / false; "pickle" enqueues with RQ's
+default serializer instead of JSON). Reads the Redis URL from $RQ_REDIS_URL. Prints
 {"enqueued": N, "retries": R} when done.
 
 Every job has its own id, so a failed enqueue is repeated only when the job does not exist:
@@ -53,7 +54,8 @@ def main(plan_file, seconds):
             try:
                 if conn.exists("rq:job:" + job["id"]):
                     break
-                q = Queue(job["queue"], connection=conn, serializer=JSONSerializer)
+                serializer = None if job.get("pickle") else JSONSerializer
+                q = Queue(job["queue"], connection=conn, serializer=serializer)
                 q.enqueue_call(
                     job["func"],
                     args=job["args"],

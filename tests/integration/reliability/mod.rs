@@ -3,6 +3,7 @@
 
 mod chaos;
 mod crash_cleanup;
+mod environment;
 #[cfg(feature = "fault-injection")]
 mod fault_injection;
 mod redis_outage;

@@ -522,3 +522,98 @@ fn a_worker_started_while_redis_loads_its_data_waits_instead_of_failing() {
     wait_status(&mut con, &id, &["finished"]);
     assert!(w.child.try_wait().unwrap().is_none(), "{log}");
 }
+
+/// How soon after Redis answers a waiting fleet must be back: the workers' reconnect backoff
+/// is capped at 1 s (jittered), so 2 s leaves a loaded machine a second of slack.
+const BACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// Lines of the pool's workers (relayed as `[main/NAME]`) that contain `text`.
+fn worker_lines(log: &str, text: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("[main/") && l.contains(text))
+        .count()
+}
+
+/// Nothing in the supervisor's log says a worker exited or the pool backed off.
+fn assert_no_crash_loop(log: &str) {
+    for sign in [
+        "DEGRADED",
+        "exited with",
+        "restart in",
+        "cannot start a worker",
+    ] {
+        assert!(!log.contains(sign), "{sign:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn a_supervisor_started_before_its_redis_has_its_workers_back_within_2_s_of_it_answering() {
+    let mut redis = RedisServer::start_with(DURABLE);
+    redis.stop();
+    let pool = PoolFile::new(
+        "[worker]\nbuiltin_handlers = true\n[pools.main]\nqueues = [\"q\"]\nworkers = 3\n",
+    );
+    let sup = Supervisor::new(&redis, &pool).spawn();
+    wait_until("every worker waiting for Redis", WAIT, || {
+        worker_lines(&sup.log(), "waiting for Redis") >= 3
+    });
+    // Long enough for a crash loop to show: the restart backoff starts at 0.1 s.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_no_crash_loop(&sup.log());
+    redis.restart();
+    let answered = Instant::now();
+    let mut con = redis.con();
+    wait_until("3 registered workers", BACK_WITHIN, || {
+        workers(&mut con).len() == 3
+    });
+    eprintln!(
+        "3 workers registered {:?} after Redis answered",
+        answered.elapsed()
+    );
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    wait_status(&mut con, &id, &["finished"]);
+    let log = sup.log();
+    assert_no_crash_loop(&log);
+    assert_eq!(
+        worker_lines(&log, "waiting for Redis"),
+        3,
+        "said once each:\n{log}"
+    );
+}
+
+#[test]
+fn after_an_outage_mid_run_every_worker_takes_jobs_within_2_s_of_redis_answering() {
+    let mut redis = RedisServer::start_with(DURABLE);
+    let pool = PoolFile::new(
+        "[worker]\nbuiltin_handlers = true\n[pools.main]\nqueues = [\"q\"]\nworkers = 3\n",
+    );
+    let sup = Supervisor::new(&redis, &pool).spawn();
+    let mut con = redis.con();
+    let before = wait_workers(&mut con, 3);
+    for (name, _) in &before {
+        wait_worker_state(&mut con, name, "idle");
+    }
+    drop(con);
+    redis.stop();
+    // An outage of some seconds, as in an operator's Redis restart.
+    std::thread::sleep(Duration::from_secs(3));
+    redis.restart();
+    let answered = Instant::now();
+    let mut con = redis.con();
+    // Three jobs that each hold a worker: all three started means all three are back.
+    let ids: Vec<String> = (0..3)
+        .map(|_| rs_enqueue(&mut con, "q", "rq.builtin.sleep", json!([30])))
+        .collect();
+    wait_until("every worker to take a job", BACK_WITHIN, || {
+        ids.iter()
+            .all(|id| job_status(&mut con, id).as_deref() == Some("started"))
+    });
+    eprintln!(
+        "3 workers busy {:?} after Redis answered",
+        answered.elapsed()
+    );
+    let log = sup.log();
+    assert_no_crash_loop(&log);
+    let now = workers(&mut con);
+    assert_eq!(now, before, "the same workers, none replaced:\n{log}");
+}

@@ -7,16 +7,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 
+use crate::support::jail::*;
 use crate::support::supervisor::{PoolFile, wait_workers};
 use crate::support::*;
-
-const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// The `Uid:`/`Gid:`/`Groups:` lines of a process (real, effective, saved, fs ids).
 fn ids(pid: u32) -> (String, String, String) {
@@ -31,25 +25,9 @@ fn ids(pid: u32) -> (String, String, String) {
     (field("Uid:"), field("Gid:"), field("Groups:"))
 }
 
-/// A directory everybody can enter (temp dirs are 700), for what the workers must reach.
-fn open_dir() -> tempfile::TempDir {
-    let d = temp_dir();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
-/// A copy of `rqworker` that any user can execute, wherever the build tree lives.
-fn public_rqworker(dir: &Path) -> PathBuf {
-    let p = dir.join("rqworker");
-    std::fs::copy(env!("CARGO_BIN_EXE_rqworker"), &p).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
 /// A test redis whose socket any user can connect to, with an ACL user `rq` / `s3cret-pw`.
 fn shared_redis() -> (RedisServer, String) {
-    let redis = RedisServer::start_with(&["--unixsocketperm", "777"]);
-    std::fs::set_permissions(redis.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let redis = public_redis(&[]);
     let url = redis.acl_user("rq", "s3cret-pw", &["~rq:*", "&*", "+@all"]);
     (redis, url)
 }
@@ -62,7 +40,7 @@ fn workers_horses_and_handlers_run_as_the_pools_user_with_a_root_only_config() {
     }
     let (redis, url) = shared_redis();
     let public = open_dir();
-    let program = public_rqworker(public.path());
+    let program = public_copy(public.path(), "rqworker");
     let gate_dir = public.path().join("gates");
     std::fs::create_dir(&gate_dir).unwrap();
     std::fs::set_permissions(&gate_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -175,9 +153,8 @@ fn a_user_when_the_supervisor_is_not_root_is_refused() {
     }
     let redis = RedisServer::start();
     let public = open_dir();
-    let program = public_rqworker(public.path());
-    let supervisor = public.path().join("rq-supervisor");
-    std::fs::copy(env!("CARGO_BIN_EXE_rq-supervisor"), &supervisor).unwrap();
+    let program = public_copy(public.path(), "rqworker");
+    let supervisor = public_copy(public.path(), "rq-supervisor");
     let path = public.path().join("pool.toml");
     std::fs::write(
         &path,

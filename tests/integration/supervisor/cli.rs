@@ -63,7 +63,7 @@ timeout = "30s"
         "builtin_handlers=true",
         "[pools.batch]",
         "burst = true",
-        "rqworker (default)",
+        "worker (built in, the default)",
         "\"tasks.send_newsletter\"",
         "(timeout 30s)",
     ] {

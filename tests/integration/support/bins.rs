@@ -168,6 +168,14 @@ impl Supervisor {
         self
     }
 
+    /// The supervisor's working directory (its workers start in it unless a pool sets `cwd`).
+    /// Only the Python tests care where the workers start.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Supervisor {
+        self.cmd.current_dir(dir);
+        self
+    }
+
     /// The raw `Command`, for the rare test that must start it some other way.
     pub fn command(self) -> Command {
         self.cmd

@@ -6,6 +6,7 @@
 mod bins;
 pub mod cpu;
 mod enqueue;
+pub mod jail;
 mod keys;
 mod proc;
 mod py;

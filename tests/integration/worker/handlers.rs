@@ -420,17 +420,19 @@ fn config_validation_refuses_a_missing_or_non_executable_program() {
     }
 }
 
-#[test]
-fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
-    let redis = RedisServer::start();
+/// A worker with a command handler `tasks.known` and the built-ins, and two jobs: one for a
+/// function no handler declares, one for `tasks.known`. Returns the first's failure text once
+/// the second has finished too.
+fn unknown_then_known(redis: &RedisServer) -> String {
     let dir = temp_dir();
     let known = write_script(dir.path(), "known.sh", "#!/bin/sh\necho ok\n");
     let cfg = write_config(dir.path(), &handler_toml("tasks.known", &known, ""));
     let mut con = redis.con();
     let bad = rs_enqueue(&mut con, "q", "tasks.unknown_fn", json!([1]));
     let good = rs_enqueue(&mut con, "q", "tasks.known", json!([]));
-    let w = Rqworker::new(&redis)
+    let w = Rqworker::new(redis)
         .config(&cfg)
+        .current_dir(dir.path())
         .builtin_handlers()
         .name("w")
         .queues(["q"])
@@ -438,6 +440,18 @@ fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
     wait_status(&mut con, &bad, &["failed", "finished"]);
     assert_eq!(job_status(&mut con, &bad).as_deref(), Some("failed"));
     let exc = latest_exc(&mut con, &bad);
+    wait_status(&mut con, &good, &["finished"]);
+    assert!(alive(w.pid()));
+    exc
+}
+
+/// Without Python (the `python` feature off), a name no handler declares has nothing to run
+/// it.
+#[cfg(not(feature = "python"))]
+#[test]
+fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
+    let redis = RedisServer::start();
+    let exc = unknown_then_known(&redis);
     for needle in [
         "\"tasks.unknown_fn\"",
         "tasks.known",
@@ -446,8 +460,20 @@ fn an_unknown_function_fails_naming_it_and_the_known_handlers() {
     ] {
         assert!(exc.contains(needle), "{needle:?} missing from {exc}");
     }
-    wait_status(&mut con, &good, &["finished"]);
-    assert!(alive(w.pid()));
+}
+
+/// With Python, a name no handler declares is a Python function: Python looks it up as RQ
+/// does (here in a directory without a `tasks` module) and fails the job with RQ's words.
+#[cfg(feature = "python")]
+#[test]
+fn a_function_no_handler_declares_runs_in_python_and_fails_as_rq_fails_an_unknown_one() {
+    let redis = RedisServer::start();
+    let exc = unknown_then_known(&redis);
+    assert!(
+        exc.contains("ValueError: Invalid attribute name: tasks.unknown_fn"),
+        "{exc}"
+    );
+    assert!(exc.contains("in import_attribute"), "{exc}");
 }
 
 #[test]

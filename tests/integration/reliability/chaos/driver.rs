@@ -7,7 +7,8 @@
 //! crash their horse, handlers that fail once then succeed, and (Python) dependent jobs. During
 //! the chaos window it SIGKILLs a random worker or work horse every 50-200 ms, stalls Redis
 //! once (`DEBUG SLEEP`, longer than the clients' 5 s read timeout), kills every client
-//! connection once (`CLIENT KILL TYPE normal`) and restarts redis-server once.
+//! connection once (`CLIENT KILL TYPE normal`), squeezes one worker's open-file limit for a
+//! few seconds (the resource-exhaustion fault) and restarts redis-server once.
 //!
 //! Then, with the queues drained, it checks invariants, never timings: every job is in exactly
 //! one terminal state and in the matching registry (a dependent of a failed job stays deferred);
@@ -131,10 +132,15 @@ pub enum Kind {
     Flaky,
     /// `chaos.cmd` depending on the previous job (Python only).
     Child,
+    /// `chaostasks.work`, the app's own Python function (pickled by Python RQ's default
+    /// serializer; sleeps 0-50 ms, returns its argument doubled), run by the embedded
+    /// interpreter.
+    #[cfg(feature = "python")]
+    Python,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: &[Kind] = &[
         Kind::Noop,
         Kind::Echo,
         Kind::Slow,
@@ -144,6 +150,8 @@ impl Kind {
         Kind::Crash,
         Kind::Flaky,
         Kind::Child,
+        #[cfg(feature = "python")]
+        Kind::Python,
     ];
 
     fn name(self) -> &'static str {
@@ -157,6 +165,8 @@ impl Kind {
             Kind::Crash => "crash",
             Kind::Flaky => "flaky",
             Kind::Child => "dependent",
+            #[cfg(feature = "python")]
+            Kind::Python => "python",
         }
     }
 
@@ -178,6 +188,15 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// Enqueued with Python RQ's default serializer (pickle) rather than JSON.
+    fn pickled(&self) -> bool {
+        #[cfg(feature = "python")]
+        if self.kind == Kind::Python {
+            return true;
+        }
+        false
+    }
+
     /// Re-runs the job causes by itself (a failure with retries left), kills aside.
     fn own_requeues(&self) -> u32 {
         match self.kind {
@@ -208,6 +227,9 @@ fn plan(p: &Params) -> (Vec<JobSpec>, Vec<JobSpec>) {
             78..84 => Kind::Flaky,
             // A dependent job right after its parent (a command job), Python only.
             84..90 if python && p.jobs - i >= 2 => Kind::Child,
+            // The app's own function, pickled: Python producers only.
+            #[cfg(feature = "python")]
+            90..100 if python => Kind::Python,
             _ => Kind::Noop,
         };
         let list = if python { &mut py } else { &mut rs };
@@ -226,6 +248,8 @@ fn plan(p: &Params) -> (Vec<JobSpec>, Vec<JobSpec>) {
                 Kind::Cmd | Kind::Child => ("chaos.cmd", vec![json!(rng.u32(0..=50))]),
                 Kind::Crash => ("chaos.crash", vec![]),
                 Kind::Flaky => ("chaos.flaky", vec![]),
+                #[cfg(feature = "python")]
+                Kind::Python => ("chaostasks.work", vec![json!(n), json!(rng.u32(0..=50))]),
             };
             let retries = match kind {
                 Kind::Retried | Kind::Flaky => 2,
@@ -356,6 +380,20 @@ fn setup(p: &Params) -> (Setup, SupervisorChild) {
             marks = marks.display()
         ),
     );
+    // The app's own Python module, for Kind::Python (preloaded by every worker).
+    std::fs::write(
+        dir.path().join("chaostasks.py"),
+        "import time\n\ndef work(n, ms):\n    time.sleep(ms / 1000.0)\n    return n * 2\n",
+    )
+    .unwrap();
+    let python = if cfg!(feature = "python") {
+        format!(
+            "[python]\npath = [{}]\npreload = [\"chaostasks\"]\n",
+            toml_str(dir.path().display().to_string())
+        )
+    } else {
+        String::new()
+    };
     let handler = |name: &str, path: &Path| {
         format!(
             "[handlers.\"{name}\"]\ncommand = [{}]\nenv = {{ CHAOS_RUN = \"{token}\" }}\n",
@@ -395,6 +433,7 @@ workers = 3
 [pools.beta.restart]
 {restart}
 
+{python}
 {}{}{}"#,
         handler("chaos.cmd", &cmd),
         handler("chaos.crash", &crash),
@@ -434,6 +473,7 @@ fn write_plan(path: &Path, jobs: &[JobSpec]) {
             "args": j.args,
             "retries": j.retries,
             "depends_on": j.parent,
+            "pickle": j.pickled(),
         });
         text.push_str(&line.to_string());
         text.push('\n');
@@ -515,6 +555,101 @@ fn victims(sup: u32) -> Vec<(u32, u32, bool)> {
         }
     }
     out
+}
+
+/// The resource-exhaustion fault: one worker's open-file limit (the soft one, which it may
+/// raise again, so the driver can restore it without CAP_SYS_RESOURCE) lowered to 3 for a few
+/// seconds, as a worker restarted under a tight `--nofile` would have: no pipe for a horse,
+/// no handler's stdin. Its jobs must go back to their queues, none failed by it; a streak of
+/// five makes the worker exit 3 and its pool degraded for `degraded_interval`.
+#[derive(Default)]
+struct Squeeze {
+    started: bool,
+    /// The worker, its old soft limit and when to restore it.
+    on: Option<(u32, u64, Instant)>,
+}
+
+/// How long the worker is squeezed: more than the first four backoffs of a streak
+/// (0.25 + 0.5 + 1 + 2 s at most), so it may give up, or be rescued by the end of the squeeze.
+const SQUEEZE_FOR: Duration = Duration::from_millis(3500);
+
+impl Squeeze {
+    fn start(
+        &mut self,
+        victims: &[(u32, u32, bool)],
+        rng: &mut fastrand::Rng,
+        elapsed: Duration,
+    ) -> Option<String> {
+        let workers: Vec<u32> = victims.iter().filter(|v| !v.2).map(|v| v.0).collect();
+        if workers.is_empty() {
+            return None;
+        }
+        self.started = true;
+        let pid = workers[rng.usize(0..workers.len())];
+        let (soft, hard) = nofile(pid, None)?;
+        nofile(pid, Some((3, hard)))?;
+        self.on = Some((pid, soft, Instant::now() + SQUEEZE_FOR));
+        Some(format!(
+            "at {:.1}s: worker pid {pid} squeezed to RLIMIT_NOFILE 3 (from {soft}) for {:.1}s",
+            elapsed.as_secs_f64(),
+            SQUEEZE_FOR.as_secs_f64()
+        ))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.on.map(|(pid, _, _)| pid)
+    }
+
+    fn end_when_due(&mut self) {
+        if self.on.is_some_and(|(_, _, until)| Instant::now() >= until) {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some((pid, soft, _)) = self.on.take()
+            && let Some((_, hard)) = nofile(pid, None)
+        {
+            // Gone already (exit 3, or killed) is fine: its replacement has normal limits.
+            let _ = nofile(pid, Some((soft, hard)));
+        }
+    }
+}
+
+/// The pids of the workers registered in `rq:workers`.
+fn registered_pids(reader: &mut Reader) -> HashSet<u32> {
+    reader.with(|c| {
+        let keys: Vec<String> = redis::cmd("SMEMBERS").arg("rq:workers").query(c)?;
+        let mut pids = HashSet::new();
+        for k in keys {
+            let pid: Option<u32> = redis::cmd("HGET").arg(&k).arg("pid").query(c)?;
+            pids.extend(pid);
+        }
+        Ok(pids)
+    })
+}
+
+/// Reads (and with `set`, first sets) the open-file limit of `pid`, with prlimit(2).
+fn nofile(pid: u32, set: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    use nix::libc;
+    let new = set.map(|(soft, hard)| libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` (or nothing) and writes `old`; both live on this stack.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            new.as_ref().map_or(std::ptr::null(), |r| r as *const _),
+            &mut old,
+        )
+    };
+    (rc == 0).then_some((old.rlim_cur, old.rlim_max))
 }
 
 /// One connection for the driver's own reads, reopened after the restart and CLIENT KILL.
@@ -636,6 +771,7 @@ pub fn run(p: Params) -> Report {
     let mut events: Vec<String> = Vec::new();
     let mut sup_exit = None;
     let (mut stalled, mut cut, mut restarted) = (false, false, false);
+    let mut squeeze = Squeeze::default();
     let mut stall_thread = None;
     let mut py_status = None;
     loop {
@@ -661,7 +797,25 @@ pub fn run(p: Params) -> Report {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        let v = victims(sup.pid());
+        if !squeeze.started && elapsed >= p.chaos * 5 / 8 && !p.chaos.is_zero() {
+            // A worker past its boot (registered, the app preloaded) and between jobs (no
+            // horse), so that what fails is the start of its next job.
+            let registered = registered_pids(&mut reader);
+            let all = victims(sup.pid());
+            let busy: HashSet<u32> = all.iter().filter(|v| v.2).map(|v| v.1).collect();
+            let ready: Vec<_> = all
+                .into_iter()
+                .filter(|(pid, _, horse)| !horse && registered.contains(pid) && !busy.contains(pid))
+                .collect();
+            if let Some(e) = squeeze.start(&ready, &mut rng, elapsed) {
+                events.push(e);
+            }
+        }
+        // The squeezed worker is spared while squeezed, so that it takes jobs it cannot start.
+        let v: Vec<_> = victims(sup.pid())
+            .into_iter()
+            .filter(|(_, worker, _)| Some(*worker) != squeeze.pid())
+            .collect();
         if !v.is_empty() {
             let (pid, worker, horse) = v[rng.usize(0..v.len())];
             let at = unix_now();
@@ -714,8 +868,10 @@ pub fn run(p: Params) -> Report {
                 t.elapsed().as_secs_f64()
             ));
         }
+        squeeze.end_when_due();
         std::thread::sleep(Duration::from_millis(rng.u64(50..=200)));
     }
+    squeeze.end();
     if let Some(t) = stall_thread {
         t.join().expect("stall thread");
     }
@@ -788,6 +944,11 @@ pub fn run(p: Params) -> Report {
     problems.extend(procs.problems.iter().cloned());
     let verdict = judge(&all, &statuses, &registries, &executions, &kills);
     problems.extend(verdict.problems.iter().cloned());
+    if squeeze.started && verdict.put_back == 0 {
+        problems.push(
+            "the resource-exhaustion fault put no job back: the squeezed worker started every job it took, or took none".into(),
+        );
+    }
     for (what, n) in &registries.leftovers {
         problems.push(format!("left over after the drain: {what}: {n}"));
     }
@@ -1112,6 +1273,9 @@ struct Claim {
     line: usize,
     /// The work horse's pid, from the worker's `job J work horse pid N` line.
     horse: Option<u32>,
+    /// The job could not start in the worker's environment (the resource-exhaustion fault)
+    /// and went back to its queue: `job J could not start, …` / `… could not start either`.
+    put_back: bool,
 }
 
 /// What the workers' logs say about executions.
@@ -1167,6 +1331,17 @@ fn parse_executions(log: &Path) -> Executions {
             {
                 c.horse = horse.parse().ok();
             }
+        } else if let Some((job, _)) = msg
+            .strip_prefix("job ")
+            .and_then(|rest| rest.split_once(" could not start"))
+        {
+            if let Some(c) = out
+                .claims
+                .get_mut(job)
+                .and_then(|v| v.iter_mut().rev().find(|c| c.pid == pid))
+            {
+                c.put_back = true;
+            }
         } else if let Some((job, _eid)) = msg
             .strip_prefix("job ")
             .and_then(|rest| rest.split_once(" execution "))
@@ -1176,6 +1351,7 @@ fn parse_executions(log: &Path) -> Executions {
                 pid,
                 line,
                 horse: None,
+                put_back: false,
             });
         } else if msg.starts_with("Job ended normally")
             || msg.starts_with("Job failed")
@@ -1197,6 +1373,8 @@ struct Verdict {
     text: String,
     problems: Vec<String>,
     started: usize,
+    /// Starts put back by the resource-exhaustion fault.
+    put_back: usize,
 }
 
 /// Checks every job against its kind, its executions and the kills.
@@ -1226,6 +1404,7 @@ fn judge(
                 pid: *dead,
                 line: *line,
                 horse: None,
+                put_back: false,
             });
             list.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.line.cmp(&b.line)));
         }
@@ -1251,6 +1430,7 @@ fn judge(
     let mut by_kind: BTreeMap<Kind, [usize; 3]> = BTreeMap::new();
     let (mut finished, mut failed, mut deferred, mut lost, mut started) = (0, 0, 0, 0, 0);
     let (mut ran_more, mut after_kill, mut own_retries, mut failed_by_kill) = (0, 0, 0, 0);
+    let mut put_back = 0;
     let mut executions = 0;
     // The workers' log stamps are cut to the millisecond and written a moment after the
     // event; a kill landed somewhere between its two stamps.
@@ -1289,12 +1469,19 @@ fn judge(
             ran_more += 1;
             let non_final = cl.len() - 1;
             let by_kill = hit[..non_final].iter().filter(|h| **h).count();
+            // Put back by the resource-exhaustion fault (never a failure, never a retry).
+            let by_env = cl[..non_final]
+                .iter()
+                .zip(&hit)
+                .filter(|(c, h)| c.put_back && !**h)
+                .count();
+            put_back += by_env;
             if by_kill > 0 {
                 after_kill += 1;
-            } else {
+            } else if by_env < non_final {
                 own_retries += 1;
             }
-            let unexplained = (non_final - by_kill) as u32;
+            let unexplained = (non_final - by_kill - by_env) as u32;
             if unexplained > j.own_requeues() {
                 problems.push(format!(
                     "job {} ({}) ran {} times: {unexplained} re-run(s) explained neither by a kill nor by its own retries; executions {cl:?}",
@@ -1386,7 +1573,7 @@ fn judge(
     );
     let _ = write!(text, "  by kind (finished/failed/deferred):");
     for k in Kind::ALL {
-        if let Some([a, b, c]) = by_kind.get(&k) {
+        if let Some([a, b, c]) = by_kind.get(k) {
             let _ = write!(text, " {} {a}/{b}/{c},", k.name());
         }
     }
@@ -1394,7 +1581,7 @@ fn judge(
     text.push('\n');
     let _ = writeln!(
         text,
-        "executions: {executions}; jobs run more than once: {ran_more} (re-run after a kill during an execution: {after_kill}; by their own retries only: {own_retries}; unexplained: {})",
+        "executions: {executions}; jobs run more than once: {ran_more} (re-run after a kill during an execution: {after_kill}; by their own retries only: {own_retries}; starts put back by the resource-exhaustion fault: {put_back}; unexplained: {})",
         problems
             .iter()
             .filter(|p| p.contains("re-run(s) explained neither"))
@@ -1408,6 +1595,7 @@ fn judge(
         text,
         problems,
         started,
+        put_back,
     }
 }
 
