@@ -82,20 +82,7 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 .unwrap_or(CALLBACK_TIMEOUT),
         });
     let run = |out: &mut dyn Write| {
-        let args = [
-            capi::str_obj(&job.record.id),
-            capi::bytes_obj(&blob),
-            capi::int_obj(timeout),
-            capi::str_obj(job.worker),
-        ];
-        let report = args
-            .into_iter()
-            .collect::<Option<Vec<Owned>>>()
-            .and_then(|args| runner.call_text(c"run_job", args))
-            .unwrap_or_else(|| {
-                r#"{"kind": "failed", "payload": "rqworker's Python job runner failed (the error is in the worker's log)\n", "text": ""}"#.into()
-            });
-        interpreter::flush_std_streams(runner);
+        let report = run_job(runner, &job.record.id, &blob, timeout, job.worker);
         let _ = out.write_all(report.as_bytes());
         0
     };
@@ -116,6 +103,37 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 },
             )
         })
+}
+
+/// Calls `job.py`'s `run_job` (the GIL held) and returns its report; flushes the job's
+/// output.
+fn run_job(runner: Runner, id: &str, blob: &[u8], timeout: i64, worker: &str) -> String {
+    let args = [
+        capi::str_obj(id),
+        capi::bytes_obj(blob),
+        capi::int_obj(timeout),
+        capi::str_obj(worker),
+    ];
+    let report = args
+        .into_iter()
+        .collect::<Option<Vec<Owned>>>()
+        .and_then(|args| runner.call_text(c"run_job", args))
+        .unwrap_or_else(|| {
+            r#"{"kind": "failed", "payload": "rqworker's Python job runner failed (the error is in the worker's log)\n", "text": ""}"#.into()
+        });
+    interpreter::flush_std_streams(runner);
+    report
+}
+
+/// Runs the job in the worker's own process (no-fork mode): the app's state persists from
+/// job to job, as under RQ's SimpleWorker; the timeout raises JobTimeoutException inside the
+/// job, as in a horse. A stopped callback has nothing to run after (no horse to kill).
+pub fn run_in_process(interp: &Interpreter, job: &JobStart<'_>) -> Outcome {
+    let blob = encode_fields(&job.record.fields);
+    let timeout = job.timeout.map_or(-1, |t| t as i64);
+    let _gil = Gil::acquire();
+    let report = run_job(interp.runner, &job.record.id, &blob, timeout, job.worker);
+    decode(crate::execution::inline::exit_code(0), report.as_bytes())
 }
 
 /// The job hash as `job.py` reads it: for each field, its name's length (u32, little

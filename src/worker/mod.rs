@@ -672,13 +672,9 @@ impl Worker {
             // Retried like any failure, as RQ does: in a mixed fleet a Python worker that
             // knows the function (or reads pickle) may take the retry.
             Err(failure) => Outcome::Failed(failure),
-            Ok(job) => match job.handler.start(&JobStart {
-                record: &c.record,
-                call: job.call.as_ref(),
-                timeout: job.timeout,
-                worker: &self.name,
-            }) {
-                Ok(execution) => {
+            Ok(job) => match self.run_or_start(&c, &job) {
+                Started::Ended(outcome) => outcome,
+                Started::Running(execution) => {
                     if let Some(pid) = execution.pid() {
                         log::debug!("job {} work horse pid {pid}", c.record.id);
                     }
@@ -686,17 +682,43 @@ impl Worker {
                     let grace = job.handler.kill_grace();
                     self.monitor(execution, &c, job.timeout, grace)
                 }
-                Err(e) if e.environment => {
+                Started::Refused(e) if e.environment => {
                     self.unclaim(&c);
                     return Ran::NotHere(e);
                 }
-                Err(e) => Outcome::Failed(e.failure),
+                Started::Refused(e) => Outcome::Failed(e.failure),
             },
         };
         fault_point!("after-horse-exit");
         self.settle(&c, outcome, started.elapsed());
         fault_point!("after-settle");
         Ran::Yes
+    }
+
+    /// Starts the job in a process of its own, or in no-fork mode runs it here to its end
+    /// (kinds that always need a process of their own, commands, start as usual).
+    fn run_or_start(&self, c: &Claimed, job: &Prepared) -> Started {
+        let start = JobStart {
+            record: &c.record,
+            call: job.call.as_ref(),
+            timeout: job.timeout,
+            worker: &self.name,
+        };
+        if !self.spec.fork {
+            signals::in_process_job(true);
+            let ran = job.handler.run_in_process(&start);
+            signals::in_process_job(false);
+            if let Some(ran) = ran {
+                return match ran {
+                    Ok(outcome) => Started::Ended(outcome),
+                    Err(e) => Started::Refused(e),
+                };
+            }
+        }
+        match job.handler.start(&start) {
+            Ok(execution) => Started::Running(execution),
+            Err(e) => Started::Refused(e),
+        }
     }
 
     /// Gives a job the worker could not start back to its queue, retrying through outages
@@ -772,6 +794,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// What starting a job gave.
+enum Started {
+    /// Run to its end in the worker's process (no-fork mode).
+    Ended(Outcome),
+    /// Running in a process of its own.
+    Running(Box<dyn crate::execution::Execution>),
+    Refused(crate::execution::StartError),
 }
 
 /// A job ready to start: its handler, the decoded call (JSON payloads), and the timeout the
@@ -866,6 +897,7 @@ fn claim_request<'a>(
         idle_ttl: idle_ttl(spec),
         execution_id,
         retry,
+        in_process: !spec.fork,
     }
 }
 
