@@ -19,13 +19,19 @@ pub struct NativeHandler(pub Rc<NativeFn>);
 struct Plain;
 impl ForkHooks for Plain {}
 
+/// Who runs a native function, for its panic's log line.
+const HORSE: &str = "work horse";
+
 /// Runs `f` on `call` where it is (the horse, or the worker in no-fork mode), writing the
 /// report to `out`; returns the exit code a horse would end with (1 after a panic).
 fn run_call(f: &NativeFn, call: &JobCall, out: &mut dyn io::Write, who: &'static str) -> i32 {
-    for (k, v) in job_env(call) {
-        // SAFETY: the horse, and the worker that runs jobs in-process, are single-threaded,
-        // the one case where set_var is sound.
-        unsafe { std::env::set_var(k, v) };
+    // In a horse only: the worker itself must not grow its environment per job (glibc keeps
+    // every value ever set, and looks it up in a tree each time); the function has the call.
+    if who == HORSE {
+        for (k, v) in job_env(call) {
+            // SAFETY: the horse is single-threaded, the one case where set_var is sound.
+            unsafe { std::env::set_var(k, v) };
+        }
     }
     // One log line instead of the default multi-line report on stderr; the message also
     // reaches the job's exc_string.
@@ -59,7 +65,7 @@ impl Handler for NativeHandler {
     fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
         let call = job.call()?;
         let f = &self.0;
-        let run = |out: &mut dyn io::Write| run_call(&**f, call, out, "work horse");
+        let run = |out: &mut dyn io::Write| run_call(&**f, call, out, HORSE);
         super::report::fork(&Plain, run, outcome)
             .map(|e| Box::new(e) as Box<dyn Execution>)
             .map_err(|e| {
