@@ -134,6 +134,10 @@ pub struct WorkerArgs {
     /// Pool name, shown in every log line (set by rq-supervisor).
     #[arg(long = flag::POOL, hide = true)]
     pub pool: Option<String>,
+    /// For the benchmark: fork N work horses that exit at once, one after the other, print
+    /// the rate (forks/s) and exit: the fork-per-job ceiling of this binary.
+    #[arg(long = "fork-loop", value_name = "N", hide = true)]
+    pub fork_loop: Option<u64>,
     /// Read the pool file's text and the TLS files from this inherited descriptor instead of
     /// from disk (set by rq-supervisor; see `launch::handoff`).
     #[arg(

@@ -71,8 +71,11 @@ pub fn main_from(
     args: impl IntoIterator<Item = std::ffi::OsString>,
     registry: Registry,
 ) -> Result<(), i32> {
-    let args = cli::rq_spellings(args);
-    let opts = match WorkerArgs::parse_from(args).resolve() {
+    let args = WorkerArgs::parse_from(cli::rq_spellings(args));
+    if let Some(n) = args.fork_loop {
+        return fork_loop(n);
+    }
+    let opts = match args.resolve() {
         Ok(opts) => opts,
         Err(msg) => {
             eprintln!("rqworker: {msg}");
@@ -80,6 +83,22 @@ pub fn main_from(
         }
     };
     run(opts, registry)
+}
+
+/// `--fork-loop N`: N horses forked, each exiting at once, and waited for, in turn; prints
+/// forks per second (the benchmark's ceiling of fork per job for this binary).
+fn fork_loop(n: u64) -> Result<(), i32> {
+    let started = Instant::now();
+    for _ in 0..n {
+        let horse = crate::execution::fork::Horse::fork(|| 0).map_err(|e| {
+            eprintln!("rqworker: cannot fork: {e}");
+            EXIT_FAILURE
+        })?;
+        // Its natural end, as a job's horse's (no kill).
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(horse.pid, None) {}
+    }
+    println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Runs one worker until it stops; `Err` carries the exit status. The same rule as
