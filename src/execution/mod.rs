@@ -71,6 +71,18 @@ impl StartError {
             errno: e.raw_os_error(),
         }
     }
+
+    /// The work horse could not be forked.
+    pub fn fork(e: &std::io::Error) -> StartError {
+        StartError::io(
+            e,
+            JobFailure::StartFailed {
+                what: "cannot fork a work horse".into(),
+                error: e.to_string(),
+                fix: None,
+            },
+        )
+    }
 }
 
 /// A job about to start, as every handler kind sees it.

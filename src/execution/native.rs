@@ -68,16 +68,7 @@ impl Handler for NativeHandler {
         let run = |out: &mut dyn io::Write| run_call(&**f, call, out, HORSE);
         super::report::fork(&Plain, run, outcome)
             .map(|e| Box::new(e) as Box<dyn Execution>)
-            .map_err(|e| {
-                StartError::io(
-                    &e,
-                    JobFailure::StartFailed {
-                        what: "cannot fork a work horse".into(),
-                        error: e.to_string(),
-                        fix: None,
-                    },
-                )
-            })
+            .map_err(|e| StartError::fork(&e))
     }
 
     fn describe(&self) -> String {

@@ -98,16 +98,7 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 stopped_callback,
             }) as Box<dyn Execution>
         })
-        .map_err(|e| {
-            StartError::io(
-                &e,
-                JobFailure::StartFailed {
-                    what: "cannot fork a work horse".into(),
-                    error: e.to_string(),
-                    fix: None,
-                },
-            )
-        })
+        .map_err(|e| StartError::fork(&e))
 }
 
 /// Calls `job.py`'s `run_job` (the GIL held) and returns its report; flushes the job's
