@@ -70,10 +70,11 @@ pub enum Key {
     WithScheduler,
     LogLevel,
     LogFormat,
+    Fork,
 }
 
 impl Key {
-    pub const ALL: [Key; 11] = [
+    pub const ALL: [Key; 12] = [
         Key::BuiltinHandlers,
         Key::ResultsTtl,
         Key::WorkerTtl,
@@ -85,6 +86,7 @@ impl Key {
         Key::WithScheduler,
         Key::LogLevel,
         Key::LogFormat,
+        Key::Fork,
     ];
 
     /// The key in `[worker]` and `[pools.NAME.worker]`.
@@ -101,13 +103,18 @@ impl Key {
             Key::WithScheduler => "with_scheduler",
             Key::LogLevel => "log_level",
             Key::LogFormat => "log_format",
+            Key::Fork => "fork",
         }
     }
 
     /// The `rqworker` flag. `log_level` has none (`-v` and `-q` set it, and cannot be
     /// wrong); a unit test checks that every other one exists.
     pub fn flag(self) -> String {
-        format!("--{}", self.file_key().replace('_', "-"))
+        match self {
+            // As `rq worker`: `-w rq.SimpleWorker` is the no-fork mode.
+            Key::Fork => "--worker-class".into(),
+            _ => format!("--{}", self.file_key().replace('_', "-")),
+        }
     }
 }
 
@@ -125,6 +132,8 @@ pub struct WorkerSettings {
     pub with_scheduler: Option<bool>,
     pub log_level: Option<LogLevel>,
     pub log_format: Option<LogFormat>,
+    /// `false`: jobs run in the worker process, as under RQ's SimpleWorker.
+    pub fork: Option<bool>,
 }
 
 /// How the worker runs Python job functions (`[python]`, a pool's `python` key, `rqworker`'s
@@ -204,6 +213,7 @@ impl WorkerSettings {
             with_scheduler: self.with_scheduler.or(lower.with_scheduler),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
+            fork: self.fork.or(lower.fork),
         }
     }
 
@@ -224,6 +234,7 @@ impl WorkerSettings {
             with_scheduler: self.with_scheduler.unwrap_or(d.with_scheduler),
             log_level: self.log_level.unwrap_or(d.log_level),
             log_format: self.log_format.unwrap_or(d.log_format),
+            fork: self.fork.unwrap_or(d.fork),
         }
     }
 }
@@ -261,6 +272,9 @@ pub struct WorkerSpec {
     pub with_scheduler: bool,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// A work horse forked per job (`true`, RQ's Worker), or the job run in the worker
+    /// process (`false`, RQ's SimpleWorker; command handlers still run as a child).
+    pub fork: bool,
 }
 
 impl Default for WorkerSpec {
@@ -277,6 +291,7 @@ impl Default for WorkerSpec {
             with_scheduler: false,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
+            fork: true,
         }
     }
 }

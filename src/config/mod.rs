@@ -368,6 +368,7 @@ impl Validator {
             max_jobs: w.max_jobs,
             max_idle_time: w.max_idle_time,
             with_scheduler: w.with_scheduler,
+            fork: w.fork,
             ..WorkerSettings::default()
         };
         // The rules before the names, the order in which the keys are reported.

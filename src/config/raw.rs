@@ -74,6 +74,7 @@ pub struct RawWorker {
     pub with_scheduler: Option<bool>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub fork: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

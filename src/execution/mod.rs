@@ -4,12 +4,13 @@
 //! finishes or kills without knowing which kind it is. Every ending is an [`Outcome`], whose
 //! [`JobFailure`] renders RQ's exception texts in one place.
 //!
-//! Today every execution is a forked work horse ([`fork::Horse`]); an in-process execution
-//! (no fork) implements the same trait.
+//! Every execution is a forked work horse ([`fork::Horse`]), or in no-fork mode a run in the
+//! worker's own process ([`Handler::run_in_process`], [`inline`]).
 
 mod call;
 mod command;
 pub mod fork;
+pub mod inline;
 mod native;
 pub mod outcome;
 pub mod report;
@@ -70,6 +71,18 @@ impl StartError {
             errno: e.raw_os_error(),
         }
     }
+
+    /// The work horse could not be forked.
+    pub fn fork(e: &std::io::Error) -> StartError {
+        StartError::io(
+            e,
+            JobFailure::StartFailed {
+                what: "cannot fork a work horse".into(),
+                error: e.to_string(),
+                fix: None,
+            },
+        )
+    }
 }
 
 /// A job about to start, as every handler kind sees it.
@@ -104,6 +117,12 @@ impl JobStart<'_> {
 pub trait Handler {
     /// Starts the job.
     fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError>;
+
+    /// Runs the job to its end in the worker's own process (no-fork mode, RQ's
+    /// SimpleWorker); `None` for kinds that always run in a process of their own (a command).
+    fn run_in_process(&self, _job: &JobStart<'_>) -> Option<Result<Outcome, StartError>> {
+        None
+    }
 
     /// The timeout (seconds) of a job that carries none of its own; `None`: RQ's default.
     fn default_timeout(&self) -> Option<i64> {

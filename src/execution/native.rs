@@ -19,40 +19,56 @@ pub struct NativeHandler(pub Rc<NativeFn>);
 struct Plain;
 impl ForkHooks for Plain {}
 
+/// Who runs a native function, for its panic's log line.
+const HORSE: &str = "work horse";
+
+/// Runs `f` on `call` where it is (the horse, or the worker in no-fork mode), writing the
+/// report to `out`; returns the exit code a horse would end with (1 after a panic).
+fn run_call(f: &NativeFn, call: &JobCall, out: &mut dyn io::Write, who: &'static str) -> i32 {
+    // In a horse only: the worker itself must not grow its environment per job (glibc keeps
+    // every value ever set, and looks it up in a tree each time); the function has the call.
+    if who == HORSE {
+        for (k, v) in job_env(call) {
+            // SAFETY: the horse is single-threaded, the one case where set_var is sound.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    // One log line instead of the default multi-line report on stderr; the message also
+    // reaches the job's exc_string.
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("{who} {}", info.to_string().replace('\n', " "))
+    }));
+    let (doc, code) = match catch_unwind(AssertUnwindSafe(|| f(call))) {
+        Ok(Ok(value)) => (json!({ "ok": value }), 0),
+        Ok(Err(e)) => (json!({ "err": e.to_string() }), 0),
+        Err(panic) => (json!({ "panic": panic_message(&*panic) }), 1),
+    };
+    let _ = out.write_all(doc.to_string().as_bytes());
+    code
+}
+
 impl Handler for NativeHandler {
+    fn run_in_process(&self, job: &JobStart<'_>) -> Option<Result<Outcome, StartError>> {
+        let call = match job.call() {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut report = Vec::new();
+        let code = super::inline::with_deadline(job.timeout, || {
+            run_call(&*self.0, call, &mut report, "job")
+        });
+        let _ = std::panic::take_hook();
+        let exit = super::inline::exit_code(code);
+        Some(Ok(outcome(exit, &report)))
+    }
+
     fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
         let call = job.call()?;
         let f = &self.0;
-        let run = |out: &mut dyn io::Write| {
-            for (k, v) in job_env(call) {
-                // SAFETY: the horse is single-threaded, the one case where set_var is sound.
-                unsafe { std::env::set_var(k, v) };
-            }
-            // One log line instead of the default multi-line report on stderr; the message
-            // also reaches the job's exc_string.
-            std::panic::set_hook(Box::new(|info| {
-                log::error!("work horse {}", info.to_string().replace('\n', " "))
-            }));
-            let (doc, code) = match catch_unwind(AssertUnwindSafe(|| f(call))) {
-                Ok(Ok(value)) => (json!({ "ok": value }), 0),
-                Ok(Err(e)) => (json!({ "err": e.to_string() }), 0),
-                Err(panic) => (json!({ "panic": panic_message(&*panic) }), 1),
-            };
-            let _ = out.write_all(doc.to_string().as_bytes());
-            code
-        };
+        let run = |out: &mut dyn io::Write| run_call(&**f, call, out, HORSE);
         super::report::fork(&Plain, run, outcome)
             .map(|e| Box::new(e) as Box<dyn Execution>)
-            .map_err(|e| {
-                StartError::io(
-                    &e,
-                    JobFailure::StartFailed {
-                        what: "cannot fork a work horse".into(),
-                        error: e.to_string(),
-                        fix: None,
-                    },
-                )
-            })
+            .map_err(|e| StartError::fork(&e))
     }
 
     fn describe(&self) -> String {

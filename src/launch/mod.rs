@@ -34,6 +34,16 @@ use handoff::{Handoff, WORKER_FD};
 /// queues): the supervisor reads it as a worker that cannot work here, not as a crash.
 pub const EXIT_ENVIRONMENT: i32 = 3;
 
+/// A worker's exit status when a job it ran in its own process (no-fork mode) overran its
+/// timeout: a native function cannot be interrupted, so SIGALRM ends the worker; the
+/// supervisor's crash cleanup settles the job as timed out.
+pub const EXIT_INLINE_TIMEOUT: i32 = 4;
+
+/// A worker's exit status when a cold shutdown (a second stop signal, or its supervisor's
+/// death) came while it ran a job in its own process (no-fork mode): there is no horse to
+/// kill, so the worker ends at once; the supervisor's crash cleanup settles the job.
+pub const EXIT_COLD_IN_PROCESS: i32 = 5;
+
 /// Set by rq-supervisor to its own pid in every worker's environment, so a worker can tell
 /// that its supervisor died (its parent pid changed) and stop cold (see `worker::signals`).
 pub const SUPERVISOR_PID_ENV: &str = "RQ_SUPERVISOR_PID";

@@ -56,6 +56,8 @@ api! {
     PyObject_GetAttrString: fn(*mut PyObject, *const c_char) -> *mut PyObject;
     PyObject_CallObject: fn(*mut PyObject, *mut PyObject) -> *mut PyObject;
     PyTuple_New: fn(Py_ssize_t) -> *mut PyObject;
+    PyDict_New: fn() -> *mut PyObject;
+    PyDict_SetItem: fn(*mut PyObject, *mut PyObject, *mut PyObject) -> c_int;
     PyTuple_SetItem: fn(*mut PyObject, Py_ssize_t, *mut PyObject) -> c_int;
     PyUnicode_FromStringAndSize: fn(*const c_char, Py_ssize_t) -> *mut PyObject;
     PyUnicode_AsUTF8AndSize: fn(*mut PyObject, *mut Py_ssize_t) -> *const c_char;
@@ -194,6 +196,20 @@ pub fn bytes_obj(b: &[u8]) -> Option<Owned> {
     Owned::new(unsafe {
         (api().PyBytes_FromStringAndSize)(b.as_ptr().cast(), b.len() as Py_ssize_t)
     })
+}
+
+/// A Python `dict` of `bytes` to `bytes` (a job hash, as redis-py returns it).
+pub fn bytes_dict<'a>(items: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Option<Owned> {
+    // SAFETY: a new empty dict; GIL held by the caller, as for every call here.
+    let dict = Owned::new(unsafe { (api().PyDict_New)() })?;
+    for (k, v) in items {
+        let (k, v) = (bytes_obj(k)?, bytes_obj(v)?);
+        // SAFETY: live objects; PyDict_SetItem takes its own references to both.
+        if unsafe { (api().PyDict_SetItem)(dict.0, k.0, v.0) } != 0 {
+            return None;
+        }
+    }
+    Some(dict)
 }
 
 /// A Python `int`.

@@ -30,6 +30,13 @@ import sys
 import traceback
 import zlib
 
+try:
+    # The C functions under `signal`, without its enum conversions: a few microseconds per
+    # job, which count when jobs run in the worker process.
+    from _signal import SIG_DFL as _SIG_DFL, SIGALRM as _SIGALRM, alarm as _alarm, signal as _set_handler
+except ImportError:
+    from signal import SIG_DFL as _SIG_DFL, SIGALRM as _SIGALRM, alarm as _alarm, signal as _set_handler
+
 
 class DefaultSerializer:
     """RQ's DefaultSerializer: the same bytes (`pickle.dumps` at the highest protocol)."""
@@ -92,30 +99,18 @@ def bootstrap(config_json):
         _flush()
 
 
-def _fields(blob):
-    """The job hash from the worker: (u32 length, name, u32 length, value) repeated."""
-    fields, view, i = {}, memoryview(blob), 0
-    while i < len(view):
-        n = int.from_bytes(view[i:i + 4], 'little')
-        key = bytes(view[i + 4:i + 4 + n])
-        i += 4 + n
-        n = int.from_bytes(view[i:i + 4], 'little')
-        fields[key] = bytes(view[i + 4:i + 4 + n])
-        i += 4 + n
-    return fields
-
-
-def run_job(job_id, blob, timeout, worker_name):
-    """In the horse: `run()` for the job, as the JSON report the worker reads."""
+def run_job(job_id, fields, timeout, worker_name):
+    """`run()` for the job (in its horse, or in the worker in no-fork mode), as the JSON
+    report the worker reads. `fields` is the job hash, bytes to bytes, as redis-py reads it."""
     try:
-        kind, payload, text = run(job_id, _fields(blob), timeout, worker_name)
+        kind, payload, text = run(job_id, fields, timeout, worker_name)
     except BaseException:
         kind, payload, text = 'failed', _exc_string(), ''
     return json.dumps({'kind': kind, 'payload': payload, 'text': text})
 
 
-def run_stopped(job_id, blob):
-    run_stopped_callback(job_id, _fields(blob))
+def run_stopped(job_id, fields):
+    run_stopped_callback(job_id, fields)
 
 
 def app_threads():
@@ -401,13 +396,13 @@ class _Timeout:
 
     def __enter__(self):
         if self.timeout > 0:
-            signal.signal(signal.SIGALRM, self._fire)
-            signal.alarm(int(math.ceil(self.timeout)))
+            _set_handler(_SIGALRM, self._fire)
+            _alarm(int(math.ceil(self.timeout)))
 
     def __exit__(self, *exc):
         if self.timeout > 0:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            _alarm(0)
+            _set_handler(_SIGALRM, _SIG_DFL)
         return False
 
 

@@ -17,7 +17,7 @@ mod interpreter;
 use std::cell::RefCell;
 use std::time::Duration;
 
-use crate::execution::{Execution, Handler, JobFailure, JobStart, StartError};
+use crate::execution::{Execution, Handler, JobFailure, JobStart, Outcome, StartError};
 use crate::protocol::payload::PayloadError;
 pub use interpreter::StartFailure;
 
@@ -107,24 +107,40 @@ impl PythonHandler {
     }
 }
 
+impl PythonHandler {
+    /// Starts the interpreter if need be; a failure is the environment's.
+    fn started_or_start_error(&self) -> Result<(), StartError> {
+        self.ensure_started().map_err(|e| StartError {
+            environment: true,
+            errno: e.errno,
+            failure: JobFailure::StartFailed {
+                what: "cannot start the Python interpreter".into(),
+                error: e.text,
+                fix: None,
+            },
+        })
+    }
+}
+
 impl Handler for PythonHandler {
     fn start(&self, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
-        if let Err(e) = self.ensure_started() {
-            return Err(StartError {
-                environment: true,
-                errno: e.errno,
-                failure: JobFailure::StartFailed {
-                    what: "cannot start the Python interpreter".into(),
-                    error: e.text,
-                    fix: None,
-                },
-            });
-        }
+        self.started_or_start_error()?;
         let state = self.state.borrow();
         let State::Running(interp) = &*state else {
             unreachable!("started above")
         };
         horse::start(interp, job)
+    }
+
+    fn run_in_process(&self, job: &JobStart<'_>) -> Option<Result<Outcome, StartError>> {
+        if let Err(e) = self.started_or_start_error() {
+            return Some(Err(e));
+        }
+        let state = self.state.borrow();
+        let State::Running(interp) = &*state else {
+            unreachable!("started above")
+        };
+        Some(Ok(horse::run_in_process(interp, job)))
     }
 
     fn kill_grace(&self) -> Duration {

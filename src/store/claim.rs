@@ -49,6 +49,8 @@ pub struct ClaimRequest<'a> {
     pub execution_id: &'a str,
     /// This execution id was sent before and its reply lost: hand back the job it took.
     pub retry: bool,
+    /// The job will run in the worker process (no fork), which cannot heartbeat meanwhile.
+    pub in_process: bool,
 }
 
 impl ClaimRequest<'_> {
@@ -64,6 +66,7 @@ impl ClaimRequest<'_> {
             .arg(self.monitoring_interval)
             .arg(self.idle_ttl)
             .arg(if self.retry { "1" } else { "0" })
+            .arg(if self.in_process { "1" } else { "0" })
             .arg(self.queues);
         (cmd, now)
     }

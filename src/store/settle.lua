@@ -109,6 +109,15 @@ local function add_result(kind, field)
   redis.call('XADD', KEY_RESULTS .. id, 'MAXLEN', '~', '10', '*', unpack(entry))
 end
 
+-- A failure's result entry lives as long as the job's failure_ttl (none: the stream's own).
+local function keep_result_for(failure_ttl)
+  if failure_ttl == -1 then
+    redis.call('PERSIST', KEY_RESULTS .. id)
+  elseif failure_ttl then
+    redis.call('EXPIRE', KEY_RESULTS .. id, failure_ttl)
+  end
+end
+
 -- RQ's enqueue_dependents (§7.11): children whose dependencies are all met leave
 -- rq:deferred and join their queue. `parent` is this job's terminal status.
 local function enqueue_dependents(parent)
@@ -218,13 +227,7 @@ if outcome == 'retried' then
   local failure_ttl = sane_ttl(job[3])
   local function result_ttl(kind)
     add_result(kind, 'return_value')
-    if failure_ttl then
-      if failure_ttl == -1 then
-        redis.call('PERSIST', KEY_RESULTS .. id)
-      else
-        redis.call('EXPIRE', KEY_RESULTS .. id, failure_ttl)
-      end
-    end
+    keep_result_for(failure_ttl)
   end
   if done > 0 and done >= max then
     local ttl = failure_ttl or 31536000
@@ -284,12 +287,6 @@ else
   redis.call('ZADD', KEY_FAILED .. q, inow + ttl, id)
 end
 add_result('2', 'exc_string')
-if failure_ttl then
-  if failure_ttl == -1 then
-    redis.call('PERSIST', KEY_RESULTS .. id)
-  else
-    redis.call('EXPIRE', KEY_RESULTS .. id, failure_ttl)
-  end
-end
+keep_result_for(failure_ttl)
 apply_ttl(ttl)
 return outcome

@@ -236,7 +236,7 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
     let w = cfg.worker_for_pool(p);
     let _ = writeln!(
         o,
-        "  worker: builtin_handlers={} results_ttl={} worker_ttl={} job_monitoring_interval={} maintenance_interval={} max_jobs={} max_idle_time={} dequeue_strategy={} with_scheduler={} log_level={} log_format={}",
+        "  worker: builtin_handlers={} results_ttl={} worker_ttl={} job_monitoring_interval={} maintenance_interval={} max_jobs={} max_idle_time={} dequeue_strategy={} with_scheduler={} log_level={} log_format={} fork={}",
         w.builtin_handlers,
         w.results_ttl,
         w.worker_ttl,
@@ -251,6 +251,7 @@ fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Pat
         w.dequeue_strategy,
         w.with_scheduler,
         level(w.log_level),
-        format(w.log_format)
+        format(w.log_format),
+        w.fork
     );
 }

@@ -41,7 +41,14 @@ impl ExitKind {
 
     /// Words for logs and for the failed job's message.
     pub fn describe(&self) -> String {
+        use crate::launch::{EXIT_COLD_IN_PROCESS, EXIT_INLINE_TIMEOUT};
         match self {
+            ExitKind::Code(c) if *c == EXIT_INLINE_TIMEOUT => format!(
+                "exited with status {c} (JobTimeoutException: the job it ran in its own process, no-fork mode, overran its timeout and could not be interrupted)"
+            ),
+            ExitKind::Code(c) if *c == EXIT_COLD_IN_PROCESS => format!(
+                "exited with status {c} (a cold shutdown came while it ran the job in its own process, no-fork mode, where nothing can be killed)"
+            ),
             ExitKind::Code(c) => format!("exited with status {c}"),
             ExitKind::Signal(n, name) => format!("was killed by signal {n} ({name})"),
         }

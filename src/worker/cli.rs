@@ -115,7 +115,8 @@ pub struct WorkerArgs {
     /// Log the job's id instead of its description (its call with the arguments).
     #[arg(long = "disable-job-desc-logging")]
     pub disable_job_desc_logging: bool,
-    /// The worker class, as `rq worker -w`: rq.Worker (the default; a work horse per job).
+    /// The worker class, as `rq worker -w`: rq.Worker (the default; a work horse per job) or
+    /// rq.SimpleWorker (no fork: jobs run in the worker process).
     #[arg(short = 'w', long = "worker-class", value_name = "CLASS")]
     pub worker_class: Option<String>,
     /// The job class, as `rq worker -j`: rq.job.Job.
@@ -133,6 +134,10 @@ pub struct WorkerArgs {
     /// Pool name, shown in every log line (set by rq-supervisor).
     #[arg(long = flag::POOL, hide = true)]
     pub pool: Option<String>,
+    /// For the benchmark: fork N work horses that exit at once, one after the other, print
+    /// the rate (forks/s) and exit: the fork-per-job ceiling of this binary.
+    #[arg(long = "fork-loop", value_name = "N", hide = true)]
+    pub fork_loop: Option<u64>,
     /// Read the pool file's text and the TLS files from this inherited descriptor instead of
     /// from disk (set by rq-supervisor; see `launch::handoff`).
     #[arg(
@@ -180,7 +185,12 @@ const CLASSES: [(&str, &str, &[&str]); 4] = [
     (
         "-w/--worker-class",
         "rq.Worker",
-        &["rq.Worker", "rq.worker.Worker"],
+        &[
+            "rq.Worker",
+            "rq.worker.Worker",
+            "rq.SimpleWorker",
+            "rq.worker.SimpleWorker",
+        ],
     ),
     ("-j/--job-class", "rq.job.Job", &["rq.job.Job", "rq.Job"]),
     ("--queue-class", "rq.Queue", &["rq.Queue", "rq.queue.Queue"]),
@@ -225,6 +235,10 @@ impl WorkerArgs {
             max_idle_time: self.max_idle_time.map(Secs),
             dequeue_strategy: self.dequeue_strategy,
             with_scheduler: self.with_scheduler.then_some(true),
+            fork: self
+                .worker_class
+                .as_deref()
+                .map(|c| !c.ends_with("SimpleWorker")),
             log_level: if self.verbose {
                 Some(LogLevel::Debug)
             } else if self.quiet {
@@ -323,11 +337,6 @@ impl WorkerArgs {
             let Some(v) = value else { continue };
             if accepted.contains(&v.as_str()) {
                 continue;
-            }
-            if option.starts_with("-w") && v.ends_with("SimpleWorker") {
-                return Err(format!(
-                    "{option} {v}: rqworker has no no-fork mode yet; every job runs in a work horse (rq.Worker)"
-                ));
             }
             return Err(format!(
                 "{option} {v}: rqworker runs RQ's own {default}, in Rust, and cannot load a Python subclass of it; drop the option (custom job code goes in the job functions, exception handlers in --exception-handler)"

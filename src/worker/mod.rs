@@ -71,8 +71,11 @@ pub fn main_from(
     args: impl IntoIterator<Item = std::ffi::OsString>,
     registry: Registry,
 ) -> Result<(), i32> {
-    let args = cli::rq_spellings(args);
-    let opts = match WorkerArgs::parse_from(args).resolve() {
+    let args = WorkerArgs::parse_from(cli::rq_spellings(args));
+    if let Some(n) = args.fork_loop {
+        return fork_loop(n);
+    }
+    let opts = match args.resolve() {
         Ok(opts) => opts,
         Err(msg) => {
             eprintln!("rqworker: {msg}");
@@ -80,6 +83,22 @@ pub fn main_from(
         }
     };
     run(opts, registry)
+}
+
+/// `--fork-loop N`: N horses forked, each exiting at once, and waited for, in turn; prints
+/// forks per second (the benchmark's ceiling of fork per job for this binary).
+fn fork_loop(n: u64) -> Result<(), i32> {
+    let started = Instant::now();
+    for _ in 0..n {
+        let horse = crate::execution::fork::Horse::fork(|| 0).map_err(|e| {
+            eprintln!("rqworker: cannot fork: {e}");
+            EXIT_FAILURE
+        })?;
+        // Its natural end, as a job's horse's (no kill).
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(horse.pid, None) {}
+    }
+    println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Runs one worker until it stops; `Err` carries the exit status. The same rule as
@@ -672,13 +691,9 @@ impl Worker {
             // Retried like any failure, as RQ does: in a mixed fleet a Python worker that
             // knows the function (or reads pickle) may take the retry.
             Err(failure) => Outcome::Failed(failure),
-            Ok(job) => match job.handler.start(&JobStart {
-                record: &c.record,
-                call: job.call.as_ref(),
-                timeout: job.timeout,
-                worker: &self.name,
-            }) {
-                Ok(execution) => {
+            Ok(job) => match self.run_or_start(&c, &job) {
+                Started::Ended(outcome) => outcome,
+                Started::Running(execution) => {
                     if let Some(pid) = execution.pid() {
                         log::debug!("job {} work horse pid {pid}", c.record.id);
                     }
@@ -686,17 +701,43 @@ impl Worker {
                     let grace = job.handler.kill_grace();
                     self.monitor(execution, &c, job.timeout, grace)
                 }
-                Err(e) if e.environment => {
+                Started::Refused(e) if e.environment => {
                     self.unclaim(&c);
                     return Ran::NotHere(e);
                 }
-                Err(e) => Outcome::Failed(e.failure),
+                Started::Refused(e) => Outcome::Failed(e.failure),
             },
         };
         fault_point!("after-horse-exit");
         self.settle(&c, outcome, started.elapsed());
         fault_point!("after-settle");
         Ran::Yes
+    }
+
+    /// Starts the job in a process of its own, or in no-fork mode runs it here to its end
+    /// (kinds that always need a process of their own, commands, start as usual).
+    fn run_or_start(&self, c: &Claimed, job: &Prepared) -> Started {
+        let start = JobStart {
+            record: &c.record,
+            call: job.call.as_ref(),
+            timeout: job.timeout,
+            worker: &self.name,
+        };
+        if !self.spec.fork {
+            signals::in_process_job(true);
+            let ran = job.handler.run_in_process(&start);
+            signals::in_process_job(false);
+            if let Some(ran) = ran {
+                return match ran {
+                    Ok(outcome) => Started::Ended(outcome),
+                    Err(e) => Started::Refused(e),
+                };
+            }
+        }
+        match job.handler.start(&start) {
+            Ok(execution) => Started::Running(execution),
+            Err(e) => Started::Refused(e),
+        }
     }
 
     /// Gives a job the worker could not start back to its queue, retrying through outages
@@ -772,6 +813,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// What starting a job gave.
+enum Started {
+    /// Run to its end in the worker's process (no-fork mode).
+    Ended(Outcome),
+    /// Running in a process of its own.
+    Running(Box<dyn crate::execution::Execution>),
+    Refused(crate::execution::StartError),
 }
 
 /// A job ready to start: its handler, the decoded call (JSON payloads), and the timeout the
@@ -866,6 +916,7 @@ fn claim_request<'a>(
         idle_ttl: idle_ttl(spec),
         execution_id,
         retry,
+        in_process: !spec.fork,
     }
 }
 

@@ -11,12 +11,27 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use nix::unistd::{Pid, getppid};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 
 use crate::launch::SUPERVISOR_PID_ENV;
+
+/// Set while a job runs in the worker's own process (no-fork mode): nothing can be killed
+/// then, so a cold shutdown (a second stop signal, or the supervisor's death) ends the worker
+/// at once, from the handler, with [`EXIT_COLD_IN_PROCESS`]; whoever cleans up after it
+/// settles the job (rq-supervisor at once, else RQ's abandoned-job cleanup).
+static IN_PROCESS_JOB: AtomicBool = AtomicBool::new(false);
+/// The supervisor's pid (0 for none), for the handler's orphan check.
+static SUPERVISOR: AtomicI32 = AtomicI32::new(0);
+
+pub use crate::launch::EXIT_COLD_IN_PROCESS;
+
+/// Marks the start (`true`) and end of a job run in the worker's process.
+pub fn in_process_job(running: bool) {
+    IN_PROCESS_JOB.store(running, Ordering::SeqCst);
+}
 
 pub struct Signals {
     read: UnixStream,
@@ -37,10 +52,16 @@ impl Signals {
         let child = Arc::new(AtomicBool::new(false));
         for sig in [SIGINT, SIGTERM] {
             let stops = Arc::clone(&stops);
-            // SAFETY: the action only performs an atomic increment, which is async-signal-safe.
+            // SAFETY: the action performs atomic operations, getppid and _exit, which are all
+            // async-signal-safe.
             unsafe {
                 signal_hook::low_level::register(sig, move || {
-                    stops.fetch_add(1, Ordering::SeqCst);
+                    let n = stops.fetch_add(1, Ordering::SeqCst) + 1;
+                    let supervisor = SUPERVISOR.load(Ordering::SeqCst);
+                    let orphaned = supervisor != 0 && nix::libc::getppid() != supervisor;
+                    if IN_PROCESS_JOB.load(Ordering::SeqCst) && (n >= 2 || orphaned) {
+                        nix::libc::_exit(EXIT_COLD_IN_PROCESS);
+                    }
                 })?;
             }
             signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
@@ -52,6 +73,7 @@ impl Signals {
             .and_then(|v| v.parse::<i32>().ok())
             .map(Pid::from_raw)
             .filter(|p| *p == getppid());
+        SUPERVISOR.store(supervisor.map_or(0, Pid::as_raw), Ordering::SeqCst);
         Ok(Signals {
             read,
             stops,

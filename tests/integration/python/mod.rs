@@ -21,6 +21,7 @@ use crate::support::*;
 mod failures;
 mod fleet;
 mod jobs;
+mod no_fork;
 mod runtime;
 
 /// A bound for a burst worker's whole run: the interpreter's start and a few jobs, each a fork,

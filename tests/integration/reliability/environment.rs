@@ -283,8 +283,17 @@ fn limit_on_a_running_worker(uid: u32, kind: Kind, limit: Limit) {
         Limit::Files => 3,
     };
     prlimit_pid(w.pid().as_raw() as u32, uid, limit, value);
+    // Suspended (as `rq suspend`) while the jobs go in, so that the snapshot is theirs before
+    // the worker touches any.
+    redis::cmd("SET")
+        .arg("rq:suspended")
+        .arg("1")
+        .exec(&mut con)
+        .unwrap();
+    wait_worker_state(&mut con, "jailed", "suspended");
     let ids = jail.enqueue(&mut con, kind, JOBS);
     let before = snapshot(&mut con, &ids);
+    redis::cmd("DEL").arg("rq:suspended").exec(&mut con).unwrap();
     assert_gave_up(&mut w, limit, value);
     assert_untouched(&mut con, &ids, &before, &w.log());
     assert!(

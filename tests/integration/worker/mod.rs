@@ -8,3 +8,4 @@ mod bookkeeping;
 mod cli;
 mod handlers;
 mod lifecycle;
+mod no_fork;
