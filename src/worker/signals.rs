@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use nix::unistd::{Pid, getppid};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use crate::launch::SUPERVISOR_PID_ENV;
 
@@ -22,19 +22,32 @@ pub struct Signals {
     read: UnixStream,
     stops: Arc<AtomicUsize>,
     child: Arc<AtomicBool>,
+    /// SIGUSR1 pauses (no new job until SIGUSR2), SIGUSR2 resumes: rq-supervisor's `pause
+    /// POOL` and `resume POOL`.
+    paused: Arc<AtomicBool>,
     /// The supervisor that started this worker, if it is still the parent at start.
     supervisor: Option<Pid>,
 }
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
-    /// changed state. All of them wake the poll loop through the pipe. A horse restores these
-    /// three to their defaults (`execution::fork`).
-    pub fn install() -> io::Result<Signals> {
+    /// changed state; USR1 and USR2 pause and resume (`paused` is the state at start). All
+    /// of them wake the poll loop through the pipe. A horse restores them to their defaults
+    /// (`execution::fork`).
+    pub fn install(paused: bool) -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         let stops = Arc::new(AtomicUsize::new(0));
         let child = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(paused));
+        for (sig, on) in [(SIGUSR1, true), (SIGUSR2, false)] {
+            let pause = Arc::clone(&pause);
+            // SAFETY: the action only performs an atomic store, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || pause.store(on, Ordering::SeqCst))?;
+            }
+            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+        }
         for sig in [SIGINT, SIGTERM] {
             let stops = Arc::clone(&stops);
             // SAFETY: the action only performs an atomic increment, which is async-signal-safe.
@@ -56,6 +69,7 @@ impl Signals {
             read,
             stops,
             child,
+            paused: pause,
             supervisor,
         })
     }
@@ -90,6 +104,11 @@ impl Signals {
     /// Asks for a warm shutdown from inside the worker (e.g. a `shutdown` command).
     pub fn request_stop(&self) {
         self.stops.fetch_max(1, Ordering::SeqCst);
+    }
+
+    /// True from a SIGUSR1 (or `--paused`) until a SIGUSR2.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// True once per batch of SIGCHLDs.
