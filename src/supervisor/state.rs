@@ -1197,8 +1197,14 @@ impl State {
             return;
         }
         // Only at the target: below it the missing workers are started first, above it the
-        // extra ones are retired first, so a roll never adds a worker over the count.
+        // extra ones are retired first, so a roll never adds a worker over the count. And
+        // only once the worker the last step retired has exited: a busy one finishes its job
+        // first, and starting the next step meanwhile would run two extra workers.
         if self.outdated_active(pool).next().is_none()
+            || self
+                .workers
+                .values()
+                .any(|w| w.pool == name && w.retire == Some(Retire::Roll))
             || self.occupying(name) != self.target(pool)
             || !self.gate_open(now, pool)
         {
