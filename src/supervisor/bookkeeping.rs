@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::{Backoff, RedisTarget};
 use crate::execution::JobFailure;
-use crate::store::{Backlog, Cleanup, Registration, Store, StoreError};
+use crate::store::{Cleanup, Registration, Store, StoreError};
 
 /// Crash cleanup of `worker`, which died `how` (e.g. "was killed by signal 9 (SIGKILL)"):
 /// its death registered and its job settled, failed with a text that says so.
@@ -36,8 +36,6 @@ pub struct Bookkeeping {
     /// No Redis traffic before this instant (set after a failure).
     retry_at: Option<Instant>,
     pending: VecDeque<PendingCleanup>,
-    /// The latest Redis error, for the readings made while its backoff runs.
-    last_error: Option<String>,
 }
 
 /// What one cleanup did, for the log.
@@ -54,7 +52,6 @@ impl Bookkeeping {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
             retry_at: None,
             pending: VecDeque::new(),
-            last_error: None,
         }
     }
 
@@ -89,7 +86,6 @@ impl Bookkeeping {
     fn succeeded(&mut self) {
         self.backoff.reset();
         self.retry_at = None;
-        self.last_error = None;
     }
 
     /// Queues a cleanup and tries every queued one now (unless backing off).
@@ -131,30 +127,6 @@ impl Bookkeeping {
             }
         }
         out
-    }
-
-    /// Reads the queues and the named workers' records (see `Store::backlog`); the error
-    /// says why not, also while a previous failure's backoff runs.
-    pub fn backlog(&mut self, queues: &[String], workers: &[String]) -> Result<Backlog, String> {
-        let now = Instant::now();
-        if self.backing_off(now) {
-            return Err(self
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "Redis could not be reached at the last try".into()));
-        }
-        match self.store.backlog(queues, workers) {
-            Ok(b) => {
-                self.succeeded();
-                Ok(b)
-            }
-            Err(e) => {
-                self.failed(now);
-                let text = e.to_string();
-                self.last_error = Some(text.clone());
-                Err(text)
-            }
-        }
     }
 
     /// Reads each worker's registration; `None` when Redis cannot be asked now.

@@ -14,6 +14,8 @@ pub enum Input {
     /// A control-socket command (or a metrics scrape's `status`), and where its answer goes.
     /// The loop answers at once and never waits on the asker.
     Control(Request, Sender<Reply>),
+    /// The readings thread's answer (see `sampler`).
+    Reading(Box<super::sampler::Sampled>),
 }
 
 /// The signals the supervisor acts on, by meaning.

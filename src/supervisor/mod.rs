@@ -28,6 +28,7 @@ pub mod pool;
 pub mod reload;
 pub mod restart;
 pub mod runtime;
+mod sampler;
 pub mod state;
 pub mod status;
 
@@ -206,7 +207,6 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         handle.close();
         return Err(EXIT_USAGE);
     }
-    drop(tx);
     // Orphaned work horses re-parent to us (not to init), so we can reap and account them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!("cannot become a child subreaper ({e}); orphaned horses go to init");
@@ -220,7 +220,14 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         humantime::format_duration(cfg.shutdown_budget())
     );
     let program = default_program.unwrap_or_else(|| PathBuf::from("rq-supervisor"));
-    let rt = runtime::Runtime::new(&cfg, start, program, rx);
+    let rt = match runtime::Runtime::new(&cfg, start, program, rx, tx) {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("{e}");
+            handle.close();
+            return Err(EXIT_FAILURE);
+        }
+    };
     let code = rt.run();
     handle.close();
     if code == 0 { Ok(()) } else { Err(code) }

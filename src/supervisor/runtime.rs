@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::Level;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -23,6 +23,7 @@ use super::bookkeeping::{Bookkeeping, Outcome};
 use super::control::{Reply, Request};
 use super::input::{Input, SignalInput};
 use super::notify::Notifier;
+use super::sampler::{Plan, Sampled, Sampler};
 use super::state::{
     self, Action, Command, Event, ExitKind, Reading, Sample, Sig, SpawnSpec, State, WorkerId,
 };
@@ -43,6 +44,9 @@ const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
 /// How often the queues and workers are read (autoscale, `status`, metrics): twice a
 /// second, so a backlog is answered within about a second.
 const READING_INTERVAL: Duration = Duration::from_millis(500);
+/// A reading older than this means Redis does not answer (a stalled one keeps the readings
+/// thread waiting rather than failing).
+const READING_STALE: Duration = Duration::from_secs(10);
 
 /// What `main` resolved before the loop starts.
 pub struct Start {
@@ -90,10 +94,11 @@ pub struct Runtime {
     json_logs: bool,
     next_health: Instant,
     next_reading: Instant,
+    sampler: Sampler,
     /// Why the latest reading of the queues failed; `None` once one succeeded.
     reading_error: Option<String>,
-    /// A reading has succeeded at least once.
-    read_once: bool,
+    /// When a reading last succeeded.
+    last_read: Option<Instant>,
     control_socket: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
     notifier: Notifier,
@@ -107,7 +112,8 @@ impl Runtime {
         start: Start,
         default_program: PathBuf,
         inputs: Receiver<Input>,
-    ) -> Runtime {
+        sender: Sender<Input>,
+    ) -> Result<Runtime, String> {
         let Start {
             config_path,
             from_file,
@@ -121,7 +127,8 @@ impl Runtime {
             metrics,
         } = start;
         let now = Instant::now();
-        Runtime {
+        let sampler = Sampler::start(target.clone(), sender)?;
+        Ok(Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
             from_file,
@@ -139,14 +146,15 @@ impl Runtime {
             json_logs: cfg.supervisor.log_format == LogFormat::Json,
             next_health: now + cfg.supervisor.health_interval.0,
             next_reading: now,
+            sampler,
             reading_error: None,
-            read_once: false,
+            last_read: None,
             control_socket,
             metrics,
             notifier: Notifier::from_env(),
             inputs,
             exit: None,
-        }
+        })
     }
 
     /// Runs until the state machine says to exit; returns the exit status.
@@ -225,7 +233,7 @@ impl Runtime {
             events.push(self.health(true));
         }
         if Instant::now() >= self.next_reading {
-            events.extend(self.read_load());
+            self.ask_reading();
         }
         events.push(Event::Tick);
         events
@@ -251,6 +259,10 @@ impl Runtime {
 
     fn on_input(&mut self, input: Input, pending: &mut VecDeque<Action>) -> Vec<Event> {
         match input {
+            Input::Reading(sampled) => {
+                self.sampler.done();
+                self.on_reading(*sampled).into_iter().collect()
+            }
             Input::Control(request, answer) => {
                 let reply = self.on_control(request, pending);
                 // The asker may have given up; its thread, not the loop, writes the answer.
@@ -329,20 +341,16 @@ impl Runtime {
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.config_path.display().to_string(),
             phase: snap.phase,
-            redis: RedisStatus {
-                url: self.books.target().masked().to_string(),
-                ok: self.read_once && self.reading_error.is_none(),
-                error: self.reading_error.clone(),
-            },
+            redis: self.redis_status(),
             pools: snap.pools,
             workers: snap.workers,
             queues: snap.queues,
         }
     }
 
-    /// One round trip for every pool's queues and every worker's record (and the records
-    /// of workers that exited since, for their last job counts).
-    fn read_load(&mut self) -> Option<Event> {
+    /// Asks the readings thread for every pool's queues and every worker's record (and the
+    /// records of workers that exited since, for their last job counts).
+    fn ask_reading(&mut self) {
         self.next_reading = Instant::now() + READING_INTERVAL;
         let queues: Vec<String> = self
             .state
@@ -352,50 +360,72 @@ impl Runtime {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let live: Vec<(WorkerId, String)> = self
+        let workers = self
             .state
             .live_workers()
             .filter_map(|w| Some((w.id, w.name.clone()?)))
             .collect();
-        let finals: Vec<String> = self
+        let finals = self
             .state
             .finals
             .iter()
             .map(|(_, n, _)| n.clone())
             .collect();
-        let names: Vec<String> = live
-            .iter()
-            .map(|(_, n)| n.clone())
-            .chain(finals.iter().cloned())
-            .collect();
-        match self.books.backlog(&queues, &names) {
-            Ok(b) => {
-                if self.reading_error.take().is_some() {
-                    log::info!("Redis answers again: queue readings resume");
-                }
-                self.read_once = true;
-                let mut workers = b.workers.into_iter();
-                let live = live
-                    .into_iter()
-                    .map(|(id, _)| (id, workers.next().unwrap_or_default()))
-                    .collect();
-                let finals = finals
-                    .into_iter()
-                    .map(|n| (n, workers.next().filter(|w| w.present).map(|w| w.jobs)))
-                    .collect();
-                Some(Event::Reading(Reading {
-                    queues: queues.into_iter().zip(b.queues).collect(),
-                    workers: live,
-                    finals,
-                }))
-            }
+        self.sampler.request(Plan {
+            queues,
+            workers,
+            finals,
+        });
+    }
+
+    /// The readings thread's answer, as an event for the state machine.
+    fn on_reading(&mut self, sampled: Sampled) -> Option<Event> {
+        let Sampled { plan, result } = sampled;
+        let backlog = match result {
+            Ok(b) => b,
             Err(e) => {
                 if self.reading_error.is_none() {
                     log::warn!("cannot read the queues ({e}); autoscale waits, /healthz says so");
                 }
                 self.reading_error = Some(e);
-                None
+                return None;
             }
+        };
+        if self.reading_error.take().is_some() {
+            log::info!("Redis answers again: queue readings resume");
+        }
+        self.last_read = Some(Instant::now());
+        let mut records = backlog.workers.into_iter();
+        let workers = plan
+            .workers
+            .into_iter()
+            .map(|(id, _)| (id, records.next().unwrap_or_default()))
+            .collect();
+        let finals = plan
+            .finals
+            .into_iter()
+            .map(|n| (n, records.next().filter(|w| w.present).map(|w| w.jobs)))
+            .collect();
+        Some(Event::Reading(Reading {
+            queues: plan.queues.into_iter().zip(backlog.queues).collect(),
+            workers,
+            finals,
+        }))
+    }
+
+    /// Whether Redis answers, and why not: the latest reading failed, or none came lately.
+    fn redis_status(&self) -> RedisStatus {
+        let fresh = self.last_read.is_some_and(|t| t.elapsed() < READING_STALE);
+        let error = self.reading_error.clone().or_else(|| {
+            (!fresh).then(|| match self.last_read {
+                Some(t) => format!("no answer for {}s", t.elapsed().as_secs()),
+                None => "no reading has succeeded yet".to_string(),
+            })
+        });
+        RedisStatus {
+            url: self.books.target().masked().to_string(),
+            ok: error.is_none(),
+            error,
         }
     }
 

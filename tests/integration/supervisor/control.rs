@@ -425,3 +425,30 @@ fn the_socket_is_owner_only_and_another_user_is_refused_by_the_kernel() {
     );
     assert!(run(None).status.success(), "root gets in");
 }
+
+#[test]
+fn status_answers_at_once_while_redis_stalls() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let file =
+        PoolFile::new("[supervisor]\nhealth_interval = \"1m\"\n[pools.main]\nqueues = [\"a\"]\n");
+    let _sup = Supervisor::new(&redis, &file).spawn();
+    let mut con = redis.con();
+    wait_workers(&mut con, 1);
+    let stall = std::thread::spawn({
+        let mut c = redis.con();
+        move || redis::cmd("DEBUG").arg("SLEEP").arg(4).exec(&mut c)
+    });
+    // Let a reading start, so the readings thread is the one waiting.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_redis_stalled(&redis.url());
+    // The readings thread waits on Redis; the loop does not.
+    let t0 = std::time::Instant::now();
+    let out = control_ok(&file, &["status"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(out.contains("main"), "{out}");
+    stall.join().unwrap().unwrap();
+}
