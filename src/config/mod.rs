@@ -455,15 +455,8 @@ impl Validator {
         let autoscale = self.autoscale(&table, p.autoscale)?;
         let workers = match &autoscale {
             None => self.pool_workers(&table, p.workers.unwrap_or(1))?,
-            Some(a) => self.autoscaled_workers(&table, a, p.workers)?,
+            Some(a) => self.autoscaled_workers(&table, a, p.workers, p.burst)?,
         };
-        if autoscale.is_some() && p.burst == Some(true) {
-            return Err(self.invalid(
-                format!("{table} burst"),
-                "is true in an autoscaled pool; burst workers exit when the queues are empty, which leaves autoscale nothing to steer",
-                format!("remove burst, or remove [pools.{name}.autoscale]"),
-            ));
-        }
         let program = match p.program {
             Some(prog) => Some(self.executable(&format!("{table} program"), &prog)?),
             None => None,
@@ -613,13 +606,21 @@ impl Validator {
     }
 
     /// An autoscaled pool's `workers`: the count at start, within `[min, max]`; `min` when
-    /// left out.
+    /// left out. Such a pool is not a burst pool.
     fn autoscaled_workers(
         &self,
         table: &str,
         a: &AutoscaleSpec,
         workers: Option<i64>,
+        burst: Option<bool>,
     ) -> Result<u32, ConfigError> {
+        if burst == Some(true) {
+            return Err(self.invalid(
+                format!("{table} burst"),
+                "is true in an autoscaled pool; burst workers exit when the queues are empty, which leaves autoscale nothing to steer",
+                "remove burst, or remove the pool's autoscale table",
+            ));
+        }
         let Some(w) = workers else { return Ok(a.min) };
         u32::try_from(w)
             .ok()

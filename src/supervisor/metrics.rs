@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use super::control::{Request, ask_within};
 use super::input::Input;
-use super::status::{Status, WORKER_STATES};
+use super::status::{PoolStatus, Status, WORKER_STATES};
 
 /// How long a request waits for the event loop before it answers 503.
 const LOOP_WAIT: Duration = Duration::from_secs(2);
@@ -155,116 +155,141 @@ fn counters(r: &mut Registry, name: &str, help: &str) -> Counters {
     family
 }
 
-/// The snapshot in OpenMetrics text. Each family is listed in docs/supervisor.md.
-pub fn render(s: &Status) -> String {
-    let mut r = Registry::default();
-    let workers = gauges(
-        &mut r,
-        "rq_supervisor_workers",
-        "Workers by pool and state (starting, idle, busy, paused, retiring).",
-    );
-    let desired = gauges(
-        &mut r,
-        "rq_supervisor_pool_desired_workers",
-        "The worker count the supervisor keeps each pool at now.",
-    );
-    let min = gauges(
-        &mut r,
-        "rq_supervisor_pool_min_workers",
-        "An autoscaled pool's lower bound.",
-    );
-    let max = gauges(
-        &mut r,
-        "rq_supervisor_pool_max_workers",
-        "An autoscaled pool's upper bound.",
-    );
-    let degraded = gauges(
-        &mut r,
-        "rq_supervisor_pool_degraded",
-        "1 while the pool is degraded (its workers cannot start or keep failing).",
-    );
-    let paused = gauges(
-        &mut r,
-        "rq_supervisor_pool_paused",
-        "1 while the pool is paused.",
-    );
-    let backlog = gauges(
-        &mut r,
-        "rq_supervisor_pool_backlog_jobs",
-        "Jobs queued on the pool's queues.",
-    );
-    let rss = gauges(
-        &mut r,
-        "rq_supervisor_pool_rss_bytes",
-        "Resident memory of the pool's workers and their work horses.",
-    );
-    let restarts = counters(
-        &mut r,
-        "rq_supervisor_restarts",
-        "Workers replaced, by pool and reason.",
-    );
-    let jobs = counters(
-        &mut r,
-        "rq_supervisor_jobs",
-        "Jobs the pool's workers ended, by outcome (finished, failed).",
-    );
-    let length = gauges(&mut r, "rq_queue_length", "Jobs waiting in the queue");
-    let oldest = gauges(
-        &mut r,
-        "rq_queue_oldest_job_age_seconds",
-        "How long the job at the head of the queue has waited.",
-    );
-    let redis_up = Gauge::<f64, AtomicU64>::default();
-    r.register(
-        "rq_supervisor_redis_up",
-        "1 when the latest reading of Redis got an answer",
-        redis_up.clone(),
-    );
-    for p in &s.pools {
-        let pool = labels(&[("pool", &p.name)]);
+/// Every family of the page, registered once per scrape.
+struct Families {
+    workers: Gauges,
+    desired: Gauges,
+    min: Gauges,
+    max: Gauges,
+    degraded: Gauges,
+    paused: Gauges,
+    backlog: Gauges,
+    rss: Gauges,
+    restarts: Counters,
+    jobs: Counters,
+    length: Gauges,
+    oldest: Gauges,
+    redis_up: Gauge<f64, AtomicU64>,
+}
+
+impl Families {
+    fn register(r: &mut Registry) -> Families {
+        let redis_up = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "rq_supervisor_redis_up",
+            "1 when the latest reading of Redis got an answer",
+            redis_up.clone(),
+        );
+        Families {
+            workers: gauges(
+                r,
+                "rq_supervisor_workers",
+                "Workers by pool and state (starting, idle, busy, paused, retiring)",
+            ),
+            desired: gauges(
+                r,
+                "rq_supervisor_pool_desired_workers",
+                "The worker count the supervisor keeps each pool at now",
+            ),
+            min: gauges(
+                r,
+                "rq_supervisor_pool_min_workers",
+                "An autoscaled pool's lower bound",
+            ),
+            max: gauges(
+                r,
+                "rq_supervisor_pool_max_workers",
+                "An autoscaled pool's upper bound",
+            ),
+            degraded: gauges(
+                r,
+                "rq_supervisor_pool_degraded",
+                "1 while the pool is degraded (its workers cannot start or keep failing)",
+            ),
+            paused: gauges(r, "rq_supervisor_pool_paused", "1 while the pool is paused"),
+            backlog: gauges(
+                r,
+                "rq_supervisor_pool_backlog_jobs",
+                "Jobs queued on the pool's queues",
+            ),
+            rss: gauges(
+                r,
+                "rq_supervisor_pool_rss_bytes",
+                "Resident memory of the pool's workers and their work horses",
+            ),
+            restarts: counters(
+                r,
+                "rq_supervisor_restarts",
+                "Workers replaced, by pool and reason",
+            ),
+            jobs: counters(
+                r,
+                "rq_supervisor_jobs",
+                "Jobs the pool's workers ended, by outcome (finished, failed)",
+            ),
+            length: gauges(r, "rq_queue_length", "Jobs waiting in the queue"),
+            oldest: gauges(
+                r,
+                "rq_queue_oldest_job_age_seconds",
+                "How long the job at the head of the queue has waited",
+            ),
+            redis_up,
+        }
+    }
+
+    fn pool(&self, s: &Status, p: &PoolStatus) {
+        let name = p.name.as_str();
+        let pool = labels(&[("pool", name)]);
         for state in WORKER_STATES {
             let n = s
                 .workers
                 .iter()
-                .filter(|w| w.pool == p.name && w.state == state)
+                .filter(|w| w.pool == name && w.state == state)
                 .count();
-            workers
-                .get_or_create(&labels(&[("pool", &p.name), ("state", state)]))
+            self.workers
+                .get_or_create(&labels(&[("pool", name), ("state", state)]))
                 .set(n as f64);
         }
-        desired.get_or_create(&pool).set(f64::from(p.desired));
+        self.desired.get_or_create(&pool).set(f64::from(p.desired));
         if let Some(a) = &p.autoscale {
-            min.get_or_create(&pool).set(f64::from(a.min));
-            max.get_or_create(&pool).set(f64::from(a.max));
+            self.min.get_or_create(&pool).set(f64::from(a.min));
+            self.max.get_or_create(&pool).set(f64::from(a.max));
         }
-        degraded
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        self.degraded
             .get_or_create(&pool)
-            .set(if p.degraded.is_some() { 1.0 } else { 0.0 });
-        paused
-            .get_or_create(&pool)
-            .set(if p.paused { 1.0 } else { 0.0 });
-        backlog.get_or_create(&pool).set(p.backlog as f64);
-        rss.get_or_create(&pool).set(p.rss_bytes as f64);
+            .set(flag(p.degraded.is_some()));
+        self.paused.get_or_create(&pool).set(flag(p.paused));
+        self.backlog.get_or_create(&pool).set(p.backlog as f64);
+        self.rss.get_or_create(&pool).set(p.rss_bytes as f64);
         for (reason, n) in &p.restarts {
-            restarts
-                .get_or_create(&labels(&[("pool", &p.name), ("reason", reason)]))
+            self.restarts
+                .get_or_create(&labels(&[("pool", name), ("reason", reason)]))
                 .inc_by(*n);
         }
         for (outcome, n) in [("finished", p.jobs_finished), ("failed", p.jobs_failed)] {
-            jobs.get_or_create(&labels(&[("pool", &p.name), ("outcome", outcome)]))
+            self.jobs
+                .get_or_create(&labels(&[("pool", name), ("outcome", outcome)]))
                 .inc_by(n);
         }
     }
+}
+
+/// The snapshot in OpenMetrics text. Each family is listed in docs/supervisor.md.
+pub fn render(s: &Status) -> String {
+    let mut r = Registry::default();
+    let f = Families::register(&mut r);
+    for p in &s.pools {
+        f.pool(s, p);
+    }
     for q in &s.queues {
         let queue = labels(&[("queue", &q.name)]);
-        length.get_or_create(&queue).set(q.length as f64);
-        if let Some(age) = q.oldest_job_age_seconds {
-            oldest.get_or_create(&queue).set(age);
-        } else {
-            oldest.get_or_create(&queue).set(0.0);
-        }
+        f.length.get_or_create(&queue).set(q.length as f64);
+        f.oldest
+            .get_or_create(&queue)
+            .set(q.oldest_job_age_seconds.unwrap_or(0.0));
     }
-    redis_up.set(if s.redis.ok { 1.0 } else { 0.0 });
+    f.redis_up.set(if s.redis.ok { 1.0 } else { 0.0 });
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out

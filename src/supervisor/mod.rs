@@ -52,15 +52,9 @@ pub fn main() -> Result<(), i32> {
         Ok(parsed) => parsed,
         Err(done) => return done,
     };
-    let command = match (command, &source) {
-        (Some(c), cli::Source::File(path)) if c.is_control() => return client::run(path, c),
-        (Some(c), cli::Source::CommandLine { .. }) if c.is_control() => {
-            eprintln!(
-                "rq-supervisor: control commands talk to a supervisor started with -c FILE; pass the same -c FILE (a pool given with -n N QUEUE... has no control socket)"
-            );
-            return Err(EXIT_USAGE);
-        }
-        (other, _) => other,
+    let command = match control_command(command, &source) {
+        Ok(c) => c,
+        Err(done) => return done,
     };
     let (path, read, worker_args) = match source {
         cli::Source::File(path) => {
@@ -136,6 +130,23 @@ pub fn main() -> Result<(), i32> {
             };
             run(cfg, start, default_program)
         }
+    }
+}
+
+/// Runs a control command (`status`, `scale`...) at once; `Ok` hands any other command back.
+fn control_command(
+    command: Option<cli::Command>,
+    source: &cli::Source,
+) -> Result<Option<cli::Command>, Result<(), i32>> {
+    match (command, source) {
+        (Some(c), cli::Source::File(path)) if c.is_control() => Err(client::run(path, c)),
+        (Some(c), cli::Source::CommandLine { .. }) if c.is_control() => {
+            eprintln!(
+                "rq-supervisor: control commands talk to a supervisor started with -c FILE; pass the same -c FILE (a pool given with -n N QUEUE... has no control socket)"
+            );
+            Err(Err(EXIT_USAGE))
+        }
+        (other, _) => Ok(other),
     }
 }
 

@@ -452,3 +452,108 @@ fn status_answers_at_once_while_redis_stalls() {
     assert!(out.contains("main"), "{out}");
     stall.join().unwrap().unwrap();
 }
+
+/// The socket a supervisor of `file` made in `dir` (and its lock beside it).
+fn socket_in(dir: &std::path::Path, file: &std::path::Path) -> std::path::PathBuf {
+    dir.join(rq_supervisor::supervisor::control::socket_name(file))
+}
+
+#[test]
+fn as_root_without_systemd_the_default_socket_is_in_run() {
+    if !is_root() {
+        eprintln!("skipped: /run/rq-supervisor is root's default (CI runs as root)");
+        return;
+    }
+    let redis = RedisServer::start();
+    let file = PoolFile::new("[pools.main]\nqueues = [\"a\"]\n");
+    let mut sup = Supervisor::new(&redis, &file)
+        .env_remove("RUNTIME_DIRECTORY")
+        .spawn();
+    let mut con = redis.con();
+    wait_workers(&mut con, 1);
+    let socket = socket_in(std::path::Path::new("/run/rq-supervisor"), &file.path);
+    assert!(socket.exists(), "{}\n{}", socket.display(), sup.log());
+    // An operator's shell has no $RUNTIME_DIRECTORY either; -c FILE is all it needs.
+    let out = Supervisor::control(&file, &["stop"])
+        .env_remove("RUNTIME_DIRECTORY")
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sup.wait_exit(WAIT).success());
+    assert!(!socket.exists(), "removed at exit");
+    let _ = std::fs::remove_file(format!("{}.lock", socket.display()));
+}
+
+#[test]
+fn as_a_user_the_default_socket_is_found_with_the_file_alone() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root) to run the supervisor as nobody");
+        return;
+    }
+    let redis = crate::support::jail::public_redis(&[]);
+    let public = open_dir();
+    let bin = public_copy(public.path(), "rq-supervisor");
+    let path = public.path().join("pool.toml");
+    std::fs::write(&path, "[pools.main]\nqueues = [\"a\"]\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("-c")
+            .arg(&path)
+            .args(args)
+            .env("RQ_REDIS_URL", redis.url())
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("XDG_RUNTIME_DIR")
+            .current_dir(public.path())
+            .uid(NOBODY)
+            .gid(NOBODY);
+        cmd
+    };
+    let mut sup = Proc::spawn(as_nobody(&[]));
+    let mut con = redis.con();
+    wait_workers(&mut con, 1);
+    let dir = std::path::PathBuf::from(format!("/tmp/rq-supervisor-{NOBODY}"));
+    let socket = socket_in(&dir, &path);
+    assert!(socket.exists(), "{}\n{}", socket.display(), sup.log());
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "the user's own directory"
+    );
+    let out = as_nobody(&["status"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("main"));
+    assert!(as_nobody(&["stop"]).output().unwrap().status.success());
+    assert!(sup.wait_exit(WAIT).success(), "{}", sup.log());
+    let _ = std::fs::remove_file(format!("{}.lock", socket.display()));
+}
+
+#[test]
+fn a_worker_started_paused_takes_no_job_until_sigusr2() {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let worker = Rqworker::new(&redis)
+        .name("held")
+        .builtin_handlers()
+        .arg("--paused")
+        .queues(["q"])
+        .spawn();
+    wait_until("registered as suspended", WAIT, || {
+        hget(&mut con, "rq:worker:held", "state").as_deref() == Some("suspended")
+    });
+    let id = rs_enqueue(&mut con, "q", "rq.builtin.noop", json!([]));
+    // Room for a (wrong) claim: a paused worker wakes at least once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(job_status(&mut con, &id).as_deref(), Some("queued"));
+    worker.signal(Signal::SIGUSR2);
+    wait_status(&mut con, &id, &["finished"]);
+    worker.signal(Signal::SIGUSR1);
+    wait_until("suspended again", WAIT, || {
+        hget(&mut con, "rq:worker:held", "state").as_deref() == Some("suspended")
+    });
+    let log = worker.log();
+    assert!(
+        log.contains("paused (SIGUSR1)") && log.contains("resumed (SIGUSR2)"),
+        "{log}"
+    );
+}
