@@ -9,7 +9,8 @@ for i = 1, #KEYS do
     local len = redis.call('LLEN', KEYS[i])
     local at = false
     if len > 0 then
-      local head = redis.call('LINDEX', KEYS[i], 0)
+      -- LRANGE rather than LINDEX: the workers' minimum ACL rules already grant it.
+      local head = redis.call('LRANGE', KEYS[i], 0, 0)[1]
       if head then
         at = redis.call('HGET', KEY_JOB .. head, 'enqueued_at')
       end

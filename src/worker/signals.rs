@@ -8,7 +8,7 @@
 //! duration, so the job is failed and settled at once instead.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,34 +32,41 @@ pub struct Signals {
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
     /// changed state; USR1 and USR2 pause and resume (`paused` is the state at start). All
-    /// of them wake the poll loop through the pipe. A horse restores them to their defaults
-    /// (`execution::fork`).
+    /// of them wake the poll loop through one socket pair: two descriptors in all, which
+    /// matters to a worker started at its open-file limit. A horse restores them to their
+    /// defaults (`execution::fork`).
     pub fn install(paused: bool) -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
+        // Never closed: the handlers write to it for the rest of the process's life, and a
+        // closed number could be reused by another file.
+        let wake = write.into_raw_fd();
         let stops = Arc::new(AtomicUsize::new(0));
         let child = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(AtomicBool::new(paused));
-        for (sig, on) in [(SIGUSR1, true), (SIGUSR2, false)] {
-            let pause = Arc::clone(&pause);
-            // SAFETY: the action only performs an atomic store, which is async-signal-safe.
+        for sig in [SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2] {
+            let (stops, child, pause) =
+                (Arc::clone(&stops), Arc::clone(&child), Arc::clone(&pause));
+            let action = move || {
+                match sig {
+                    SIGINT | SIGTERM => {
+                        stops.fetch_add(1, Ordering::SeqCst);
+                    }
+                    SIGCHLD => child.store(true, Ordering::SeqCst),
+                    _ => pause.store(sig == SIGUSR1, Ordering::SeqCst),
+                }
+                // SAFETY: send(2) on a descriptor this process never closes is
+                // async-signal-safe; a full buffer (MSG_DONTWAIT) means a wake-up is pending.
+                unsafe {
+                    nix::libc::send(wake, b"x".as_ptr().cast(), 1, nix::libc::MSG_DONTWAIT);
+                }
+            };
+            // SAFETY: the action performs atomic operations and one send(2), all
+            // async-signal-safe, and allocates nothing.
             unsafe {
-                signal_hook::low_level::register(sig, move || pause.store(on, Ordering::SeqCst))?;
+                signal_hook::low_level::register(sig, action)?;
             }
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
         }
-        for sig in [SIGINT, SIGTERM] {
-            let stops = Arc::clone(&stops);
-            // SAFETY: the action only performs an atomic increment, which is async-signal-safe.
-            unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    stops.fetch_add(1, Ordering::SeqCst);
-                })?;
-            }
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
-        }
-        signal_hook::flag::register(SIGCHLD, Arc::clone(&child))?;
-        signal_hook::low_level::pipe::register(SIGCHLD, write)?;
         let supervisor = std::env::var(SUPERVISOR_PID_ENV)
             .ok()
             .and_then(|v| v.parse::<i32>().ok())
