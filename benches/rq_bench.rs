@@ -1001,6 +1001,11 @@ impl Bench {
             .arg("-c")
             .arg(cfg)
             .env("RQ_REDIS_URL", &self.redis.url)
+            // The control socket beside the pool file, not in /run.
+            .env(
+                "RUNTIME_DIRECTORY",
+                cfg.parent().unwrap_or(Path::new("/tmp")),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn rq-supervisor")

@@ -38,3 +38,15 @@ sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") and os.path.exists(li
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-dev python3-venv >/dev/null
 }
+
+# The Python prometheus_client package, whose OpenMetrics parser the metrics tests read the
+# /metrics page with.
+ensure_prometheus_client() {
+  local py="${RQ_TEST_PYTHON:-python3}"
+  if "$py" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+    return
+  fi
+  echo ">> Python prometheus_client is missing: installing it with pip" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check prometheus_client 2>/dev/null \
+    || "$py" -m pip install --quiet --disable-pip-version-check --break-system-packages prometheus_client
+}

@@ -21,6 +21,8 @@ use values::Secs;
 
 /// The Redis URL used when neither the command line, `RQ_REDIS_URL` nor the file names one.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// The longest path a unix socket address holds (`sun_path`, less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Environment variable that overrides the file's `[redis] url`.
 pub const REDIS_URL_ENV: &str = "RQ_REDIS_URL";
 /// Environment variables that override `[redis] tls_ca_file`, `tls_cert_file`, `tls_key_file`.
@@ -84,6 +86,27 @@ pub struct SupervisorSpec {
     pub health_interval: Secs,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// `control_socket` as written, made absolute (relative paths start at the file's
+    /// directory); `None`: the default derived from the pool file's path
+    /// (`supervisor::control::default_socket`).
+    pub control_socket: Option<PathBuf>,
+    /// Where `/metrics` and `/healthz` are served; `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `[pools.NAME.autoscale]`: the pool's count follows its queues' backlog.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoscaleSpec {
+    /// Never fewer workers than this; 0 lets an idle pool run none.
+    pub min: u32,
+    pub max: u32,
+    /// Queued jobs per worker before another one starts.
+    pub jobs_per_worker: u32,
+    /// A worker that has done no job for this long may be retired (warm) when the backlog
+    /// no longer needs it; the delay is what keeps the count from flapping.
+    pub idle_before_scale_down: Secs,
+    /// Also grow while the oldest queued job has waited longer than this.
+    pub max_wait: Option<Secs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,6 +138,8 @@ pub struct PoolSpec {
     pub env: BTreeMap<String, String>,
     /// The pool's Python interpreter, over `[python] executable`.
     pub python: Option<PathBuf>,
+    /// `workers` is then the count at start (default: `min`).
+    pub autoscale: Option<AutoscaleSpec>,
 }
 
 /// A user or group: the name as written and the id it resolved to.
@@ -297,6 +322,8 @@ impl Validator {
             log_level: self
                 .name("[supervisor] log_level", &s.log_level)?
                 .unwrap_or(LogLevel::Info),
+            control_socket: self.control_socket(&s.control_socket)?,
+            metrics: self.metrics(&s.metrics)?,
         };
         if d.health_interval.0.is_zero() {
             return Err(self.invalid(
@@ -426,7 +453,11 @@ impl Validator {
                 )
             })?;
         }
-        let workers = self.pool_workers(&table, p.workers.unwrap_or(1))?;
+        let autoscale = self.autoscale(&table, p.autoscale)?;
+        let workers = match &autoscale {
+            None => self.pool_workers(&table, p.workers.unwrap_or(1))?,
+            Some(a) => self.autoscaled_workers(&table, a, p.workers, p.burst)?,
+        };
         let program = match p.program {
             Some(prog) => Some(self.executable(&format!("{table} program"), &prog)?),
             None => None,
@@ -461,7 +492,147 @@ impl Validator {
                 Some(prog) => Some(self.executable(&format!("{table} python"), &prog)?),
                 None => None,
             },
+            autoscale,
         })
+    }
+
+    /// `control_socket`: a path, relative to the file's directory, whose directory exists
+    /// and which fits in a unix socket address.
+    fn control_socket(&self, v: &Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+        let key = "[supervisor] control_socket";
+        let Some(text) = v else { return Ok(None) };
+        if text.is_empty() {
+            return Err(self.invalid(
+                key,
+                "is empty",
+                "write a path such as \"/run/rq-supervisor/pool.sock\", or remove the key for the default",
+            ));
+        }
+        let path = std::path::absolute(self.dir.join(text)).unwrap_or_else(|_| self.dir.join(text));
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{} is longer than the {MAX_SOCKET_PATH} bytes a unix socket path may have",
+                    path.display()
+                ),
+                "choose a shorter path",
+            ));
+        }
+        if !path.parent().is_some_and(Path::is_dir) {
+            return Err(self.invalid(
+                key,
+                format!("the directory of {} does not exist", path.display()),
+                "create it, or choose a path in an existing directory",
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    /// `metrics`: `IP:PORT`, or a bare port (`"9187"`, `":9187"`) on loopback.
+    fn metrics(&self, v: &Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(text) = v else { return Ok(None) };
+        let port = text.strip_prefix(':').unwrap_or(text);
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(Some((std::net::Ipv4Addr::LOCALHOST, port).into()));
+        }
+        text.parse().map(Some).map_err(|_| {
+            self.invalid(
+                "[supervisor] metrics",
+                format!("{text:?} is not an address"),
+                "write an IP and a port such as \"127.0.0.1:9187\" (or a bare port for loopback; \"0.0.0.0:9187\" listens on every interface)",
+            )
+        })
+    }
+
+    /// `[pools.NAME.autoscale]`: `max` required, `min <= max`, every count in range.
+    fn autoscale(
+        &self,
+        table: &str,
+        a: Option<raw::RawAutoscale>,
+    ) -> Result<Option<AutoscaleSpec>, ConfigError> {
+        let Some(a) = a else { return Ok(None) };
+        let key = |k: &str| format!("{table} autoscale.{k}");
+        let count = |k: &str, v: i64, least: i64| -> Result<u32, ConfigError> {
+            u32::try_from(v)
+                .ok()
+                .filter(|n| i64::from(*n) >= least && *n <= 10_000)
+                .ok_or_else(|| {
+                    self.invalid(
+                        key(k),
+                        format!("is {v}"),
+                        format!("write a number from {least} to 10000"),
+                    )
+                })
+        };
+        let max = a.max.ok_or_else(|| {
+            self.invalid(
+                key("max"),
+                "is missing",
+                "write max = N, the most workers the pool may run",
+            )
+        })?;
+        let max = count("max", max, 1)?;
+        let min = count("min", a.min.unwrap_or(1), 0)?;
+        if min > max {
+            return Err(self.invalid(
+                key("min"),
+                format!("{min} is above max ({max})"),
+                "make min at most max",
+            ));
+        }
+        let jobs_per_worker = count("jobs_per_worker", a.jobs_per_worker.unwrap_or(10), 1)?;
+        let idle = a.idle_before_scale_down.unwrap_or(Secs::from_secs(30));
+        if idle.0 < Duration::from_secs(1) {
+            return Err(self.invalid(
+                key("idle_before_scale_down"),
+                format!("{idle} is under 1s, which would retire a worker between two jobs"),
+                "write a duration such as \"30s\"",
+            ));
+        }
+        if a.max_wait.is_some_and(|w| w.0.is_zero()) {
+            return Err(self.invalid(
+                key("max_wait"),
+                "is 0",
+                "write a duration such as \"5s\", or remove the key",
+            ));
+        }
+        Ok(Some(AutoscaleSpec {
+            min,
+            max,
+            jobs_per_worker,
+            idle_before_scale_down: idle,
+            max_wait: a.max_wait,
+        }))
+    }
+
+    /// An autoscaled pool's `workers`: the count at start, within `[min, max]`; `min` when
+    /// left out. Such a pool is not a burst pool.
+    fn autoscaled_workers(
+        &self,
+        table: &str,
+        a: &AutoscaleSpec,
+        workers: Option<i64>,
+        burst: Option<bool>,
+    ) -> Result<u32, ConfigError> {
+        if burst == Some(true) {
+            return Err(self.invalid(
+                format!("{table} burst"),
+                "is true in an autoscaled pool; burst workers exit when the queues are empty, which leaves autoscale nothing to steer",
+                "remove burst, or remove the pool's autoscale table",
+            ));
+        }
+        let Some(w) = workers else { return Ok(a.min) };
+        u32::try_from(w)
+            .ok()
+            .filter(|w| (a.min..=a.max).contains(w))
+            .ok_or_else(|| {
+                self.invalid(
+                    format!("{table} workers"),
+                    format!("{w} is outside autoscale's [min, max] = [{}, {}]", a.min, a.max),
+                    "write a count within them (it is the count at start), or leave workers out to start at min",
+                )
+            })
     }
 
     /// A directory a key names, relative to the file's; it must exist.
@@ -529,7 +700,7 @@ impl Validator {
             return Err(self.invalid(
                 format!("{table} workers"),
                 format!("is {workers}; a pool needs at least one worker"),
-                "write workers = 1 or more, or remove the pool",
+                "write workers = 1 or more, or remove the pool (a pool may run no worker only with [pools.NAME.autoscale] and min = 0)",
             ));
         }
         u32::try_from(workers)
@@ -837,5 +1008,99 @@ timeout = "30s"
         assert!(e.contains("[redis] url"), "{e}");
         let e = err("[worker\n");
         assert!(e.contains("/tmp/pool.toml"), "{e}");
+    }
+
+    #[test]
+    fn autoscale_bounds_and_workers() {
+        let pool = |auto: &str, workers: &str| {
+            parse(&format!(
+                "[pools.a]\nqueues = [\"q\"]\n{workers}\n[pools.a.autoscale]\n{auto}\n"
+            ))
+        };
+        let c = pool("min = 0\nmax = 8", "").unwrap();
+        let a = c.pools[0].autoscale.clone().unwrap();
+        assert_eq!((a.min, a.max, a.jobs_per_worker), (0, 8, 10));
+        assert_eq!(a.idle_before_scale_down, Secs::from_secs(30));
+        assert_eq!(c.pools[0].workers, 0, "starts at min");
+        assert_eq!(
+            pool("min = 2\nmax = 8", "workers = 5").unwrap().pools[0].workers,
+            5
+        );
+        let e = pool("min = 2\nmax = 8", "workers = 9")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[pools.a] workers") && e.contains("[2, 8]"),
+            "{e}"
+        );
+        let e = pool("min = 1", "").unwrap_err().to_string();
+        assert!(
+            e.contains("autoscale.max") && e.contains("is missing"),
+            "{e}"
+        );
+        let e = pool("min = 9\nmax = 8", "").unwrap_err().to_string();
+        assert!(
+            e.contains("autoscale.min") && e.contains("above max"),
+            "{e}"
+        );
+        let e = pool("max = 8\njobs_per_worker = 0", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs_per_worker") && e.contains("from 1"), "{e}");
+        let e = pool("max = 8\nidle_before_scale_down = \"100ms\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle_before_scale_down"), "{e}");
+        let e = pool("max = 8\nmax_wait = 0", "").unwrap_err().to_string();
+        assert!(e.contains("max_wait"), "{e}");
+        let e = pool("max = 8\nmaxx = 9", "").unwrap_err().to_string();
+        assert!(e.contains("unknown field `maxx`"), "{e}");
+        let e = pool("max = 8", "burst = true").unwrap_err().to_string();
+        assert!(e.contains("[pools.a] burst"), "{e}");
+        let e = err("[pools.a]\nqueues = [\"q\"]\nworkers = 0\n");
+        assert!(
+            e.contains("min = 0"),
+            "workers = 0 stays refused without autoscale: {e}"
+        );
+    }
+
+    #[test]
+    fn metrics_and_control_socket() {
+        let sup = |body: &str| parse(&format!("[supervisor]\n{body}\n"));
+        let m = sup("metrics = \"9187\"")
+            .unwrap()
+            .supervisor
+            .metrics
+            .unwrap();
+        assert_eq!(m.to_string(), "127.0.0.1:9187", "a bare port is loopback");
+        let m = sup("metrics = \"0.0.0.0:9100\"")
+            .unwrap()
+            .supervisor
+            .metrics
+            .unwrap();
+        assert_eq!(m.to_string(), "0.0.0.0:9100");
+        let e = sup("metrics = \"localhost:x\"").unwrap_err().to_string();
+        assert!(
+            e.contains("[supervisor] metrics") && e.contains("127.0.0.1:9187"),
+            "{e}"
+        );
+        assert!(
+            sup("").unwrap().supervisor.metrics.is_none(),
+            "off unless set"
+        );
+        let c = sup("control_socket = \"ctl.sock\"").unwrap();
+        assert_eq!(
+            c.supervisor.control_socket.as_deref(),
+            Some(Path::new("/tmp/ctl.sock"))
+        );
+        let e = sup("control_socket = \"/no/such/dir/x.sock\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("control_socket") && e.contains("does not exist"),
+            "{e}"
+        );
+        let long = format!("control_socket = \"/tmp/{}\"", "x".repeat(120));
+        assert!(sup(&long).unwrap_err().to_string().contains("107 bytes"));
     }
 }

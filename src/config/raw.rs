@@ -55,6 +55,10 @@ pub struct RawSupervisor {
     pub health_interval: Option<Secs>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    /// The control socket's path (default: derived from the pool file's path).
+    pub control_socket: Option<String>,
+    /// `IP:PORT` (or a bare port, on loopback) for `/metrics` and `/healthz`; off when unset.
+    pub metrics: Option<String>,
 }
 
 /// Worker settings: `[worker]` for every worker, `[pools.NAME.worker]` to override per pool.
@@ -100,6 +104,18 @@ pub struct RawPool {
     pub worker: RawWorker,
     #[serde(default)]
     pub restart: RawRestart,
+    /// `[pools.NAME.autoscale]`: the count follows the queues' backlog within bounds.
+    pub autoscale: Option<RawAutoscale>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscale {
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub jobs_per_worker: Option<i64>,
+    pub idle_before_scale_down: Option<Secs>,
+    pub max_wait: Option<Secs>,
 }
 
 #[derive(Debug, Default, Deserialize)]

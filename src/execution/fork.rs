@@ -139,8 +139,15 @@ fn become_horse(parent: Pid) {
 }
 
 /// The signals the worker catches (`worker::signals`): the horse restores their defaults, so
-/// SIGTERM and SIGINT end it instead of bumping the parent's counters in a copy nobody reads.
-const WORKER_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
+/// SIGTERM and SIGINT end it instead of bumping the parent's counters in a copy nobody reads
+/// (and a SIGUSR1 meant for the worker cannot pause it through the horse's shared pipe).
+const WORKER_SIGNALS: [Signal; 5] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGCHLD,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 fn reset_signals() {
     for sig in WORKER_SIGNALS {

@@ -63,7 +63,12 @@ pub mod flag {
     pub const BURST: &str = "burst";
     pub const MAX_JOBS: &str = "max-jobs";
     pub const LOG_FORMAT: &str = "log-format";
+    pub const PAUSED: &str = "paused";
 }
+
+/// systemd's variables for the supervisor alone: a worker that inherited them could send
+/// notifications in its name, or be taken for the service's watchdog.
+const SUPERVISOR_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// This host's name, as a worker puts it in its default name and its record.
 pub fn hostname() -> String {
@@ -110,6 +115,8 @@ pub struct Launch {
     /// More `rqworker` options, written before the queues (a command-line pool's worker
     /// options: `--path`, `--serializer`, `--log-format`...).
     pub extra_args: Vec<OsString>,
+    /// Its pool is paused: the worker starts taking no job until SIGUSR2.
+    pub paused: bool,
 }
 
 impl Launch {
@@ -135,6 +142,9 @@ impl Launch {
         }
         if let Some(f) = self.log_format {
             args.extend([long(flag::LOG_FORMAT), f.name().into()]);
+        }
+        if self.paused {
+            args.push(long(flag::PAUSED));
         }
         args.extend(self.extra_args.iter().cloned());
         // Queue names may start with a dash.
@@ -170,6 +180,9 @@ impl Launch {
             .envs(self.envs())
             .stdin(Stdio::null())
             .process_group(0);
+        for var in SUPERVISOR_ONLY_ENV {
+            cmd.env_remove(var);
+        }
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
@@ -241,6 +254,7 @@ mod tests {
             cwd: None,
             env: Default::default(),
             extra_args: Vec::new(),
+            paused: true,
         }
     }
 
@@ -261,6 +275,7 @@ mod tests {
         assert_eq!(a.pool.as_deref(), Some("fast"));
         assert_eq!(a.queues, l.queues);
         assert!(a.burst);
+        assert!(a.paused);
         assert_eq!(a.max_jobs, Some(523));
         assert_eq!(
             a.log_format,
@@ -281,6 +296,7 @@ mod tests {
 
         let plain = Launch {
             burst: false,
+            paused: false,
             max_jobs: None,
             log_format: None,
             queues: vec!["default".into()],
@@ -288,6 +304,7 @@ mod tests {
         };
         let a = round_trip(&plain);
         assert!(!a.burst);
+        assert!(!a.paused);
         assert_eq!(a.max_jobs, None);
         assert_eq!(a.log_format, None);
         assert_eq!(a.queues, ["default"]);
@@ -312,7 +329,7 @@ mod tests {
     #[test]
     fn the_argv_is_the_documented_one() {
         // docs/supervisor.md: PROGRAM -c /absolute/path/pool.toml --config-fd 3 --pool NAME
-        // [--burst] [--max-jobs N] [--log-format json] -- QUEUE...
+        // [--burst] [--max-jobs N] [--log-format json] [--paused] -- QUEUE...
         let args: Vec<String> = launch()
             .args()
             .into_iter()
@@ -332,6 +349,7 @@ mod tests {
                 "523",
                 "--log-format",
                 "json",
+                "--paused",
                 "--",
                 "high",
                 "--burst",

@@ -9,6 +9,7 @@
 //! A [`Store`] opens its connection lazily and drops it on any error, so the caller's only
 //! recovery step is "try again later"; claims and settles are safe to repeat.
 
+mod backlog;
 mod claim;
 mod cleanup;
 pub mod jobs;
@@ -24,6 +25,7 @@ use redis::{Connection, RedisError};
 
 use crate::conn::{ConnError, RedisTarget};
 
+pub use backlog::{Backlog, JobCounts, QueueLoad, WorkerLoad};
 pub use claim::{ClaimNotes, ClaimRequest, ClaimResult, Claimed};
 pub use cleanup::Cleanup;
 pub use maintenance::Report as MaintenanceReport;

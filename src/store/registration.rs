@@ -51,6 +51,19 @@ impl Store {
         })
     }
 
+    /// Records the worker's `state` (e.g. `suspended` while paused); the next claim records
+    /// the state it finds.
+    pub fn set_state(&mut self, name: &str, state: &str) -> Result<(), StoreError> {
+        let key = keys::worker(name);
+        self.run(|con| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("state")
+                .arg(state)
+                .exec(con)
+        })
+    }
+
     /// The connection's address as Redis sees it, for the worker's `ip_address` field.
     pub fn client_address(&mut self, name: &str) -> String {
         let info = self.run(|con| {

@@ -88,6 +88,7 @@ pub fn render(
     let _ = writeln!(o, "  health_interval = {}", s.health_interval);
     let _ = writeln!(o, "  log_format = {}", format(s.log_format));
     let _ = writeln!(o, "  log_level = {}", level(s.log_level));
+    listeners(&mut o, cfg);
     let _ = writeln!(
         o,
         "shutdown budget: {} (warm_timeout {} + cold_timeout {} + 5s margin)",
@@ -126,6 +127,51 @@ pub fn render(
         }
     }
     o
+}
+
+/// `control_socket` (the default spelled out) and `metrics`.
+fn listeners(o: &mut String, cfg: &Config) {
+    let s = &cfg.supervisor;
+    let socket = match &s.control_socket {
+        Some(p) => p.display().to_string(),
+        None => format!(
+            "{} (the default for this file and user)",
+            super::control::default_socket(&cfg.path).display()
+        ),
+    };
+    let _ = writeln!(o, "  control_socket = {socket}");
+    let _ = writeln!(
+        o,
+        "  metrics = {}",
+        s.metrics.map_or("off".to_string(), |a| format!(
+            "http://{a}/metrics and /healthz{}",
+            if a.ip().is_loopback() {
+                ""
+            } else {
+                " (not loopback: reachable from other hosts)"
+            }
+        ))
+    );
+}
+
+/// `workers`, and autoscale's rule when the pool has one.
+fn count(o: &mut String, p: &PoolSpec) {
+    let Some(a) = &p.autoscale else {
+        let _ = writeln!(o, "  workers = {}", p.workers);
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "  workers = {} at start; autoscale {}..{}: one per {} queued job(s) plus the busy ones, retiring a worker idle for {}{}",
+        p.workers,
+        a.min,
+        a.max,
+        a.jobs_per_worker,
+        a.idle_before_scale_down,
+        a.max_wait
+            .map(|w| format!("; one more while the oldest job waits over {w}"))
+            .unwrap_or_default()
+    );
 }
 
 /// `[python]`, with what each unset key means.
@@ -171,7 +217,7 @@ fn python(o: &mut String, p: &crate::config::PythonSettings) {
 fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Path>) {
     let _ = writeln!(o, "[pools.{}]", p.name);
     let _ = writeln!(o, "  queues = {}", p.queues.join(", "));
-    let _ = writeln!(o, "  workers = {}", p.workers);
+    count(o, p);
     let _ = writeln!(o, "  burst = {}", p.burst);
     let program = match (&p.program, default_program) {
         (Some(prog), _) => prog.display().to_string(),

@@ -18,6 +18,8 @@ use super::EXIT_USAGE;
                   or after warm_timeout = cold (workers kill their horses, jobs fail); \
                   cold_timeout later every process group is SIGKILLed. HUP reloads pool.toml, \
                   TTIN/TTOU add/remove a worker in the first pool (by name).\n\
+                  Control: `rq-supervisor -c FILE status|scale|pause|resume|restart|reload|stop` \
+                  talk to the supervisor running FILE through its control socket.\n\
                   Exit codes: 0 every worker stopped warm (or every burst pool finished), \
                   1 something was escalated or killed, or a runtime error, 2 bad usage or config."
 )]
@@ -164,6 +166,51 @@ pub enum Command {
     /// Validate the file and print the effective configuration, including the shutdown
     /// budget to give systemd (TimeoutStopSec) or Kubernetes (terminationGracePeriodSeconds).
     Check,
+    /// Show every pool and worker of the running supervisor (through its control socket).
+    Status {
+        /// Print the snapshot as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run N workers in POOL until a reload changes that pool's `workers`.
+    Scale {
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// The worker count (checked here, so that a typo is refused with a clear message).
+        #[arg(value_name = "N", allow_hyphen_values = true)]
+        workers: String,
+    },
+    /// POOL's workers finish their current job and take no new one until `resume POOL`.
+    Pause {
+        #[arg(value_name = "POOL")]
+        pool: String,
+    },
+    /// POOL's workers take jobs again.
+    Resume {
+        #[arg(value_name = "POOL")]
+        pool: String,
+    },
+    /// Replace POOL's workers (every pool's without POOL) one at a time, each finishing its
+    /// job first: for a new binary or new application code.
+    Restart {
+        #[arg(value_name = "POOL")]
+        pool: Option<String>,
+    },
+    /// Read the pool file again, as SIGHUP does, and print what changed or why not.
+    Reload,
+    /// Shut down: warm (every worker finishes its job), or --cold; waits until it exited.
+    Stop {
+        /// Go straight to the cold stage: workers kill their horses and fail their jobs.
+        #[arg(long)]
+        cold: bool,
+    },
+}
+
+impl Command {
+    /// Whether the command talks to a running supervisor rather than reading the file.
+    pub fn is_control(&self) -> bool {
+        !matches!(self, Command::Check)
+    }
 }
 
 impl Cli {

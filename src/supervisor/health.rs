@@ -39,6 +39,7 @@ impl State {
             let Some(pool) = self.pools.get(&w.pool) else {
                 continue;
             };
+            w.rss = s.rss;
             let registration = s.registration.filter(|_| redis_ok);
             if let Some(reg) = &registration {
                 note_registration(w, reg, now);

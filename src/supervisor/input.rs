@@ -1,14 +1,21 @@
-//! What feeds the supervisor's event loop from outside: one [`Input`] channel. Today only the
-//! signal thread sends on it; another source (a control socket) adds a variant, not a
-//! channel. Ticks are not inputs: the loop wakes on its own deadlines (the receive timeout).
+//! What feeds the supervisor's event loop from outside: one [`Input`] channel, fed by the
+//! signal thread, the control socket's threads and the metrics server's. Ticks are not
+//! inputs: the loop wakes on its own deadlines (the receive timeout).
 
 use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU};
 
+use super::control::{Reply, Request};
+
 /// One thing that happened outside the event loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Input {
     Signal(SignalInput),
+    /// A control-socket command (or a metrics scrape's `status`), and where its answer goes.
+    /// The loop answers at once and never waits on the asker.
+    Control(Request, Sender<Reply>),
+    /// The readings thread's answer (see `sampler`).
+    Reading(Box<super::sampler::Sampled>),
 }
 
 /// The signals the supervisor acts on, by meaning.
@@ -44,14 +51,18 @@ impl SignalInput {
     }
 }
 
+/// The channel every source of [`Input`]s sends on.
+pub fn channel() -> (Sender<Input>, Receiver<Input>) {
+    crossbeam_channel::unbounded()
+}
+
 /// Installs the handlers for [`HANDLED`] and starts the thread that turns signals into
-/// [`Input`]s. Call it before any other thread exists: signal-hook documents a race in
-/// first-time registration otherwise. The returned handle stops the thread when closed.
-pub fn signal_thread() -> Result<(signal_hook::iterator::Handle, Receiver<Input>), String> {
+/// [`Input`]s on `tx`. Call it before any other thread exists: signal-hook documents a race
+/// in first-time registration otherwise. The returned handle stops the thread when closed.
+pub fn signal_thread(tx: Sender<Input>) -> Result<signal_hook::iterator::Handle, String> {
     let mut signals = signal_hook::iterator::Signals::new(HANDLED)
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
-    let (tx, rx): (Sender<Input>, Receiver<Input>) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -66,7 +77,7 @@ pub fn signal_thread() -> Result<(signal_hook::iterator::Handle, Receiver<Input>
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    Ok((handle, rx))
+    Ok(handle)
 }
 
 #[cfg(test)]

@@ -13,16 +13,24 @@
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
 //! - [`check`]: `rq-supervisor check`, the effective configuration.
 
+mod autoscale;
 pub mod bookkeeping;
 pub mod check;
 pub mod cli;
+mod client;
+mod commands;
+pub mod control;
 pub mod health;
 pub mod input;
+pub mod metrics;
+mod notify;
 pub mod pool;
 pub mod reload;
 pub mod restart;
 pub mod runtime;
+mod sampler;
 pub mod state;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +50,10 @@ pub const EXIT_FAILURE: i32 = 1;
 pub fn main() -> Result<(), i32> {
     let (source, command) = match cli::Cli::from_env() {
         Ok(parsed) => parsed,
+        Err(done) => return done,
+    };
+    let command = match control_command(command, &source) {
+        Ok(c) => c,
         Err(done) => return done,
     };
     let (path, read, worker_args) = match source {
@@ -85,7 +97,7 @@ pub fn main() -> Result<(), i32> {
     let default_program = default_program();
     let run_as = run_as_problem(&cfg, nix::unistd::geteuid().is_root());
     match command {
-        Some(cli::Command::Check) => {
+        Some(_) => {
             let report = check::render(&cfg, &target, &tls_paths, default_program.as_deref());
             print!("{report}");
             for w in exposure_warnings(&cfg, &tls_paths) {
@@ -113,9 +125,28 @@ pub fn main() -> Result<(), i32> {
                 tls_paths,
                 tls,
                 target,
+                control_socket: cfg.supervisor.control_socket.clone(),
+                metrics: cfg.supervisor.metrics,
             };
             run(cfg, start, default_program)
         }
+    }
+}
+
+/// Runs a control command (`status`, `scale`...) at once; `Ok` hands any other command back.
+fn control_command(
+    command: Option<cli::Command>,
+    source: &cli::Source,
+) -> Result<Option<cli::Command>, Result<(), i32>> {
+    match (command, source) {
+        (Some(c), cli::Source::File(path)) if c.is_control() => Err(client::run(path, c)),
+        (Some(c), cli::Source::CommandLine { .. }) if c.is_control() => {
+            eprintln!(
+                "rq-supervisor: control commands talk to a supervisor started with -c FILE; pass the same -c FILE (a pool given with -n N QUEUE... has no control socket)"
+            );
+            Err(Err(EXIT_USAGE))
+        }
+        (other, _) => Ok(other),
     }
 }
 
@@ -153,15 +184,40 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         return Err(EXIT_USAGE);
     }
     warn_if_exposed(&cfg, &start.tls_paths);
+    // Before any worker starts: a second supervisor on the same file must not start a
+    // second set of workers.
+    let control = match bind_control(&cfg, &start) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return Err(EXIT_USAGE);
+        }
+    };
+    let (tx, rx) = input::channel();
     // Before any other thread exists (signal-hook documents a race in first-time
     // registration otherwise).
-    let (handle, rx) = match input::signal_thread() {
+    let handle = match input::signal_thread(tx.clone()) {
         Ok(started) => started,
         Err(e) => {
             log::error!("{e}");
             return Err(EXIT_FAILURE);
         }
     };
+    let _socket = match control.map(|c| c.serve(tx.clone())).transpose() {
+        Ok(guard) => guard,
+        Err(e) => {
+            log::error!("{e}");
+            handle.close();
+            return Err(EXIT_FAILURE);
+        }
+    };
+    if let Some(addr) = cfg.supervisor.metrics
+        && let Err(e) = metrics::serve(addr, tx.clone())
+    {
+        log::error!("{}: [supervisor] metrics: {e}", cfg.path.display());
+        handle.close();
+        return Err(EXIT_USAGE);
+    }
     // Orphaned work horses re-parent to us (not to init), so we can reap and account them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!("cannot become a child subreaper ({e}); orphaned horses go to init");
@@ -175,10 +231,38 @@ fn run(cfg: Config, start: runtime::Start, default_program: Option<PathBuf>) -> 
         humantime::format_duration(cfg.shutdown_budget())
     );
     let program = default_program.unwrap_or_else(|| PathBuf::from("rq-supervisor"));
-    let rt = runtime::Runtime::new(&cfg, start, program, rx);
+    let rt = match runtime::Runtime::new(&cfg, start, program, rx, tx) {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("{e}");
+            handle.close();
+            return Err(EXIT_FAILURE);
+        }
+    };
     let code = rt.run();
     handle.close();
     if code == 0 { Ok(()) } else { Err(code) }
+}
+
+/// The control socket, bound (pools from the command line have none: no file names it).
+fn bind_control(
+    cfg: &Config,
+    start: &runtime::Start,
+) -> Result<Option<control::ControlSocket>, String> {
+    if !start.from_file {
+        return Ok(None);
+    }
+    let (path, default) = match &cfg.supervisor.control_socket {
+        Some(p) => (p.clone(), false),
+        None => (control::default_socket(&start.config_path), true),
+    };
+    let socket = control::ControlSocket::bind(&path, default, &start.config_path)?;
+    log::info!(
+        "control socket {} (rq-supervisor -c {} status)",
+        path.display(),
+        start.config_path.display()
+    );
+    Ok(Some(socket))
 }
 
 /// This executable: pools without `program` run its built-in worker (`rq-supervisor

@@ -3,10 +3,12 @@
 //! tracker, and its rolling restart in progress. The [`fingerprint`] is what a reload
 //! compares to decide that the pool's workers must be rolled.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::restart::RestartTracker;
 use crate::config::{Config, PoolSpec};
+use crate::store::JobCounts;
 
 /// The supervisor's own handle for a worker, stable across its life (pids come later and
 /// may be reused).
@@ -40,12 +42,45 @@ pub struct Pool {
     /// Why the pool is degraded, when its workers cannot work in this environment (shown
     /// until it recovers).
     pub degraded_reason: Option<String>,
+    /// `pause POOL`: its workers finish their job and take no new one until `resume`.
+    pub paused: bool,
+    /// Worker replacements by reason (`crashed`, `failed_start`, ...), for the metrics.
+    pub restarts: BTreeMap<&'static str, u64>,
+    /// Jobs counted by workers that have exited (the live ones' counts are on them).
+    pub jobs_retired: JobCounts,
+    /// The pool's queues at the latest reading: queued jobs, and the oldest one's wait.
+    pub backlog: u64,
+    pub oldest_wait: Option<Duration>,
 }
 
 impl Pool {
-    /// Target number of workers: the file's count unless TTIN/TTOU changed it.
+    /// Target number of workers: the file's count unless TTIN/TTOU, `scale` or autoscale
+    /// changed it.
     pub fn desired(&self) -> u32 {
         self.scale_override.unwrap_or(self.spec.workers)
+    }
+
+    /// Why the pool is degraded, if it is: its environment's reason, or its crash loop.
+    pub fn degraded(&self) -> Option<String> {
+        if !self.restart.is_degraded() {
+            return None;
+        }
+        Some(self.degraded_reason.clone().unwrap_or_else(|| {
+            format!(
+                "its workers keep failing to start ({} failures within {}); retrying every {}",
+                self.spec.restart.failure_threshold,
+                self.spec.restart.failure_window,
+                self.spec.restart.degraded_interval
+            )
+        }))
+    }
+
+    /// The bounds a runtime count must stay within: autoscale's, else 1 to 10000.
+    pub fn bounds(&self) -> (u32, u32) {
+        self.spec
+            .autoscale
+            .as_ref()
+            .map_or((1, 10_000), |a| (a.min, a.max))
     }
 }
 
@@ -61,6 +96,11 @@ pub(super) fn new_pool(cfg: &Config, spec: &PoolSpec) -> Pool {
         next_start: None,
         roll: None,
         degraded_reason: None,
+        paused: false,
+        restarts: BTreeMap::new(),
+        jobs_retired: JobCounts::default(),
+        backlog: 0,
+        oldest_wait: None,
         spec: spec.clone(),
     }
 }

@@ -13,15 +13,21 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::Level;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Pid, getpid};
 
 use super::bookkeeping::{Bookkeeping, Outcome};
+use super::control::{Reply, Request};
 use super::input::{Input, SignalInput};
-use super::state::{self, Action, Event, ExitKind, Sample, Sig, SpawnSpec, State, WorkerId};
+use super::notify::Notifier;
+use super::sampler::{Plan, Sampled, Sampler};
+use super::state::{
+    self, Action, Command, Event, ExitKind, Reading, Sample, Sig, SpawnSpec, State, WorkerId,
+};
+use super::status::{RedisStatus, Status};
 use crate::config::{Config, LogFormat};
 use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
 use crate::launch::handoff::Handoff;
@@ -35,6 +41,12 @@ pub const SUPERVISOR_NAME: &str = "rq-supervisor";
 const ROLL_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the exit path keeps retrying queued crash cleanups.
 const EXIT_CLEANUP_BUDGET: Duration = Duration::from_secs(5);
+/// How often the queues and workers are read (autoscale, `status`, metrics): twice a
+/// second, so a backlog is answered within about a second.
+const READING_INTERVAL: Duration = Duration::from_millis(500);
+/// A reading older than this means Redis does not answer (a stalled one keeps the readings
+/// thread waiting rather than failing).
+const READING_STALE: Duration = Duration::from_secs(10);
 
 /// What `main` resolved before the loop starts.
 pub struct Start {
@@ -51,6 +63,10 @@ pub struct Start {
     /// Their contents, handed to every worker.
     pub tls: TlsMaterial,
     pub target: RedisTarget,
+    /// `[supervisor] control_socket` and `metrics` as configured at start (a reload may not
+    /// move them).
+    pub control_socket: Option<PathBuf>,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub struct Runtime {
@@ -77,6 +93,15 @@ pub struct Runtime {
     /// stream stays one format.
     json_logs: bool,
     next_health: Instant,
+    next_reading: Instant,
+    sampler: Sampler,
+    /// Why the latest reading of the queues failed; `None` once one succeeded.
+    reading_error: Option<String>,
+    /// When a reading last succeeded.
+    last_read: Option<Instant>,
+    control_socket: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
+    notifier: Notifier,
     inputs: Receiver<Input>,
     exit: Option<i32>,
 }
@@ -87,7 +112,8 @@ impl Runtime {
         start: Start,
         default_program: PathBuf,
         inputs: Receiver<Input>,
-    ) -> Runtime {
+        sender: Sender<Input>,
+    ) -> Result<Runtime, String> {
         let Start {
             config_path,
             from_file,
@@ -97,9 +123,12 @@ impl Runtime {
             tls_paths,
             tls,
             target,
+            control_socket,
+            metrics,
         } = start;
         let now = Instant::now();
-        Runtime {
+        let sampler = Sampler::start(target.clone(), sender)?;
+        Ok(Runtime {
             state: State::new(cfg, fastrand::u64(..)),
             config_path,
             from_file,
@@ -116,9 +145,16 @@ impl Runtime {
             health_interval: cfg.supervisor.health_interval.0,
             json_logs: cfg.supervisor.log_format == LogFormat::Json,
             next_health: now + cfg.supervisor.health_interval.0,
+            next_reading: now,
+            sampler,
+            reading_error: None,
+            last_read: None,
+            control_socket,
+            metrics,
+            notifier: Notifier::from_env(),
             inputs,
             exit: None,
-        }
+        })
     }
 
     /// Runs until the state machine says to exit; returns the exit status.
@@ -128,78 +164,268 @@ impl Runtime {
             while let Some(action) = pending.pop_front() {
                 self.perform(action, &mut pending);
             }
+            self.notify();
             if let Some(code) = self.exit {
+                self.notifier.stopping();
                 self.finish_cleanups();
                 return code;
             }
-            let mut events = Vec::new();
-            let now = Instant::now();
-            let mut wake = now + Duration::from_secs(1);
-            for t in [
-                self.state.next_deadline(now),
-                Some(self.next_health),
-                self.books.next_retry(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                wake = wake.min(t);
-            }
-            // Never spin: something due "now" is handled by the tick below anyway.
-            wake = wake.max(now + Duration::from_millis(2));
-            let mut child_signal = false;
-            match self.inputs.recv_deadline(wake) {
-                Ok(input) => {
-                    let mut inputs = vec![input];
-                    inputs.extend(self.inputs.try_iter());
-                    for i in inputs {
-                        child_signal |= i == Input::Signal(SignalInput::ChildExited);
-                        events.extend(self.on_input(i));
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    log::error!("the signal thread ended; signals are no longer handled");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            let exits = self.reap();
-            // Orphans (horses of dead workers, a handler's leftovers) are reparented here:
-            // killed before the crash cleanup settles their job, and reaped.
-            if child_signal || !exits.is_empty() {
-                self.reap_orphans();
-            }
-            events.extend(exits);
-            if self.books.next_retry().is_some_and(|t| Instant::now() >= t) {
-                let outcomes = self.books.flush(false);
-                self.log_cleanups(outcomes);
-            }
-            if Instant::now() >= self.next_health {
-                self.reap_orphans();
-                events.push(self.health(true));
-            }
-            events.push(Event::Tick);
+            let events = self.next_events(&mut pending);
             for ev in events {
                 pending.extend(self.handle(ev));
             }
         }
     }
 
+    /// When the loop must wake at the latest.
+    fn wake_at(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+        for t in [
+            self.state.next_deadline(now),
+            Some(self.next_health),
+            Some(self.next_reading),
+            self.books.next_retry(),
+            self.notifier.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            wake = wake.min(t);
+        }
+        // Never spin: something due "now" is handled by the tick below anyway.
+        wake.max(now + Duration::from_millis(2))
+    }
+
+    /// Waits for an input or a deadline, then gathers what happened: inputs, exits, orphans,
+    /// cleanup retries, health and load readings, and a tick.
+    fn next_events(&mut self, pending: &mut VecDeque<Action>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut child_signal = false;
+        match self.inputs.recv_deadline(self.wake_at()) {
+            Ok(input) => {
+                let mut inputs = vec![input];
+                inputs.extend(self.inputs.try_iter());
+                for i in inputs {
+                    child_signal |= matches!(i, Input::Signal(SignalInput::ChildExited));
+                    events.extend(self.on_input(i, pending));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                log::error!("the signal thread ended; signals are no longer handled");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let exits = self.reap();
+        // Orphans (horses of dead workers, a handler's leftovers) are reparented here:
+        // killed before the crash cleanup settles their job, and reaped.
+        if child_signal || !exits.is_empty() {
+            self.reap_orphans();
+        }
+        events.extend(exits);
+        if self.books.next_retry().is_some_and(|t| Instant::now() >= t) {
+            let outcomes = self.books.flush(false);
+            self.log_cleanups(outcomes);
+        }
+        if Instant::now() >= self.next_health {
+            self.reap_orphans();
+            events.push(self.health(true));
+        }
+        if Instant::now() >= self.next_reading {
+            self.ask_reading();
+        }
+        events.push(Event::Tick);
+        events
+    }
+
+    /// systemd: the watchdog, READY once the pools are up, STATUS when it changes.
+    fn notify(&mut self) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        if self.state.phase != state::Phase::Running {
+            self.notifier.stopping();
+        }
+        let ready = self.state.ready();
+        let state = &self.state;
+        self.notifier
+            .turn(Instant::now(), ready, || state.summary());
+    }
+
     fn handle(&mut self, event: Event) -> Vec<Action> {
         state::handle(&mut self.state, Instant::now(), event)
     }
 
-    fn on_input(&mut self, input: Input) -> Vec<Event> {
+    fn on_input(&mut self, input: Input, pending: &mut VecDeque<Action>) -> Vec<Event> {
         match input {
+            Input::Reading(sampled) => {
+                self.sampler.done();
+                self.on_reading(*sampled).into_iter().collect()
+            }
+            Input::Control(request, answer) => {
+                let reply = self.on_control(request, pending);
+                // The asker may have given up; its thread, not the loop, writes the answer.
+                let _ = answer.try_send(reply);
+                Vec::new()
+            }
             Input::Signal(SignalInput::Stop) => vec![Event::Signal(Sig::Stop)],
             Input::Signal(SignalInput::More) => vec![Event::Signal(Sig::More)],
             // Scaling down picks idle workers: read their states first.
             Input::Signal(SignalInput::Fewer) => {
                 vec![self.health(false), Event::Signal(Sig::Fewer)]
             }
-            Input::Signal(SignalInput::Reload) => self.reload(),
+            Input::Signal(SignalInput::Reload) => {
+                self.reload_now(pending);
+                Vec::new()
+            }
             // Exits are collected after every input (see `run`).
             Input::Signal(SignalInput::ChildExited) => Vec::new(),
+        }
+    }
+
+    /// A control request, answered now; its actions join `pending`.
+    fn on_control(&mut self, request: Request, pending: &mut VecDeque<Action>) -> Reply {
+        let command = match request {
+            Request::Status => {
+                let mut reply = Reply::ok("");
+                reply.status = Some(Box::new(self.status()));
+                return reply;
+            }
+            Request::Reload => return self.reload_now(pending),
+            Request::Scale { pool, workers } => Command::Scale { pool, workers },
+            Request::Pause { pool } => Command::Pause(pool),
+            Request::Resume { pool } => Command::Resume(pool),
+            Request::Restart { pool } => Command::Restart(pool),
+            Request::Stop { cold } => Command::Stop { cold },
+        };
+        let mut reply = Reply::with(1, "the state machine gave no answer");
+        for action in self.handle(Event::Command(command)) {
+            match action {
+                Action::Reply { code, text } => reply = Reply::with(code, text),
+                other => pending.push_back(other),
+            }
+        }
+        reply
+    }
+
+    /// A reload (SIGHUP or `reload`), applied now, with systemd told before and after; the
+    /// reply is the diff's lines or the refusal.
+    fn reload_now(&mut self, pending: &mut VecDeque<Action>) -> Reply {
+        self.notifier.reloading();
+        let mut lines = Vec::new();
+        let mut code = 0;
+        for event in self.reload() {
+            if matches!(event, Event::ReloadFailed(_)) {
+                code = 2;
+            }
+            for action in self.handle(event) {
+                if let Action::Log { pool, msg, .. } = &action {
+                    lines.push(match pool {
+                        Some(p) => format!("[{p}] {msg}"),
+                        None => msg.clone(),
+                    });
+                }
+                pending.push_back(action);
+            }
+        }
+        self.notifier.reloaded();
+        Reply::with(code, lines.join("\n"))
+    }
+
+    /// The snapshot `status` and the metrics show.
+    fn status(&self) -> Status {
+        let snap = self.state.snapshot(Instant::now());
+        Status {
+            pid: self.me.as_raw() as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config_path.display().to_string(),
+            phase: snap.phase,
+            redis: self.redis_status(),
+            pools: snap.pools,
+            workers: snap.workers,
+            queues: snap.queues,
+        }
+    }
+
+    /// Asks the readings thread for every pool's queues and every worker's record (and the
+    /// records of workers that exited since, for their last job counts).
+    fn ask_reading(&mut self) {
+        self.next_reading = Instant::now() + READING_INTERVAL;
+        let queues: Vec<String> = self
+            .state
+            .pools
+            .values()
+            .flat_map(|p| p.spec.queues.iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let workers = self
+            .state
+            .live_workers()
+            .filter_map(|w| Some((w.id, w.name.clone()?)))
+            .collect();
+        let finals = self
+            .state
+            .finals
+            .iter()
+            .map(|(_, n, _)| n.clone())
+            .collect();
+        self.sampler.request(Plan {
+            queues,
+            workers,
+            finals,
+        });
+    }
+
+    /// The readings thread's answer, as an event for the state machine.
+    fn on_reading(&mut self, sampled: Sampled) -> Option<Event> {
+        let Sampled { plan, result } = sampled;
+        let backlog = match result {
+            Ok(b) => b,
+            Err(e) => {
+                if self.reading_error.is_none() {
+                    log::warn!("cannot read the queues ({e}); autoscale waits, /healthz says so");
+                }
+                self.reading_error = Some(e);
+                return None;
+            }
+        };
+        if self.reading_error.take().is_some() {
+            log::info!("Redis answers again: queue readings resume");
+        }
+        self.last_read = Some(Instant::now());
+        let mut records = backlog.workers.into_iter();
+        let workers = plan
+            .workers
+            .into_iter()
+            .map(|(id, _)| (id, records.next().unwrap_or_default()))
+            .collect();
+        let finals = plan
+            .finals
+            .into_iter()
+            .map(|n| (n, records.next().filter(|w| w.present).map(|w| w.jobs)))
+            .collect();
+        Some(Event::Reading(Reading {
+            queues: plan.queues.into_iter().zip(backlog.queues).collect(),
+            workers,
+            finals,
+        }))
+    }
+
+    /// Whether Redis answers, and why not: the latest reading failed, or none came lately.
+    fn redis_status(&self) -> RedisStatus {
+        let fresh = self.last_read.is_some_and(|t| t.elapsed() < READING_STALE);
+        let error = self.reading_error.clone().or_else(|| {
+            (!fresh).then(|| match self.last_read {
+                Some(t) => format!("no answer for {}s", t.elapsed().as_secs()),
+                None => "no reading has succeeded yet".to_string(),
+            })
+        });
+        RedisStatus {
+            url: self.books.target().masked().to_string(),
+            ok: error.is_none(),
+            error,
         }
     }
 
@@ -213,6 +439,15 @@ impl Runtime {
         log::info!("SIGHUP: reloading {}", self.config_path.display());
         let fresh = self.health(false);
         let reload = match Config::read(&self.config_path) {
+            Ok((cfg, _))
+                if cfg.supervisor.metrics != self.metrics
+                    || cfg.supervisor.control_socket != self.control_socket =>
+            {
+                Event::ReloadFailed(format!(
+                    "{}: [supervisor] control_socket or metrics changed; the running supervisor keeps listening where it started, so restart rq-supervisor to move them",
+                    self.config_path.display()
+                ))
+            }
             Ok((cfg, _)) if Config::resolve_tls(&cfg.redis_tls) != self.tls_paths => {
                 Event::ReloadFailed(format!(
                     "{}: the [redis] tls_* files changed; the running workers and their crash cleanups use the TLS files read at start, so restart rq-supervisor to switch",
@@ -280,6 +515,12 @@ impl Runtime {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
             Action::Kill { pid, .. } => kill_tree(pid),
+            Action::Pause { pid, on, .. } => {
+                let sig = if on { Signal::SIGUSR1 } else { Signal::SIGUSR2 };
+                let _ = kill(Pid::from_raw(pid as i32), sig);
+            }
+            // Replies are taken out where a command is handled (`on_control`).
+            Action::Reply { .. } => {}
             Action::Cleanup { pool, name, how } => {
                 let outcomes = self.books.cleanup(pool, name, how);
                 self.log_cleanups(outcomes);
@@ -314,6 +555,7 @@ impl Runtime {
             cwd: spec.cwd.clone(),
             env: spec.env.clone(),
             extra_args: self.worker_args.clone(),
+            paused: spec.paused,
         };
         // The worker gets the pool file's text and the TLS files from us on a descriptor,
         // not from disk: it may run as a user who cannot read them (see launch::handoff).

@@ -13,7 +13,7 @@ use log::Level;
 pub use super::pool::WorkerId;
 use super::pool::{Pool, RollStep, new_pool};
 use crate::config::Config;
-use crate::store::Registration;
+use crate::store::{JobCounts, QueueLoad, Registration, WorkerLoad};
 
 /// Signals the supervisor acts on, already decoded by the runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,34 @@ pub struct Sample {
     pub registration: Option<Registration>,
 }
 
+/// What the runtime read of every pool's queues and workers in one round trip.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    /// Every pool's queues.
+    pub queues: BTreeMap<String, QueueLoad>,
+    /// The live workers that have a name.
+    pub workers: Vec<(WorkerId, WorkerLoad)>,
+    /// Exited workers' records, for their final job counts (`None`: the record is gone).
+    pub finals: Vec<(String, Option<JobCounts>)>,
+}
+
+/// A control-socket command the state machine decides (`status` and `reload` are the
+/// runtime's). Answered with one [`Action::Reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Scale {
+        pool: String,
+        workers: u32,
+    },
+    Pause(String),
+    Resume(String),
+    /// Roll the pool's workers (every pool's with `None`) one at a time.
+    Restart(Option<String>),
+    Stop {
+        cold: bool,
+    },
+}
+
 #[derive(Debug)]
 pub enum Event {
     Signal(Sig),
@@ -96,6 +124,9 @@ pub enum Event {
     Reload(Box<Config>),
     /// SIGHUP: the file was read again and refused.
     ReloadFailed(String),
+    /// The queues and workers as read from Redis (see [`Reading`]).
+    Reading(Reading),
+    Command(Command),
 }
 
 /// Everything a spawn needs, so the runtime does not look anything up.
@@ -114,6 +145,8 @@ pub struct SpawnSpec {
     /// The pool's `cwd` and `env`.
     pub cwd: Option<PathBuf>,
     pub env: std::collections::BTreeMap<String, String>,
+    /// The pool is paused: the worker starts taking no job until it is resumed.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +161,18 @@ pub enum Action {
     Kill {
         id: WorkerId,
         pid: u32,
+    },
+    /// Pause (`true`: SIGUSR1) or resume (`false`: SIGUSR2) the worker: a paused worker
+    /// finishes its job and takes no new one.
+    Pause {
+        id: WorkerId,
+        pid: u32,
+        on: bool,
+    },
+    /// The answer to a [`Command`]: the client's exit status and what it prints.
+    Reply {
+        code: i32,
+        text: String,
     },
     /// Register the death in Redis and settle the in-flight job.
     Cleanup {
@@ -225,6 +270,16 @@ pub struct Worker {
     pub last_alive: Instant,
     pub registered: bool,
     pub redis_state: Option<String>,
+    /// Worker plus horse RSS at the latest health check.
+    pub rss: Option<u64>,
+    /// The job it runs, at the latest reading.
+    pub job: Option<String>,
+    /// Its own counters at the latest reading.
+    pub jobs: JobCounts,
+    /// Since when it has been idle with no job done (latest readings), for autoscale.
+    pub idle_since: Option<Instant>,
+    /// It was told to pause (started paused, or sent SIGUSR1) and not resumed since.
+    pub paused: bool,
 }
 
 impl Worker {
@@ -253,6 +308,39 @@ pub struct State {
     unclean: bool,
     /// The last health reading could not reach Redis.
     pub(super) redis_down: bool,
+    /// Exited workers whose final job counts are still to be read: (pool, name, what was
+    /// already counted).
+    pub(super) finals: Vec<(String, String, JobCounts)>,
+    /// Every pool's queues at the latest reading.
+    pub queues: BTreeMap<String, QueueLoad>,
+}
+
+/// Exited workers whose final counts may wait for Redis at once; older ones are dropped.
+const MAX_FINALS: usize = 10_000;
+
+/// Why an exit is a restart, for `rq_supervisor_restarts_total`: `None` when the worker is
+/// not replaced (a scale-down, a removed pool, a finished burst worker).
+fn restart_reason(
+    w: &Worker,
+    how: &ExitKind,
+    pools: &BTreeMap<String, Pool>,
+    now: Instant,
+) -> Option<&'static str> {
+    let pool = pools.get(&w.pool)?;
+    let clean = how.clean();
+    Some(match w.retire {
+        Some(Retire::Stuck) => "stuck",
+        Some(Retire::ScaleDown | Retire::PoolRemoved) => return None,
+        Some(Retire::Roll) if clean => "rolling",
+        Some(Retire::Memory) if clean => "memory",
+        None if clean && pool.spec.burst => return None,
+        _ if clean => "exited",
+        _ if *how == ExitKind::Code(crate::launch::EXIT_ENVIRONMENT) => "environment",
+        _ if now.saturating_duration_since(w.spawned_at) < pool.spec.restart.min_uptime.0 => {
+            "failed_start"
+        }
+        _ => "crashed",
+    })
 }
 
 pub(super) fn secs(d: Duration) -> String {
@@ -320,6 +408,8 @@ impl State {
             rng: fastrand::Rng::with_seed(seed),
             unclean: false,
             redis_down: false,
+            finals: Vec::new(),
+            queues: BTreeMap::new(),
         }
     }
 
@@ -442,6 +532,9 @@ impl State {
                         None,
                         format!("cannot start a worker: {error}"),
                     );
+                    if let Some(pool) = self.pools.get_mut(&w.pool) {
+                        *pool.restarts.entry("spawn_failed").or_default() += 1;
+                    }
                     if environment {
                         self.environment_failure(
                             now,
@@ -463,10 +556,12 @@ impl State {
                 None,
                 format!("reload refused, running pools untouched: {reason}"),
             ),
+            Event::Reading(r) => self.on_reading(now, r, out),
+            Event::Command(c) => self.on_command(now, c, out),
         }
     }
 
-    fn on_stop_signal(&mut self, now: Instant, out: &mut Out) {
+    pub(super) fn on_stop_signal(&mut self, now: Instant, out: &mut Out) {
         match self.phase {
             Phase::Running => {
                 let deadline = now + self.settings.warm_timeout;
@@ -558,9 +653,10 @@ impl State {
             return;
         };
         let before = pool.desired();
+        let (lo, hi) = pool.bounds();
         pool.scale_override = Some(match sig {
-            Sig::More => before.saturating_add(1).min(10_000),
-            _ => before.saturating_sub(1).max(1),
+            Sig::More => before.saturating_add(1).min(hi),
+            _ => before.saturating_sub(1).max(lo),
         });
         let name = pool.spec.name.clone();
         let what = if sig == Sig::More { "TTIN" } else { "TTOU" };
@@ -568,7 +664,14 @@ impl State {
             out.pool(
                 Level::Info,
                 &name,
-                format!("{what}: already at {before} worker(s), the minimum"),
+                format!(
+                    "{what}: already at {before} worker(s), the {}",
+                    if sig == Sig::More {
+                        "maximum"
+                    } else {
+                        "minimum"
+                    }
+                ),
             );
         } else {
             out.pool(
@@ -682,6 +785,23 @@ impl State {
             }),
             _ => None,
         };
+        // Its counts so far stay counted; the last jobs it did are read from its record
+        // (kept for a minute after its death) at the next reading.
+        if let Some(pool) = self.pools.get_mut(&w.pool) {
+            pool.jobs_retired.add(w.jobs);
+        }
+        if let Some(name) = &w.name {
+            if self.finals.len() >= MAX_FINALS {
+                self.finals.remove(0);
+            }
+            self.finals.push((w.pool.clone(), name.clone(), w.jobs));
+        }
+        if self.phase == Phase::Running
+            && let Some(reason) = restart_reason(&w, &how, &self.pools, now)
+            && let Some(pool) = self.pools.get_mut(&w.pool)
+        {
+            *pool.restarts.entry(reason).or_default() += 1;
+        }
         self.after_exit(now, w, how, out);
         // After the lines that explain it, so the log reads in order.
         out.0.extend(cleanup);
@@ -822,6 +942,7 @@ impl State {
         if self.phase == Phase::Running {
             let names: Vec<String> = self.pools.keys().cloned().collect();
             for name in &names {
+                self.sync_pause(name, out);
                 self.recover(now, name, out);
                 self.roll_step(now, name, out);
                 self.scale_down(name, out);
@@ -924,6 +1045,11 @@ impl State {
                 last_alive: now,
                 registered: false,
                 redis_state: None,
+                rss: None,
+                job: None,
+                jobs: JobCounts::default(),
+                idle_since: None,
+                paused: pool.paused,
             },
         );
         self.last_spawn = Some(now);
@@ -974,6 +1100,7 @@ impl State {
             gid: pool.spec.group.as_ref().map(|g| g.id),
             cwd: pool.spec.cwd.clone(),
             env: pool.spec.env.clone(),
+            paused: w.paused,
         }
     }
 
@@ -1002,7 +1129,7 @@ impl State {
             .map(|w| w.id)
     }
 
-    fn retire(&mut self, id: WorkerId, why: Retire, out: &mut Out) {
+    pub(super) fn retire(&mut self, id: WorkerId, why: Retire, out: &mut Out) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -1077,8 +1204,14 @@ impl State {
             return;
         }
         // Only at the target: below it the missing workers are started first, above it the
-        // extra ones are retired first, so a roll never adds a worker over the count.
+        // extra ones are retired first, so a roll never adds a worker over the count. And
+        // only once the worker the last step retired has exited: a busy one finishes its job
+        // first, and starting the next step meanwhile would run two extra workers.
         if self.outdated_active(pool).next().is_none()
+            || self
+                .workers
+                .values()
+                .any(|w| w.pool == name && w.retire == Some(Retire::Roll))
             || self.occupying(name) != self.target(pool)
             || !self.gate_open(now, pool)
         {

@@ -121,6 +121,20 @@ impl Harness {
         self.feed(Event::Exited { id, how })
     }
 
+    /// Every worker asked to leave exits cleanly (it finished its job).
+    fn exit_retired(&mut self) {
+        let leaving: Vec<u32> = self
+            .st
+            .workers
+            .values()
+            .filter(|w| w.retire.is_some())
+            .filter_map(|w| w.pid)
+            .collect();
+        for pid in leaving {
+            self.exit(pid, ExitKind::Code(0));
+        }
+    }
+
     fn logged(&self, text: &str) -> bool {
         self.log.iter().any(|l| l.contains(text))
     }
@@ -474,10 +488,16 @@ fn a_reload_that_shrinks_and_changes_a_pool_retires_the_extra_workers_before_rol
     );
     // Then the roll, one worker at a time: the new count plus the one a roll step starts
     // before it retires an old worker.
+    // A retired worker leaves when it has finished its job (here: after a tick); the next
+    // step waits for it, so the processes never number more than one over the count.
     for _ in 0..200 {
-        let live = h.pids("a").len();
-        assert!(live <= 3, "{live} workers in a pool of 2 during a roll");
+        let processes = h.st.workers.values().filter(|w| w.pool == "a").count();
+        assert!(
+            processes <= 3,
+            "{processes} workers in a pool of 2 during a roll"
+        );
         h.advance(Duration::from_millis(50));
+        h.exit_retired();
     }
     let after = h.pids("a");
     assert_eq!(after.len(), 2);
@@ -666,4 +686,296 @@ fn a_worker_that_cannot_work_here_degrades_its_pool_at_once_and_never_spins() {
     });
     assert!(h.logged("still degraded: cannot start workers: Resource temporarily unavailable"));
     assert!(spawns(&h.advance(Duration::from_secs(30))).is_empty());
+}
+
+const AUTOSCALED: &str = r#"
+[supervisor]
+spawn_stagger = "0s"
+[pools.a]
+queues = ["qa", "qa2"]
+[pools.a.autoscale]
+min = 1
+max = 5
+jobs_per_worker = 10
+idle_before_scale_down = "30s"
+max_wait = "5s"
+[pools.b]
+queues = ["qb"]
+workers = 2
+"#;
+
+use crate::store::{JobCounts, QueueLoad, WorkerLoad};
+
+impl Harness {
+    /// A reading: `backlog` jobs queued on `qa` (oldest `oldest` ago), and every live worker
+    /// registered with the state `busy` gives (by pid), idle otherwise, counters as given.
+    fn read(&mut self, backlog: u64, oldest: Duration, busy: &[u32], jobs: u64) -> Vec<Action> {
+        let mut queues = std::collections::BTreeMap::new();
+        queues.insert(
+            "qa".to_string(),
+            QueueLoad {
+                length: backlog,
+                oldest: (backlog > 0).then_some(oldest),
+            },
+        );
+        let workers = self
+            .st
+            .workers
+            .values()
+            .filter(|w| w.pid.is_some())
+            .map(|w| {
+                let b = busy.contains(&w.pid.unwrap());
+                (
+                    w.id,
+                    WorkerLoad {
+                        present: true,
+                        state: Some(if b { "busy" } else { "idle" }.to_string()),
+                        job: b.then(|| "job1".to_string()),
+                        jobs: JobCounts {
+                            finished: jobs,
+                            failed: 0,
+                        },
+                    },
+                )
+            })
+            .collect();
+        self.feed(Event::Reading(Reading {
+            queues,
+            workers,
+            finals: Vec::new(),
+        }))
+    }
+
+    fn command(&mut self, c: Command) -> (i32, String, Vec<Action>) {
+        let acts = self.feed(Event::Command(c));
+        let (code, text) = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Reply { code, text } => Some((*code, text.clone())),
+                _ => None,
+            })
+            .expect("a reply");
+        (code, text, acts)
+    }
+}
+
+#[test]
+fn autoscale_grows_on_backlog_within_max_and_counts_busy_workers() {
+    let mut h = Harness::new(AUTOSCALED);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 1, "starts at min");
+    h.read(25, Duration::from_secs(1), &[], 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 3, "ceil(25 / 10)");
+    assert!(h.logged("autoscale: workers 1 -> 3: 25 queued on qa,qa2"));
+    let busy = h.pids("a");
+    h.read(15, Duration::from_secs(1), &busy, 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 5, "ceil(15 / 10) + 3 busy = 5, the max");
+    h.read(1000, Duration::from_secs(1), &busy, 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 5, "never above max");
+    assert_eq!(h.pids("b").len(), 2, "the other pool is untouched");
+}
+
+#[test]
+fn autoscale_grows_while_the_oldest_job_waits_past_max_wait() {
+    let mut h = Harness::new(AUTOSCALED);
+    h.settle();
+    let busy = h.pids("a");
+    // One job queued (ceil = 1) + 1 busy = 2 wanted.
+    h.read(1, Duration::from_secs(1), &busy, 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 2);
+    // Still one queued and one busy (2 wanted, 2 running), but the job has waited 6s.
+    h.read(1, Duration::from_secs(6), &busy, 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 3, "one more while the wait exceeds 5s");
+    assert!(h.logged("the oldest job has waited"));
+}
+
+#[test]
+fn autoscale_retires_only_workers_idle_long_enough_never_busy_ones() {
+    let mut h = Harness::new(AUTOSCALED);
+    h.settle();
+    h.read(50, Duration::from_secs(1), &[], 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 5);
+    let pids = h.pids("a");
+    let busy = [pids[0]];
+    // Queue drained; one worker still busy. A quiet reading retires nobody yet.
+    let acts = h.read(0, Duration::ZERO, &busy, 3);
+    assert!(terms(&acts).is_empty(), "not idle long enough: {acts:?}");
+    h.now += Duration::from_secs(31);
+    let acts = h.read(0, Duration::ZERO, &busy, 3);
+    let retired = terms(&acts);
+    assert_eq!(retired.len(), 4, "down to the busy one: {acts:?}");
+    assert!(!retired.contains(&pids[0]), "the busy worker is kept");
+    assert!(h.logged("autoscale: workers 5 -> 1: retiring 4 worker(s) idle for 30s+"));
+    // Nothing below min, even when the last one idles.
+    h.now += Duration::from_secs(60);
+    let acts = h.read(0, Duration::ZERO, &[], 3);
+    assert!(terms(&acts).is_empty(), "min = 1 is kept");
+}
+
+#[test]
+fn a_worker_that_keeps_doing_jobs_is_not_idle() {
+    let mut h = Harness::new(AUTOSCALED);
+    h.settle();
+    h.read(20, Duration::from_secs(1), &[], 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 2);
+    // Every reading sees it idle between two jobs, but its counters move: not idle.
+    for n in 1..=40 {
+        h.now += Duration::from_secs(1);
+        let acts = h.read(0, Duration::ZERO, &[], n);
+        assert!(terms(&acts).is_empty(), "reading {n}: {acts:?}");
+    }
+}
+
+#[test]
+fn scale_to_zero_and_back_on_the_first_job() {
+    let text = AUTOSCALED.replace("min = 1", "min = 0");
+    let mut h = Harness::new(&text);
+    h.settle();
+    assert!(
+        h.pids("a").is_empty(),
+        "an idle pool with min 0 runs no worker"
+    );
+    h.read(0, Duration::ZERO, &[], 0);
+    assert!(h.st.ready(), "and is ready, not waiting for it");
+    let mut acts = h.read(1, Duration::from_millis(10), &[], 0);
+    acts.extend(h.settle());
+    assert_eq!(spawns(&acts).len(), 1, "one worker for the first job");
+    let snap = h.st.snapshot(h.now);
+    assert_eq!(snap.pools[0].degraded, None);
+}
+
+#[test]
+fn scale_command_answers_and_refuses_clearly() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    let (code, text, _) = h.command(Command::Scale {
+        pool: "nope".into(),
+        workers: 3,
+    });
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("no pool named \"nope\"") && text.contains("a, b"),
+        "{text}"
+    );
+    let (code, text, _) = h.command(Command::Scale {
+        pool: "b".into(),
+        workers: 0,
+    });
+    assert_eq!(code, 2, "{text}");
+    let (code, text, _) = h.command(Command::Scale {
+        pool: "b".into(),
+        workers: 3,
+    });
+    assert_eq!(code, 0);
+    assert!(text.contains("workers 1 -> 3 (the file says 1"), "{text}");
+    h.settle();
+    assert_eq!(h.pids("b").len(), 3);
+    let snap = h.st.snapshot(h.now);
+    let b = snap.pools.iter().find(|p| p.name == "b").unwrap();
+    assert_eq!(
+        (b.desired, b.file_workers),
+        (3, 1),
+        "status shows both numbers"
+    );
+
+    let mut h = Harness::new(AUTOSCALED);
+    let (code, text, _) = h.command(Command::Scale {
+        pool: "a".into(),
+        workers: 3,
+    });
+    assert_eq!(code, 2);
+    assert!(text.contains("autoscaled (1..5"), "{text}");
+}
+
+#[test]
+fn pause_signals_registered_workers_and_new_ones_start_paused() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    // Registered: the reading says so.
+    h.read(0, Duration::ZERO, &[], 0);
+    let (code, _, acts) = h.command(Command::Pause("a".into()));
+    assert_eq!(code, 0);
+    let paused: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Pause { pid, on: true, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paused.len(), 2, "{acts:?}");
+    assert!(h.st.pools["a"].paused);
+    // A replacement spawned while paused starts paused, and is not signalled again.
+    let acts = h.exit(paused[0], ExitKind::Code(0));
+    let s = spawns(&acts);
+    assert_eq!(s.len(), 1);
+    assert!(s[0].paused, "{s:?}");
+    let (_, _, acts) = h.command(Command::Resume("a".into()));
+    h.read(0, Duration::ZERO, &[], 0);
+    let acts: Vec<Action> = acts
+        .into_iter()
+        .chain(h.advance(Duration::from_millis(1)))
+        .collect();
+    let resumed = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Pause { on: false, .. }))
+        .count();
+    assert_eq!(resumed, 1, "the one still paused; {acts:?}");
+}
+
+#[test]
+fn restart_rolls_every_worker_and_counts_it() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    let before = h.pids("a");
+    let (code, text, _) = h.command(Command::Restart(Some("a".into())));
+    assert_eq!(code, 0, "{text}");
+    for _ in 0..200 {
+        h.advance(Duration::from_millis(50));
+        // Retired workers exit when asked.
+        let leaving: Vec<u32> =
+            h.st.workers
+                .values()
+                .filter(|w| w.retire.is_some())
+                .filter_map(|w| w.pid)
+                .collect();
+        for pid in leaving {
+            h.exit(pid, ExitKind::Code(0));
+        }
+    }
+    let after = h.pids("a");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "both rolled");
+    assert_eq!(h.st.pools["a"].restarts.get("rolling"), Some(&2));
+}
+
+#[test]
+fn job_counts_add_up_across_exits() {
+    let mut h = Harness::new(TWO_POOLS);
+    h.settle();
+    h.read(0, Duration::ZERO, &[], 4);
+    let pid = h.pids("b")[0];
+    let name = format!("host.{pid}");
+    h.exit(pid, ExitKind::Code(0));
+    // Its record, read after its exit, says it did 6 in all.
+    h.feed(Event::Reading(Reading {
+        finals: vec![(
+            name,
+            Some(JobCounts {
+                finished: 6,
+                failed: 1,
+            }),
+        )],
+        ..Reading::default()
+    }));
+    let snap = h.st.snapshot(h.now);
+    let b = snap.pools.iter().find(|p| p.name == "b").unwrap();
+    assert_eq!((b.jobs_finished, b.jobs_failed), (6, 1));
+    assert_eq!(b.restarts.get("exited"), Some(&1));
 }

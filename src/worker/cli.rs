@@ -44,6 +44,10 @@ pub struct WorkerArgs {
     /// Run every job currently queued, then exit.
     #[arg(short = 'b', long = flag::BURST)]
     pub burst: bool,
+    /// Start paused: take no job until SIGUSR2 (SIGUSR1 pauses again; rq-supervisor's
+    /// `pause POOL` / `resume POOL`).
+    #[arg(long = flag::PAUSED)]
+    pub paused: bool,
     /// Enable rq.builtin.noop, rq.builtin.echo, rq.builtin.sleep and rq.builtin.fail.
     #[arg(long = "builtin-handlers")]
     pub builtin_handlers: bool,
@@ -207,6 +211,8 @@ pub struct WorkerOptions {
     pub name: Option<String>,
     pub queues: Vec<String>,
     pub burst: bool,
+    /// `--paused`: take no job until SIGUSR2.
+    pub paused: bool,
     pub spec: WorkerSpec,
     pub url: String,
     pub handlers: Vec<HandlerSpec>,
@@ -317,6 +323,7 @@ impl WorkerArgs {
             name: self.name,
             queues,
             burst: self.burst,
+            paused: self.paused,
             spec,
             url,
             handlers: cfg.map(|c| c.handlers).unwrap_or_default(),

@@ -124,7 +124,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     })?;
     // Before any interpreter starts: Python must find SIGINT taken, or it installs its own
     // handler and a Ctrl-C becomes a KeyboardInterrupt inside the worker.
-    let signals = Signals::install().map_err(|e| {
+    let signals = Signals::install(opts.paused).map_err(|e| {
         log::error!("cannot install signal handlers: {e}");
         EXIT_FAILURE
     })?;
@@ -169,6 +169,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         record_failures: !opts.python.disable_default_exception_handler,
         log_descriptions: opts.log_descriptions,
         suspended: false,
+        paused_noted: false,
         streak: environment::Streak::new(),
     };
     worker.start()?;
@@ -311,6 +312,8 @@ struct Worker {
     /// failed-registry entry and result, as RQ does.
     record_failures: bool,
     suspended: bool,
+    /// The pause (SIGUSR1) was logged and recorded as `suspended` in Redis.
+    paused_noted: bool,
     /// Present with `--with-scheduler`.
     scheduler: Option<Scheduler>,
     /// Environment failures since the last job that started.
@@ -331,6 +334,7 @@ impl Worker {
     fn may_take_next(&self) -> bool {
         self.signals.stop_count() == 0
             && !self.suspended
+            && !self.signals.paused()
             && self
                 .spec
                 .max_jobs
@@ -478,6 +482,9 @@ impl Worker {
                 return stop;
             }
             self.periodic(&mut seen_connects);
+            if self.claims.prefetched.is_none() && self.paused() {
+                continue;
+            }
             let claimed = self.next_claim();
             match claimed {
                 Ok((claim, notes)) => {
@@ -599,6 +606,32 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// While paused (SIGUSR1, rq-supervisor's `pause POOL`): take no job, show `suspended`
+    /// in Redis as RQ's suspension does, and wait for a signal or a timer. Returns whether the
+    /// worker is paused; the first pass after a SIGUSR2 logs the resume (the next claim
+    /// records the state).
+    fn paused(&mut self) -> bool {
+        if !self.signals.paused() {
+            if self.paused_noted {
+                self.paused_noted = false;
+                log::info!("Worker {}: resumed (SIGUSR2)", self.name);
+            }
+            return false;
+        }
+        if !self.paused_noted {
+            self.paused_noted = true;
+            log::info!(
+                "Worker {}: paused (SIGUSR1): taking no job until SIGUSR2 (rq-supervisor resume)",
+                self.name
+            );
+            if let Err(e) = self.store.set_state(&self.name, "suspended") {
+                log::warn!("cannot record the pause in Redis: {e}");
+            }
+        }
+        self.wait_for_work(Some(Duration::from_secs(1)));
+        true
     }
 
     fn resumed(&mut self) {

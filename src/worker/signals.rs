@@ -8,13 +8,13 @@
 //! duration, so the job is failed and settled at once instead.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use nix::unistd::{Pid, getppid};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use crate::launch::SUPERVISOR_PID_ENV;
 
@@ -37,37 +37,58 @@ pub struct Signals {
     read: UnixStream,
     stops: Arc<AtomicUsize>,
     child: Arc<AtomicBool>,
+    /// SIGUSR1 pauses (no new job until SIGUSR2), SIGUSR2 resumes: rq-supervisor's `pause
+    /// POOL` and `resume POOL`.
+    paused: Arc<AtomicBool>,
     /// The supervisor that started this worker, if it is still the parent at start.
     supervisor: Option<Pid>,
 }
 
 impl Signals {
     /// Installs the handlers. INT and TERM count shutdown requests; CHLD marks that a child
-    /// changed state. All of them wake the poll loop through the pipe. A horse restores these
-    /// three to their defaults (`execution::fork`).
-    pub fn install() -> io::Result<Signals> {
+    /// changed state; USR1 and USR2 pause and resume (`paused` is the state at start). All
+    /// of them wake the poll loop through one socket pair: two descriptors in all, which
+    /// matters to a worker started at its open-file limit. A horse restores them to their
+    /// defaults (`execution::fork`).
+    pub fn install(paused: bool) -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
+        // Never closed: the handlers write to it for the rest of the process's life, and a
+        // closed number could be reused by another file.
+        let wake = write.into_raw_fd();
         let stops = Arc::new(AtomicUsize::new(0));
         let child = Arc::new(AtomicBool::new(false));
-        for sig in [SIGINT, SIGTERM] {
-            let stops = Arc::clone(&stops);
-            // SAFETY: the action performs atomic operations, getppid and _exit, which are all
-            // async-signal-safe.
-            unsafe {
-                signal_hook::low_level::register(sig, move || {
-                    let n = stops.fetch_add(1, Ordering::SeqCst) + 1;
-                    let supervisor = SUPERVISOR.load(Ordering::SeqCst);
-                    let orphaned = supervisor != 0 && nix::libc::getppid() != supervisor;
-                    if IN_PROCESS_JOB.load(Ordering::SeqCst) && (n >= 2 || orphaned) {
-                        nix::libc::_exit(EXIT_COLD_IN_PROCESS);
+        let pause = Arc::new(AtomicBool::new(paused));
+        for sig in [SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2] {
+            let (stops, child, pause) =
+                (Arc::clone(&stops), Arc::clone(&child), Arc::clone(&pause));
+            let action = move || {
+                match sig {
+                    SIGINT | SIGTERM => {
+                        let n = stops.fetch_add(1, Ordering::SeqCst) + 1;
+                        let supervisor = SUPERVISOR.load(Ordering::SeqCst);
+                        // SAFETY: getppid and _exit are async-signal-safe.
+                        let orphaned =
+                            supervisor != 0 && unsafe { nix::libc::getppid() } != supervisor;
+                        if IN_PROCESS_JOB.load(Ordering::SeqCst) && (n >= 2 || orphaned) {
+                            unsafe { nix::libc::_exit(EXIT_COLD_IN_PROCESS) };
+                        }
                     }
-                })?;
+                    SIGCHLD => child.store(true, Ordering::SeqCst),
+                    _ => pause.store(sig == SIGUSR1, Ordering::SeqCst),
+                }
+                // SAFETY: send(2) on a descriptor this process never closes is
+                // async-signal-safe; a full buffer (MSG_DONTWAIT) means a wake-up is pending.
+                unsafe {
+                    nix::libc::send(wake, b"x".as_ptr().cast(), 1, nix::libc::MSG_DONTWAIT);
+                }
+            };
+            // SAFETY: the action performs atomic operations, getppid, _exit and one send(2),
+            // all async-signal-safe, and allocates nothing.
+            unsafe {
+                signal_hook::low_level::register(sig, action)?;
             }
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
         }
-        signal_hook::flag::register(SIGCHLD, Arc::clone(&child))?;
-        signal_hook::low_level::pipe::register(SIGCHLD, write)?;
         let supervisor = std::env::var(SUPERVISOR_PID_ENV)
             .ok()
             .and_then(|v| v.parse::<i32>().ok())
@@ -78,6 +99,7 @@ impl Signals {
             read,
             stops,
             child,
+            paused: pause,
             supervisor,
         })
     }
@@ -112,6 +134,11 @@ impl Signals {
     /// Asks for a warm shutdown from inside the worker (e.g. a `shutdown` command).
     pub fn request_stop(&self) {
         self.stops.fetch_max(1, Ordering::SeqCst);
+    }
+
+    /// True from a SIGUSR1 (or `--paused`) until a SIGUSR2.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// True once per batch of SIGCHLDs.

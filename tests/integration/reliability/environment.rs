@@ -293,7 +293,10 @@ fn limit_on_a_running_worker(uid: u32, kind: Kind, limit: Limit) {
     wait_worker_state(&mut con, "jailed", "suspended");
     let ids = jail.enqueue(&mut con, kind, JOBS);
     let before = snapshot(&mut con, &ids);
-    redis::cmd("DEL").arg("rq:suspended").exec(&mut con).unwrap();
+    redis::cmd("DEL")
+        .arg("rq:suspended")
+        .exec(&mut con)
+        .unwrap();
     assert_gave_up(&mut w, limit, value);
     assert_untouched(&mut con, &ids, &before, &w.log());
     assert!(

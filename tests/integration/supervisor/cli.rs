@@ -201,7 +201,11 @@ fn the_shipped_example_checks_and_runs_its_pools_and_handler() {
     );
     // Run it against the test redis ($RQ_REDIS_URL wins over the file's url).
     let redis = RedisServer::start();
-    let mut sup = Supervisor::new(&redis, &example).spawn();
+    // Its control socket goes in a temp dir, not beside the example in the source tree.
+    let run_dir = temp_dir();
+    let mut sup = Supervisor::new(&redis, &example)
+        .env("RUNTIME_DIRECTORY", run_dir.path())
+        .spawn();
     let mut con = redis.con();
     wait_workers(&mut con, 3);
     let mail = rq_supervisor::producer::enqueue(

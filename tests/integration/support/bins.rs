@@ -147,9 +147,27 @@ impl Supervisor {
         }
     }
 
-    /// `-c FILE`.
-    pub fn config(self, file: impl AsRef<OsStr>) -> Supervisor {
+    /// `-c FILE`. The control socket's default directory is then the file's own (as if
+    /// systemd's `RuntimeDirectory=` were there), so a test's socket lives and dies with its
+    /// temp dir and a control command built the same way finds it; a test that sets
+    /// `RUNTIME_DIRECTORY` itself, or removes it, wins.
+    pub fn config(mut self, file: impl AsRef<OsStr>) -> Supervisor {
+        if let Some(dir) = Path::new(file.as_ref())
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            self.cmd.env("RUNTIME_DIRECTORY", dir);
+        }
         self.arg("-c").arg(file)
+    }
+
+    /// `rq-supervisor -c FILE ARGS...`: a control command to the supervisor of FILE.
+    pub fn control(file: impl AsRef<OsStr>, args: &[&str]) -> Supervisor {
+        let mut s = Supervisor::without_url_args().config(file);
+        for a in args {
+            s = s.arg(a);
+        }
+        s
     }
 
     /// Any other argument, as given (`.arg("check")` after `-c FILE` is accepted too).

@@ -1,9 +1,11 @@
 //! Helpers for the `rq-supervisor` tests: a pool file in a temp dir and what Redis says about
 //! the supervisor's workers.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::process::Output;
 
-use super::{WAIT, hget, wait_until, write_script};
+use super::{Supervisor, WAIT, hget, stdout_of_success, wait_until, write_script};
 
 /// A pool file plus the directory it lives in (kept alive with it).
 pub struct PoolFile {
@@ -102,4 +104,60 @@ pub fn spawned_pids(log: &str, pool: &str) -> Vec<u32> {
 /// Lines of a log that contain `text`.
 pub fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(text)).collect()
+}
+
+/// Runs `rq-supervisor -c FILE ARGS...` (a control command) to its end.
+pub fn control(file: &PoolFile, args: &[&str]) -> Output {
+    Supervisor::control(file, args).output()
+}
+
+/// A control command that must succeed; returns its stdout.
+pub fn control_ok(file: &PoolFile, args: &[&str]) -> String {
+    stdout_of_success(&format!("rq-supervisor {args:?}"), &control(file, args))
+}
+
+/// `status --json`, parsed.
+pub fn status_json(file: &PoolFile) -> serde_json::Value {
+    serde_json::from_str(&control_ok(file, &["status", "--json"])).expect("status --json is JSON")
+}
+
+/// The pool named `name` in a `status --json` document.
+pub fn pool_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `GET path` over a plain TCP connection: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let code = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Waits until `GET path` answers `code`; returns the body.
+pub fn wait_http(addr: &str, path: &str, code: u16) -> String {
+    let mut last = None;
+    wait_until(&format!("GET {path} to answer {code}"), WAIT, || {
+        last = http_get(addr, path);
+        last.as_ref().is_some_and(|(c, _)| *c == code)
+    });
+    last.unwrap().1
 }
