@@ -214,6 +214,8 @@ fn python(o: &mut String, p: &crate::config::PythonSettings) {
     );
 }
 
+// About 85 lines: one line written per setting, in the order `check` prints them; kept
+// whole so the output's layout reads from top to bottom.
 fn pool(o: &mut String, cfg: &Config, p: &PoolSpec, default_program: Option<&Path>) {
     let _ = writeln!(o, "[pools.{}]", p.name);
     let _ = writeln!(o, "  queues = {}", p.queues.join(", "));

@@ -47,6 +47,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_FAILURE: i32 = 1;
 
 /// The whole `main` of `rq-supervisor`; `Err` carries the exit status.
+// About 85 lines, kept whole: the config, TLS files, Redis URL and run-as checks, then the
+// check report or the run; each step ends in its own exit status, and in one place they read
+// in the order a user meets them.
 pub fn main() -> Result<(), i32> {
     let (source, command) = match cli::Cli::from_env() {
         Ok(parsed) => parsed,

@@ -103,6 +103,9 @@ fn fork_loop(n: u64) -> Result<(), i32> {
 
 /// Runs one worker until it stops; `Err` carries the exit status. The same rule as
 /// [`main_with`]: the process must have no other thread.
+// About 90 lines, most of them the `Worker` literal field by field: the start-up steps
+// (logging, signals before Python, handlers, registration, pid file) must run in this order,
+// and read best in one place.
 pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
     logging::init(opts.spec.log_level.filter(), opts.spec.log_format);
     if let Some(t) = &opts.log_template {
