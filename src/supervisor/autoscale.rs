@@ -101,6 +101,10 @@ impl State {
                 ),
             );
         } else if want < current {
+            // Judged against the workers that run, not the target: while some are missing
+            // (crash backoff, a degraded pool, the start-up stagger), retiring `current -
+            // want` idle ones could retire every live worker.
+            let active = self.active(name).count() as u32;
             let mut idle: Vec<(Instant, u64)> = self
                 .active(name)
                 .filter(|w| w.registered)
@@ -110,19 +114,26 @@ impl State {
                 })
                 .collect();
             idle.sort();
-            idle.truncate((current - want) as usize);
-            if idle.is_empty() {
+            idle.truncate(active.saturating_sub(want) as usize);
+            let fewer = want.max(active - idle.len() as u32);
+            if fewer >= current {
                 return;
             }
-            let fewer = current - idle.len() as u32;
             self.pools.get_mut(name).expect("pool").scale_override = Some(fewer);
+            let retiring = if idle.is_empty() {
+                format!("{active} running, none retired")
+            } else {
+                format!(
+                    "retiring {} worker(s) idle for {}+",
+                    idle.len(),
+                    a.idle_before_scale_down
+                )
+            };
             out.pool(
                 Level::Info,
                 name,
                 format!(
-                    "autoscale: workers {current} -> {fewer}: retiring {} worker(s) idle for {}+ ({why}; min {})",
-                    idle.len(),
-                    a.idle_before_scale_down,
+                    "autoscale: workers {current} -> {fewer}: {retiring} ({why}; min {})",
                     a.min
                 ),
             );

@@ -819,6 +819,39 @@ fn autoscale_retires_only_workers_idle_long_enough_never_busy_ones() {
 }
 
 #[test]
+fn autoscale_shrinks_from_the_workers_that_run_not_the_target() {
+    // Min 2 here, so "every live worker retired" and "down to min" differ.
+    let text = AUTOSCALED.replace("min = 1", "min = 2")
+        + "[pools.a.restart]\nmin_uptime = \"1m\"\nbackoff_initial = \"2m\"\nbackoff_max = \"5m\"\n";
+    let mut h = Harness::new(&text);
+    h.settle();
+    h.read(50, Duration::from_secs(1), &[], 0);
+    h.settle();
+    let pids = h.pids("a");
+    assert_eq!(pids.len(), 5);
+    // Two die at once: early deaths, so their replacements wait out a backoff.
+    h.exit(pids[0], sigkill());
+    h.exit(pids[1], sigkill());
+    assert_eq!(h.pids("a").len(), 3);
+    h.read(0, Duration::ZERO, &[], 0);
+    h.now += Duration::from_secs(31);
+    let acts = h.read(0, Duration::ZERO, &[], 0);
+    let retired = terms(&acts);
+    assert_eq!(
+        retired.len(),
+        1,
+        "3 running, min 2: one retired, not all three: {acts:?}"
+    );
+    assert_eq!(h.st.pools["a"].desired(), 2, "the target is what is left");
+    assert!(
+        h.logged("autoscale: workers 5 -> 3: 3 running, none retired"),
+        "first the target comes down to the workers that run: {:#?}",
+        h.log
+    );
+    assert!(h.logged("autoscale: workers 3 -> 2: retiring 1 worker(s)"));
+}
+
+#[test]
 fn a_worker_that_keeps_doing_jobs_is_not_idle() {
     let mut h = Harness::new(AUTOSCALED);
     h.settle();
