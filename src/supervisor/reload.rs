@@ -59,6 +59,26 @@ impl State {
                     ));
                     pool.scale_override = None;
                 }
+                if pool.spec.autoscale != spec.autoscale {
+                    let before = pool.desired();
+                    // New bounds hold at once; without autoscale the file's count does.
+                    pool.scale_override = match &spec.autoscale {
+                        Some(a) => pool.scale_override.map(|n| n.clamp(a.min, a.max)),
+                        None => None,
+                    };
+                    pool.spec.autoscale = spec.autoscale.clone();
+                    let after = pool.desired();
+                    changes.push((
+                        name.clone(),
+                        match &spec.autoscale {
+                            Some(a) => format!(
+                                "autoscale bounds now {}..{}; workers {before} -> {after}",
+                                a.min, a.max
+                            ),
+                            None => format!("autoscale removed; workers {before} -> {after}"),
+                        },
+                    ));
+                }
                 if pool.fingerprint != fresh.fingerprint {
                     pool.generation += 1;
                     pool.burst_finished = 0;

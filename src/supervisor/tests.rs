@@ -852,6 +852,33 @@ fn autoscale_shrinks_from_the_workers_that_run_not_the_target() {
 }
 
 #[test]
+fn a_reload_moves_the_autoscaled_count_into_new_bounds_and_drops_it_without_autoscale() {
+    let mut h = Harness::new(AUTOSCALED);
+    h.settle();
+    h.read(50, Duration::from_secs(1), &[], 0);
+    h.settle();
+    assert_eq!(h.pids("a").len(), 5);
+    let acts = h.feed(Event::Reload(Box::new(config(
+        &AUTOSCALED.replace("max = 5", "max = 3"),
+    ))));
+    assert_eq!(h.st.pools["a"].desired(), 3, "clamped to the new max");
+    assert_eq!(terms(&acts).len(), 2, "the two over it retire: {acts:?}");
+    assert!(
+        h.logged("reload: autoscale bounds now 1..3; workers 5 -> 3"),
+        "{:#?}",
+        h.log
+    );
+    h.exit_retired();
+    // Autoscale removed with no `workers`: the file's count (1) holds, not the last target.
+    let plain = AUTOSCALED
+        .replace("[pools.a.autoscale]\nmin = 1\nmax = 5\njobs_per_worker = 10\nidle_before_scale_down = \"30s\"\nmax_wait = \"5s\"\n", "");
+    assert!(!plain.contains("[pools.a.autoscale]"));
+    h.feed(Event::Reload(Box::new(config(&plain))));
+    assert_eq!(h.st.pools["a"].desired(), h.st.pools["a"].spec.workers);
+    assert!(h.logged("reload: autoscale removed; workers 3 ->"));
+}
+
+#[test]
 fn a_worker_that_keeps_doing_jobs_is_not_idle() {
     let mut h = Harness::new(AUTOSCALED);
     h.settle();
