@@ -17,7 +17,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -36,6 +35,11 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLIENTS: usize = 16;
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Control clients between their request and the answer written back.
+static ANSWERING: AtomicUsize = AtomicUsize::new(0);
+/// How long an exiting supervisor waits for them: `stop`'s own answer is written by a client
+/// thread after the loop has decided to exit, and the process ending first would cut it off.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// What a control client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,36 +290,20 @@ impl ControlSocket {
     /// Starts the accept thread; the returned guard removes the socket when dropped.
     pub fn serve(self, inputs: Sender<Input>) -> Result<SocketGuard, String> {
         let ControlSocket { listener, guard } = self;
-        let active = Arc::new(AtomicUsize::new(0));
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let inputs = inputs.clone();
-                    let active = Arc::clone(&active);
-                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                        active.fetch_sub(1, Ordering::SeqCst);
-                        let _ = answer(
-                            &stream,
-                            &Reply::with(1, "too many control connections at once; try again"),
-                        );
-                        continue;
-                    }
-                    let spawned = std::thread::Builder::new()
-                        .name("control-client".into())
-                        .spawn({
-                            let active = Arc::clone(&active);
-                            move || {
-                                serve_one(stream, &inputs);
-                                active.fetch_sub(1, Ordering::SeqCst);
-                            }
-                        });
-                    if spawned.is_err() {
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the control socket's thread: {e}"))?;
+        super::accept::serve(
+            "control",
+            MAX_CLIENTS,
+            move || listener.accept().map(|(stream, _)| stream),
+            |stream: UnixStream| {
+                let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+                let _ = answer(
+                    &stream,
+                    &Reply::with(1, "too many control connections at once; try again"),
+                );
+            },
+            move |stream| serve_one(stream, &inputs),
+        )
+        .map_err(|e| format!("cannot start the control socket's thread: {e}"))?;
         Ok(guard)
     }
 }
@@ -324,6 +312,15 @@ fn answer(mut stream: &UnixStream, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_string(reply).unwrap_or_else(|_| "{}".into());
     line.push('\n');
     stream.write_all(line.as_bytes())
+}
+
+/// Waits (at most [`ANSWER_GRACE`]) until every control client that has its answer has
+/// written it: called by the loop just before the process exits.
+pub fn wait_for_answers() {
+    let deadline = std::time::Instant::now() + ANSWER_GRACE;
+    while ANSWERING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Asks the event loop, waiting at most `limit` for its answer.
@@ -368,11 +365,14 @@ fn serve_one(stream: UnixStream, inputs: &Sender<Input>) {
         }
     };
     let stop = matches!(request, Request::Stop { .. });
+    ANSWERING.fetch_add(1, Ordering::SeqCst);
     let mut reply = ask_within(inputs, request, LOOP_TIMEOUT);
     if let Some(status) = &reply.status {
         reply.text = super::status::render(status);
     }
-    if answer(&stream, &reply).is_ok() && stop && reply.code == 0 {
+    let answered = answer(&stream, &reply).is_ok();
+    ANSWERING.fetch_sub(1, Ordering::SeqCst);
+    if answered && stop && reply.code == 0 {
         let _ = stream.set_read_timeout(None);
         let _ = (&stream).read(&mut [0u8; 1]);
     }

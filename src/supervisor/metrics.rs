@@ -1,14 +1,16 @@
 //! `/metrics` (OpenMetrics text, which Prometheus scrapes natively) and `/healthz`, served
-//! by `tiny_http` on threads of their own. A request asks the event loop for a
+//! on threads of their own: one request per connection, read within [`CLIENT_DEADLINE`]
+//! (so a client that never finishes its request, or never reads its answer, holds a thread
+//! for seconds, not for ever), parsed by `httparse`. A request asks the event loop for a
 //! [`Status`] snapshot through the same channel as the control socket and waits at most
 //! [`LOOP_WAIT`]; the loop answers from what it already holds (the queue readings it makes
 //! twice a second), so a scrape costs Redis nothing and a slow client stalls only its own
 //! thread, never the loop.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use prometheus_client::encoding::text::encode;
@@ -25,7 +27,12 @@ use super::status::{PoolStatus, Status, WORKER_STATES};
 const LOOP_WAIT: Duration = Duration::from_secs(2);
 /// Requests served at once; more get 503 at once.
 const MAX_REQUESTS: usize = 8;
+/// The whole time a client has to send its request and take its answer.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest request head accepted (a scrape's is a few hundred bytes).
+const MAX_HEAD: usize = 8 * 1024;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
 type Gauges = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -33,83 +40,135 @@ type Counters = Family<Labels, Counter<u64>>;
 
 /// Binds `addr` and starts serving. Errors say why the address cannot be used.
 pub fn serve(addr: SocketAddr, inputs: Sender<Input>) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
+    let listener = TcpListener::bind(addr).map_err(|e| {
         format!("cannot listen on {addr}: {e}; choose a free port, or stop what listens there")
     })?;
     log::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
-    let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    let _ = request.respond(text(503, "busy: too many requests at once\n"));
-                    continue;
-                }
-                let inputs = inputs.clone();
-                let mine = Arc::clone(&active);
-                let spawned = std::thread::Builder::new()
-                    .name("metrics-client".into())
-                    .spawn(move || {
-                        respond(request, &inputs);
-                        mine.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    // The request went with the closure; only the count is left to fix.
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
+    super::accept::serve(
+        "metrics",
+        MAX_REQUESTS,
+        move || listener.accept().map(|(stream, _)| stream),
+        |mut stream: TcpStream| {
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = write_response(
+                &mut stream,
+                503,
+                TEXT,
+                "busy: too many requests at once\n",
+                false,
+            );
+        },
+        move |stream| respond(stream, &inputs),
+    )
+    .map_err(|e| format!("cannot start the metrics thread: {e}"))
+}
+
+/// Reads one request head within the client's deadline: its method and path.
+fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<(String, String), u16> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(408);
+        }
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(408),
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or_default().to_string();
+                return Ok((method, req.path.unwrap_or_default().to_string()));
             }
-        })
-        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-    Ok(())
-}
-
-fn text(code: u16, body: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body)
-        .with_status_code(code)
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-}
-
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-}
-
-fn respond(request: tiny_http::Request, inputs: &Sender<Input>) {
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    if path != "/metrics" && path != "/healthz" {
-        let _ = request.respond(text(404, "not found: try /metrics or /healthz\n"));
-        return;
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err(431),
+            Err(_) => return Err(400),
+        }
     }
-    let status = ask_within(inputs, Request::Status, LOOP_WAIT).status;
-    let response = match (path.as_str(), status) {
-        (_, None) => text(
+}
+
+/// Writes a whole response; `head_only` for HEAD (the headers of the GET, no body).
+fn write_response(
+    stream: &mut TcpStream,
+    code: u16,
+    kind: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(body.as_bytes())?;
+    }
+    stream.flush()
+}
+
+fn respond(mut stream: TcpStream, inputs: &Sender<Input>) {
+    let deadline = Instant::now() + CLIENT_DEADLINE;
+    let (method, target) = match read_request(&mut stream, deadline) {
+        Ok(r) => r,
+        Err(408) => return,
+        Err(code) => {
+            let _ = stream.set_write_timeout(Some(CLIENT_DEADLINE));
+            let _ = write_response(&mut stream, code, TEXT, "bad request\n", false);
+            return;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(CLIENT_DEADLINE));
+    let (code, kind, body) = answer(&method, &target, inputs);
+    let _ = write_response(&mut stream, code, kind, &body, method == "HEAD");
+}
+
+/// The response to one request: status code, content type, body.
+fn answer(method: &str, target: &str, inputs: &Sender<Input>) -> (u16, &'static str, String) {
+    let path = target.split('?').next().unwrap_or_default();
+    if path != "/metrics" && path != "/healthz" {
+        return (404, TEXT, "not found: try /metrics or /healthz\n".into());
+    }
+    if method != "GET" && method != "HEAD" {
+        return (405, TEXT, format!("{method} is not served: use GET\n"));
+    }
+    let Some(s) = ask_within(inputs, Request::Status, LOOP_WAIT).status else {
+        return (
             503,
-            &format!(
+            TEXT,
+            format!(
                 "the supervisor's event loop did not answer within {}s\n",
                 LOOP_WAIT.as_secs()
             ),
-        ),
-        ("/metrics", Some(s)) => tiny_http::Response::from_string(render(&s))
-            .with_header(header("Content-Type", OPENMETRICS)),
-        (_, Some(s)) => match problems(&s) {
-            p if p.is_empty() => text(
-                200,
-                &format!(
-                    "ok: {} pool(s), {} worker(s), Redis answers\n",
-                    s.pools.len(),
-                    s.workers.len()
-                ),
-            ),
-            p => text(503, &format!("{}\n", p.join("\n"))),
-        },
+        );
     };
-    let _ = request.respond(response);
+    if path == "/metrics" {
+        return (200, OPENMETRICS, render(&s));
+    }
+    match problems(&s) {
+        p if p.is_empty() => (
+            200,
+            TEXT,
+            format!(
+                "ok: {} pool(s), {} worker(s), Redis answers\n",
+                s.pools.len(),
+                s.workers.len()
+            ),
+        ),
+        p => (503, TEXT, format!("{}\n", p.join("\n"))),
+    }
 }
 
 /// Why `/healthz` is not 200: degraded pools, Redis not answering, a shutdown.

@@ -13,6 +13,7 @@
 //! - [`bookkeeping`]: crash cleanups and registration reads in Redis.
 //! - [`check`]: `rq-supervisor check`, the effective configuration.
 
+mod accept;
 mod autoscale;
 pub mod bookkeeping;
 pub mod check;

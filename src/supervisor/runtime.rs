@@ -168,6 +168,7 @@ impl Runtime {
             if let Some(code) = self.exit {
                 self.notifier.stopping();
                 self.finish_cleanups();
+                super::control::wait_for_answers();
                 return code;
             }
             let events = self.next_events(&mut pending);

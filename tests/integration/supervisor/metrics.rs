@@ -287,3 +287,76 @@ fn slow_clients_stall_neither_restarts_nor_other_requests() {
     let (code, _) = http_get(&addr, "/nope").unwrap();
     assert_eq!(code, 404);
 }
+
+/// Clients that never finish their request hold a thread for the request deadline, not for
+/// ever; and running out of files (accept failing with EMFILE) pauses the service, never
+/// ends it. Both stopped /healthz for good with the HTTP server used before.
+#[test]
+fn clients_that_hold_connections_and_a_file_limit_never_end_the_service() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let file = file_with(port, "[pools.main]\nqueues = [\"a\"]\n");
+    let sup = Supervisor::new(&redis, &file).spawn();
+    wait_http(&addr, "/healthz", 200);
+    // More half-sent requests than the server serves at once: each is dropped at its
+    // deadline, and a health check gets through while they are all still open here.
+    let mut held: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_http(&addr, "/healthz", 200);
+    let first = &mut held[0];
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    first
+        .read_to_end(&mut rest)
+        .expect("the server closed the half-sent request");
+    // The file limit: a soft RLIMIT_NOFILE just above what the supervisor holds now, then
+    // connections until accept fails.
+    let pid = sup.pid().as_raw();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .expect("the soft file limit");
+    let set = |soft: usize| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "prlimit: {out:?}");
+    };
+    set(open + 2);
+    let flood: Vec<_> = (0..10)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    sup.wait_for_log("cannot accept connections");
+    assert!(
+        sup.log().contains("open-file limit is reached"),
+        "{}",
+        sup.log()
+    );
+    drop(flood);
+    drop(held);
+    set(soft);
+    wait_http(&addr, "/healthz", 200);
+    sup.wait_for_log("accepting connections again");
+    assert_eq!(
+        lines_with(&sup.log(), "cannot accept connections").len(),
+        1,
+        "one line per streak: {}",
+        sup.log()
+    );
+}

@@ -21,13 +21,31 @@ pub struct Proc {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Spawns `cmd`, retrying while its program is "busy" (ETXTBSY): a file a test has just
+/// written (a copied binary, a script) stays open for writing in any child that another test
+/// thread forked meanwhile, until that child execs.
+pub fn spawn_retrying(cmd: &mut Command) -> std::process::Child {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            spawned => return spawned.expect("spawn binary"),
+        }
+    }
+}
+
 impl Proc {
     pub fn spawn(mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.process_group(0);
-        let mut child = cmd.spawn().expect("spawn binary");
+        let mut child = spawn_retrying(&mut cmd);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let stdout = child.stdout.take().expect("stdout");
