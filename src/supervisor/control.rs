@@ -153,10 +153,19 @@ pub fn client_socket(config: &Path, configured: Option<PathBuf>) -> PathBuf {
         xdg_directory(),
         Some(user_tmp_dir()),
     ];
-    dirs.into_iter()
+    let present: Vec<PathBuf> = dirs
+        .into_iter()
         .flatten()
         .map(|d| d.join(&name))
-        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .collect();
+    // One that answers first: a stale socket left by a killed supervisor in an earlier
+    // directory must not hide the live one in a later directory.
+    present
+        .iter()
+        .find(|p| UnixStream::connect(p).is_ok())
+        .or(present.first())
+        .cloned()
         .unwrap_or_else(|| default_socket(config))
 }
 

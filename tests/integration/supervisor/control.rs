@@ -484,6 +484,38 @@ fn as_root_without_systemd_the_default_socket_is_in_run() {
 }
 
 #[test]
+fn a_stale_socket_in_an_earlier_directory_does_not_hide_the_live_one() {
+    if !is_root() {
+        eprintln!("skipped: /run/rq-supervisor is root's default (CI runs as root)");
+        return;
+    }
+    let redis = RedisServer::start();
+    let file = PoolFile::new("[pools.main]\nqueues = [\"a\"]\n");
+    let mut sup = Supervisor::new(&redis, &file)
+        .env_remove("RUNTIME_DIRECTORY")
+        .spawn();
+    let live = socket_in(std::path::Path::new("/run/rq-supervisor"), &file.path);
+    wait_until("the control socket", WAIT, || live.exists());
+    // What a supervisor killed with SIGKILL leaves: a socket file nobody listens on, in
+    // the directory a client looks at first ($RUNTIME_DIRECTORY).
+    let earlier = tempfile::tempdir().unwrap();
+    let stale = socket_in(earlier.path(), &file.path);
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let out = Supervisor::control(&file, &["status"])
+        .env("RUNTIME_DIRECTORY", earlier.path())
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("main"));
+    let out = Supervisor::control(&file, &["stop"])
+        .env_remove("RUNTIME_DIRECTORY")
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sup.wait_exit(WAIT).success());
+    let _ = std::fs::remove_file(format!("{}.lock", live.display()));
+}
+
+#[test]
 fn as_a_user_the_default_socket_is_found_with_the_file_alone() {
     if !is_root() {
         eprintln!("skipped: needs root (CI runs as root) to run the supervisor as nobody");
