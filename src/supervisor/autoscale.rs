@@ -78,10 +78,15 @@ impl State {
             needed - busy
         );
         let mut want = needed;
+        // One worker at a time: while the last one added is still starting, the job may be
+        // waiting for it, and each reading (every 500 ms) adding another would run the pool
+        // up to `max` for a single slow start.
+        let starting = self.active(name).any(|w| !w.registered);
         if let (Some(limit), Some(waited)) = (a.max_wait, pool.oldest_wait)
             && pool.backlog > 0
             && waited > limit.0
             && want <= current
+            && !starting
         {
             want = current + 1;
             why.push_str(&format!(

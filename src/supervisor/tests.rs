@@ -710,6 +710,18 @@ impl Harness {
     /// A reading: `backlog` jobs queued on `qa` (oldest `oldest` ago), and every live worker
     /// registered with the state `busy` gives (by pid), idle otherwise, counters as given.
     fn read(&mut self, backlog: u64, oldest: Duration, busy: &[u32], jobs: u64) -> Vec<Action> {
+        self.read_without(backlog, oldest, busy, jobs, &[])
+    }
+
+    /// As [`Harness::read`], with the workers `absent` (by pid) not yet registered.
+    fn read_without(
+        &mut self,
+        backlog: u64,
+        oldest: Duration,
+        busy: &[u32],
+        jobs: u64,
+        absent: &[u32],
+    ) -> Vec<Action> {
         let mut queues = std::collections::BTreeMap::new();
         queues.insert(
             "qa".to_string(),
@@ -722,7 +734,7 @@ impl Harness {
             .st
             .workers
             .values()
-            .filter(|w| w.pid.is_some())
+            .filter(|w| w.pid.is_some_and(|p| !absent.contains(&p)))
             .map(|w| {
                 let b = busy.contains(&w.pid.unwrap());
                 (
@@ -792,6 +804,22 @@ fn autoscale_grows_while_the_oldest_job_waits_past_max_wait() {
     h.settle();
     assert_eq!(h.pids("a").len(), 3, "one more while the wait exceeds 5s");
     assert!(h.logged("the oldest job has waited"));
+    // The one just added has not registered yet: no more until it has (it may be what the
+    // job is waiting for), however often the readings come.
+    let new = *h.pids("a").iter().max().unwrap();
+    for _ in 0..4 {
+        h.now += Duration::from_millis(500);
+        h.read_without(1, Duration::from_secs(7), &busy, 0, &[new]);
+        h.settle();
+    }
+    assert_eq!(h.pids("a").len(), 3, "no growth while a worker is starting");
+    h.read(1, Duration::from_secs(9), &busy, 0);
+    h.settle();
+    assert_eq!(
+        h.pids("a").len(),
+        4,
+        "registered, and the job still waits: one more"
+    );
 }
 
 #[test]
