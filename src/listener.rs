@@ -181,13 +181,39 @@ impl Listener {
     /// Connects, authenticates, turns on broadcast tracking for `prefixes` and subscribes to
     /// `channels`. Fails with the server's own words when a step is refused (for example an
     /// ACL user without `client` permission).
+    ///
+    /// For a Sentinel target the master is discovered first, as for the main connection,
+    /// and `ROLE` is checked on this connection itself; a discovery that fails is an
+    /// `io::Error` wrapping the [`crate::conn::ConnError`].
     pub fn open(
         target: &RedisTarget,
         prefixes: &[String],
         channels: &[String],
         timeout: Duration,
     ) -> io::Result<Listener> {
-        let info = target.info();
+        let Some(sentinels) = target.sentinels() else {
+            let info = target.info().expect("a direct target has an address");
+            return Listener::open_at(target, info, false, prefixes, channels, timeout);
+        };
+        sentinels
+            .discover(target.masked(), |client| {
+                let info = client.get_connection_info();
+                Listener::open_at(target, info, true, prefixes, channels, timeout)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(io::Error::other)
+    }
+
+    /// [`Listener::open`] at a known address; `check_role` refuses a server that is not a
+    /// master (what a Sentinel named may have just been demoted).
+    fn open_at(
+        target: &RedisTarget,
+        info: &redis::ConnectionInfo,
+        check_role: bool,
+        prefixes: &[String],
+        channels: &[String],
+        timeout: Duration,
+    ) -> io::Result<Listener> {
         // Every address the host resolves to, in order, as the main connection does: a
         // `localhost` that resolves to ::1 first must not fail where 127.0.0.1 works.
         let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
@@ -236,6 +262,20 @@ impl Listener {
                 Some(user) => l.call(&["AUTH", user, password])?,
                 None => l.call(&["AUTH", password])?,
             };
+        }
+        if check_role {
+            match l.call(&["ROLE"])? {
+                Resp::Array(Some(items))
+                    if items.first() == Some(&Resp::Bulk(Some(b"master".to_vec()))) => {}
+                Resp::Array(Some(items)) => {
+                    let role = match items.first() {
+                        Some(Resp::Bulk(Some(r))) => String::from_utf8_lossy(r).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    return Err(io::Error::other(format!("answers ROLE {role}, not master")));
+                }
+                other => return Err(protocol_error(format!("ROLE replied {other:?}"))),
+            }
         }
         let id = match l.call(&["CLIENT", "ID"])? {
             Resp::Int(id) => id.to_string(),

@@ -45,6 +45,16 @@ pub enum StoreError {
         #[source]
         source: RedisError,
     },
+    /// A Sentinel target's master answered `READONLY`: a failover made it a replica. The
+    /// connection is dropped, and the next one goes to the master the Sentinels name now.
+    #[error(
+        "Redis at {url} is no longer the master ({source}): a failover; reconnecting to the master the Sentinels name"
+    )]
+    Demoted {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
 }
 
 impl StoreError {
@@ -68,8 +78,22 @@ impl StoreError {
             StoreError::Connect(ConnError::Connect { source, .. }) => {
                 crate::conn::is_unreachable(source)
             }
+            // A failover under way, or Sentinels down: waiting cures both.
+            StoreError::Connect(ConnError::NoMaster { .. }) | StoreError::Demoted { .. } => true,
             _ => false,
         }
+    }
+
+    /// True when no Sentinel answered a discovery. The target has already said so, once
+    /// per streak, naming every Sentinel; callers need not repeat it.
+    pub fn is_sentinel_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect(ConnError::NoMaster {
+                sentinels_down: true,
+                ..
+            })
+        )
     }
 
     /// True when the server itself refused (ACL, wrong type, read-only replica, OOM), as
@@ -151,8 +175,15 @@ impl Store {
         }
     }
 
-    /// A Redis error as this store reports it, with the masked URL.
+    /// A Redis error as this store reports it, with the masked URL. `READONLY` from a master
+    /// found through Sentinels is a failover, not a misconfiguration.
     fn refused(&self, source: redis::RedisError) -> StoreError {
+        if self.target.is_sentinel() && source.code() == Some("READONLY") {
+            return StoreError::Demoted {
+                url: self.target.masked().to_string(),
+                source,
+            };
+        }
         StoreError::Redis {
             url: self.target.masked().to_string(),
             source,

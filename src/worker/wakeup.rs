@@ -68,7 +68,20 @@ impl Worker {
             }
             Err(e) => {
                 let delay = w.backoff.next_delay();
-                if w.backoff.attempts() == 1 {
+                // A Sentinel outage is reported once by the target itself.
+                let outage = e
+                    .get_ref()
+                    .and_then(|r| r.downcast_ref::<crate::conn::ConnError>())
+                    .is_some_and(|c| {
+                        matches!(
+                            c,
+                            crate::conn::ConnError::NoMaster {
+                                sentinels_down: true,
+                                ..
+                            }
+                        )
+                    });
+                if w.backoff.attempts() == 1 && !outage {
                     let text = e.to_string();
                     log::warn!(
                         "cannot open the notification connection to {} ({text}{}); checking queues every second until it works",
