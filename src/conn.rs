@@ -331,16 +331,33 @@ impl RedisTarget {
     /// Opens a connection with the standard timeouts; for a Sentinel target, to the master
     /// the Sentinels name, checked with `ROLE`.
     pub fn connect(&self) -> Result<redis::Connection, ConnError> {
+        self.connect_master().map(|(con, _)| con)
+    }
+
+    /// [`RedisTarget::connect`], and for a Sentinel target the master's address (`host:port`)
+    /// it reached: a change of address between two connections is a failover.
+    pub fn connect_master(&self) -> Result<(redis::Connection, Option<String>), ConnError> {
         let fail = |source| ConnError::Connect {
             url: self.masked.clone(),
             source,
         };
         match &self.kind {
-            Kind::Direct(client) => open(client).map_err(fail),
+            Kind::Direct(client) => open(client).map(|c| (c, None)).map_err(fail),
             Kind::Sentinel(s) => s.discover(&self.masked, |client| {
                 let mut con = open(client).map_err(|e| format!("{e}{}", hint(&e)))?;
                 match sentinel::role(&mut con) {
-                    Ok(role) if role == "master" => Ok(con),
+                    Ok(role) if role == "master" => {
+                        let addr = match client.get_connection_info().addr() {
+                            ConnectionAddr::Tcp(h, p)
+                            | ConnectionAddr::TcpTls {
+                                host: h, port: p, ..
+                            } => {
+                                format!("{h}:{p}")
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        Ok((con, Some(addr)))
+                    }
                     Ok(role) => Err(format!("answers ROLE {role}, not master")),
                     Err(e) => Err(format!("ROLE failed: {e}{}", hint(&e))),
                 }

@@ -110,6 +110,54 @@ pub struct Store {
     con: Option<Connection>,
     /// Connections opened so far; a change tells the worker Redis may have lost its state.
     connects: u64,
+    /// Sentinel targets: the master the last connection reached, and the settles recorded
+    /// lately, replayed when a connection reaches another master (see [`Replay`]).
+    master: Option<String>,
+    recent: Replay,
+}
+
+/// The settles of the last [`Replay::WINDOW`], kept for a Sentinel target. A failover
+/// promotes a replica while the old master still accepts writes (until the Sentinels demote
+/// it, seconds later), and whatever it took meanwhile is thrown away when it rejoins as a
+/// replica: a settle recorded there would leave its job started forever on the new master.
+/// Settles are safe to repeat (an execution no longer in `rq:wip:Q` answers `unknown`), so
+/// after a switch to another master the recent ones are simply sent again.
+#[derive(Default)]
+struct Replay {
+    settles: std::collections::VecDeque<(std::time::Instant, redis::Cmd, usize)>,
+    bytes: usize,
+}
+
+impl Replay {
+    /// Longer than a failover leaves an old master writable (the Sentinels reconfigure it
+    /// about ten seconds after the promotion with Redis 7).
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Large results are not worth unbounded memory: the oldest go first.
+    const MAX_BYTES: usize = 16 << 20;
+
+    fn push(&mut self, cmd: &redis::Cmd) {
+        let size = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        self.settles
+            .push_back((std::time::Instant::now(), cmd.clone(), size));
+        self.bytes += size;
+        self.expire();
+    }
+
+    fn expire(&mut self) {
+        while let Some((at, _, size)) = self.settles.front() {
+            if at.elapsed() < Self::WINDOW && self.bytes <= Self::MAX_BYTES {
+                break;
+            }
+            self.bytes -= size;
+            self.settles.pop_front();
+        }
+    }
 }
 
 impl Store {
@@ -118,6 +166,8 @@ impl Store {
             target,
             con: None,
             connects: 0,
+            master: None,
+            recent: Replay::default(),
         }
     }
 
@@ -153,7 +203,7 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         if self.con.is_none() {
-            let mut con = self.target.connect()?;
+            let (mut con, master) = self.target.connect_master()?;
             // Load the scripts sent in one pipeline up front: EVALSHA of an unknown script
             // fails on its own while the next command in the pipeline still runs, which
             // would let a claim overtake the settle that should come first.
@@ -162,6 +212,10 @@ impl Store {
                     .load(&mut con)
                     .map_err(|source| self.refused(source))?;
             }
+            if master.is_some() && self.master.is_some() && master != self.master {
+                self.replay(&mut con, master.as_deref().unwrap_or_default())?;
+            }
+            self.master = master;
             self.con = Some(con);
             self.connects += 1;
         }
@@ -175,10 +229,34 @@ impl Store {
         }
     }
 
+    /// After a failover: the recent settles again, on the new master (see [`Replay`]).
+    fn replay(&mut self, con: &mut Connection, master: &str) -> Result<(), StoreError> {
+        self.recent.expire();
+        let mut applied = 0;
+        for (_, cmd, _) in &self.recent.settles {
+            let reply: redis::Value = cmd.query(con).map_err(|e| self.refused(e))?;
+            if settle::Verdict::from_reply(reply).ok() != Some(settle::Verdict::Unknown) {
+                applied += 1;
+            }
+        }
+        log::info!(
+            "the Redis master moved to {master}: sent the last {} settles again ({applied} had not reached it)",
+            self.recent.settles.len()
+        );
+        Ok(())
+    }
+
+    /// Keeps a settle that Redis took, for [`Store::replay`] after a failover.
+    fn recorded(&mut self, cmd: &redis::Cmd) {
+        if self.target.is_sentinel() {
+            self.recent.push(cmd);
+        }
+    }
+
     /// A Redis error as this store reports it, with the masked URL. `READONLY` from a master
     /// found through Sentinels is a failover, not a misconfiguration.
     fn refused(&self, source: redis::RedisError) -> StoreError {
-        if self.target.is_sentinel() && source.code() == Some("READONLY") {
+        if self.target.is_sentinel() && matches!(source.code(), Some("READONLY" | "NOREPLICAS")) {
             return StoreError::Demoted {
                 url: self.target.masked().to_string(),
                 source,
