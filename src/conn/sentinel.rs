@@ -255,11 +255,19 @@ pub struct Sentinels {
     outage: Arc<Mutex<Outage>>,
 }
 
-/// A streak of discoveries in which no Sentinel answered.
+/// What the discoveries of this process share: whether the current streak of discoveries
+/// in which no Sentinel answered has been reported, and the master a `+switch-master` said
+/// was replaced.
 #[derive(Default)]
 struct Outage {
     reported: bool,
+    demoted: Option<((String, u16), std::time::Instant)>,
 }
+
+/// How long an address announced as replaced is skipped, should a Sentinel not have the
+/// new configuration yet: the old master still answers `ROLE master` until it is demoted,
+/// about ten seconds after the promotion.
+const DEMOTED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One address tried in a discovery, and why it did not give a master.
 struct Tried {
@@ -279,6 +287,38 @@ impl Sentinels {
 
     pub fn url(&self) -> &SentinelUrl {
         &self.url
+    }
+
+    pub fn auth(&self) -> &SentinelAuth {
+        &self.auth
+    }
+
+    /// Reads a `+switch-master` announcement (`NAME OLD_IP OLD_PORT NEW_IP NEW_PORT`): true
+    /// if it is about this target's master, whose old address the discoveries then skip for
+    /// a while.
+    pub fn switched(&self, payload: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(payload);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [name, old_ip, old_port, _, _] = words[..] else {
+            return false;
+        };
+        if name != self.url.master {
+            return false;
+        }
+        let Ok(old_port) = old_port.parse::<u16>() else {
+            return false;
+        };
+        let mut o = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        o.demoted = Some(((old_ip.to_string(), old_port), std::time::Instant::now()));
+        true
+    }
+
+    /// Whether `addr` was announced as replaced lately.
+    fn is_demoted(&self, addr: &(String, u16)) -> bool {
+        let o = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        o.demoted
+            .as_ref()
+            .is_some_and(|(a, at)| a == addr && at.elapsed() < DEMOTED_FOR)
     }
 
     /// Finds the master: asks each Sentinel in turn for its address and hands a client for
@@ -315,6 +355,14 @@ impl Sentinels {
             };
             answered = true;
             if failed_masters.contains(&addr) {
+                continue;
+            }
+            if self.is_demoted(&addr) {
+                tried.push(Tried {
+                    what: format!("master {} (named by {sentinel})", show(&addr.0, addr.1)),
+                    why: "was announced replaced by +switch-master; this Sentinel has not caught up yet".into(),
+                });
+                failed_masters.push(addr);
                 continue;
             }
             let what = format!("master {} (named by {sentinel})", show(&addr.0, addr.1));

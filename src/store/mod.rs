@@ -175,6 +175,12 @@ impl Store {
         &self.target
     }
 
+    /// Drops the connection, so the next command opens a new one (after a `+switch-master`,
+    /// to the new master).
+    pub fn disconnect(&mut self) {
+        self.con = None;
+    }
+
     pub fn is_connected(&self) -> bool {
         self.con.is_some()
     }

@@ -178,10 +178,18 @@ fn a_sentinel_failover_mid_run_moves_the_workers_and_finishes_every_job() {
         .map(|l| l.to_string())
         .collect::<Vec<_>>();
     eprintln!("{}", moved.join("\n"));
+    let log = sup.log();
+    let announced = lines_with(&log, "the Sentinels switched the master");
     for n in &names {
         assert!(
             moved.iter().any(|l| l.contains(n.as_str())),
             "worker {n} reconnected to the new master:\n{}",
+            ctx()
+        );
+        // It left on the Sentinels' announcement, not when the old master cut it off.
+        assert!(
+            announced.iter().any(|l| l.contains(n.as_str())),
+            "worker {n} acted on +switch-master:\n{}",
             ctx()
         );
     }
