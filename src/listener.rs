@@ -406,6 +406,9 @@ fn connect_stream(
     addr: &ConnectionAddr,
     timeout: Duration,
 ) -> io::Result<Stream> {
+    // Only TLS needs the target (its rustls configuration).
+    #[cfg(not(feature = "tls"))]
+    let _ = target;
     // Every address the host resolves to, in order, as the main connection does: a
     // `localhost` that resolves to ::1 first must not fail where 127.0.0.1 works.
     let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
