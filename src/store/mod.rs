@@ -114,6 +114,8 @@ pub struct Store {
     /// lately, replayed when a connection reaches another master (see [`Replay`]).
     master: Option<String>,
     recent: Replay,
+    /// How many times a new connection reached another master than the one before.
+    failovers: u64,
 }
 
 /// The settles of the last [`Replay::WINDOW`], kept for a Sentinel target. A failover
@@ -168,6 +170,7 @@ impl Store {
             connects: 0,
             master: None,
             recent: Replay::default(),
+            failovers: 0,
         }
     }
 
@@ -183,6 +186,12 @@ impl Store {
 
     pub fn is_connected(&self) -> bool {
         self.con.is_some()
+    }
+
+    /// How many times a connection reached another master (Sentinel targets): what the
+    /// old master took after the promotion is gone.
+    pub fn failovers(&self) -> u64 {
+        self.failovers
     }
 
     /// How many connections have been opened; increases after every reconnect.
@@ -220,6 +229,7 @@ impl Store {
             }
             if master.is_some() && self.master.is_some() && master != self.master {
                 self.replay(&mut con, master.as_deref().unwrap_or_default())?;
+                self.failovers += 1;
             }
             self.master = master;
             self.con = Some(con);
