@@ -302,3 +302,48 @@ impl Store {
         unreachable!("replies are lost only with the fault-injection feature")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_keeps_recent_settles_within_its_memory_bound() {
+        let mut r = Replay::default();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg("x".repeat(1 << 20));
+        for _ in 0..40 {
+            r.push(&cmd);
+        }
+        // 40 settles of a little over 1 MiB each, at most 16 MiB kept: the oldest went first.
+        assert_eq!(r.settles.len(), 15);
+        assert!(r.bytes <= Replay::MAX_BYTES);
+        r.push(&redis::cmd("PING"));
+        assert_eq!(
+            r.settles.back().map(|(_, c, _)| c.args_iter().count()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn readonly_means_a_failover_only_for_a_sentinel_target() {
+        let readonly = || {
+            redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "You can't write against a read only replica.",
+            ))
+        };
+        let direct = Store::new(RedisTarget::parse("redis://127.0.0.1:1/0").unwrap());
+        let e = direct.refused(readonly());
+        assert!(
+            matches!(e, StoreError::Redis { .. }) && e.is_refusal(),
+            "{e}"
+        );
+        let sentinel =
+            Store::new(RedisTarget::parse("redis+sentinel://127.0.0.1:1/mymaster").unwrap());
+        let e = sentinel.refused(readonly());
+        assert!(matches!(e, StoreError::Demoted { .. }), "{e}");
+        assert!(!e.is_refusal() && e.is_unreachable(), "{e}");
+        assert!(e.to_string().contains("a failover"), "{e}");
+    }
+}
