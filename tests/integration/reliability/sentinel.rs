@@ -415,3 +415,38 @@ fn check_and_rqworker_accept_sentinel_urls_and_name_what_is_wrong() {
         "{err}"
     );
 }
+
+/// `rediss+sentinel://`: TLS to the Sentinels and to the master (and between them), with the
+/// CA from `$RQ_REDIS_TLS_CA_FILE`: the worker finds the master, runs a job, follows a
+/// failover (its wake-up and `+switch-master` connections over TLS too) and runs the next.
+#[cfg(feature = "tls")]
+#[test]
+fn over_tls_the_worker_finds_the_master_and_follows_a_failover() {
+    let dir = temp_dir();
+    let certs = TlsCerts::generate(dir.path());
+    let set = SentinelSet::start_tls(&certs);
+    assert!(set.url().starts_with("rediss+sentinel://"), "{}", set.url());
+    let w = Rqworker::at(set.url())
+        .env("RQ_REDIS_TLS_CA_FILE", &certs.ca)
+        .builtin_handlers()
+        .name("tls-w")
+        .queues(["default"])
+        .spawn();
+    let ctx = || format!("{}\n{}", w.log(), set.logs());
+    let mut old = set.nodes[0].con();
+    wait_worker_state(&mut old, "tls-w", "idle");
+    let first = py_enqueue_args(&set.nodes[0], "default", "rq.builtin.noop", "[]");
+    wait_all(&mut old, &[first], &["finished"], WAIT, &ctx);
+
+    set.failover();
+    set.wait_master(1, FAILOVER_LIMIT);
+    let mut new = set.nodes[1].con();
+    let second = py_enqueue_args(&set.nodes[1], "default", "rq.builtin.noop", "[]");
+    wait_all(&mut new, &[second], &["finished"], FAILOVER_LIMIT, &ctx);
+    assert!(
+        w.log().contains("the Sentinels switched the master"),
+        "the +switch-master subscription works over TLS:\n{}",
+        ctx()
+    );
+    wait_worker_state(&mut new, "tls-w", "idle");
+}

@@ -16,6 +16,8 @@ pub struct SentinelNode {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The CA's PEM when the Sentinel speaks TLS only.
+    tls: Option<Vec<u8>>,
 }
 
 impl SentinelNode {
@@ -53,12 +55,12 @@ impl SentinelNode {
         self.spawn();
         let port = self.port;
         wait_until(&format!("Sentinel {port} to answer"), WAIT, || {
-            sentinel_con(port).is_some()
+            sentinel_con(port, self.tls.as_deref()).is_some()
         });
     }
 
     pub fn con(&self) -> redis::Connection {
-        sentinel_con(self.port).unwrap_or_else(|| {
+        sentinel_con(self.port, self.tls.as_deref()).unwrap_or_else(|| {
             panic!(
                 "Sentinel {} does not answer:\n{}",
                 self.port,
@@ -74,8 +76,21 @@ impl Drop for SentinelNode {
     }
 }
 
-fn sentinel_con(port: u16) -> Option<redis::Connection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+fn sentinel_con(port: u16, tls: Option<&[u8]>) -> Option<redis::Connection> {
+    let client = match tls {
+        None => redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?,
+        #[cfg(not(feature = "tls"))]
+        Some(_) => return None,
+        #[cfg(feature = "tls")]
+        Some(ca) => redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{port}"),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        )
+        .ok()?,
+    };
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(1))
         .ok()?;
@@ -88,16 +103,53 @@ fn sentinel_con(port: u16) -> Option<redis::Connection> {
 pub struct SentinelSet {
     pub nodes: Vec<RedisServer>,
     pub sentinels: Vec<SentinelNode>,
+    /// `rediss+sentinel://` instead of `redis+sentinel://`.
+    tls: bool,
 }
 
 impl SentinelSet {
     /// Starts everything and waits until every Sentinel knows the master, its replica and
     /// the two other Sentinels, i.e. until a failover can happen.
     pub fn start() -> SentinelSet {
-        let tcp = |port: u16| {
-            ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+        SentinelSet::start_with(None)
+    }
+
+    /// [`SentinelSet::start`] with TLS only, everywhere (clients, replication, Sentinels),
+    /// with `certs`' server certificate; the data nodes' unix sockets stay plain for the
+    /// test's own reads.
+    #[cfg(feature = "tls")]
+    pub fn start_tls(certs: &super::TlsCerts) -> SentinelSet {
+        SentinelSet::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&super::TlsCerts>) -> SentinelSet {
+        let tls_args = |certs: &super::TlsCerts| -> Vec<String> {
+            [
+                "--tls-cert-file",
+                &certs.server_cert.display().to_string(),
+                "--tls-key-file",
+                &certs.server_key.display().to_string(),
+                "--tls-ca-cert-file",
+                &certs.ca.display().to_string(),
+                "--tls-auth-clients",
+                "no",
+                "--tls-replication",
+                "yes",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let tcp = |port: u16| match certs {
+            None => ["--port", &port.to_string(), "--bind", "127.0.0.1"]
                 .map(String::from)
-                .to_vec()
+                .to_vec(),
+            Some(c) => {
+                let mut a: Vec<String> = ["--tls-port", &port.to_string(), "--bind", "127.0.0.1"]
+                    .map(String::from)
+                    .to_vec();
+                a.extend(tls_args(c));
+                a
+            }
         };
         let master = RedisServer::start_on_port("rqs-master-", tcp);
         let master_port = master.port.expect("TCP port");
@@ -112,11 +164,12 @@ impl SentinelSet {
         });
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(start_sentinel(master_port));
+            sentinels.push(start_sentinel(master_port, certs));
         }
         let set = SentinelSet {
             nodes: vec![master, replica],
             sentinels,
+            tls: certs.is_some(),
         };
         set.wait_in_sync(0);
         for s in &set.sentinels {
@@ -142,7 +195,8 @@ impl SentinelSet {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}+sentinel://{}/{MASTER}", hosts.join(","))
     }
 
     /// `[(host, port)...]` of the Sentinels, as Python's `Sentinel(...)` takes them (JSON).
@@ -180,7 +234,7 @@ impl SentinelSet {
                         .iter()
                         .filter(|s| s.child.is_some())
                         .all(|s| {
-                            sentinel_con(s.port).is_some_and(|mut c| {
+                            sentinel_con(s.port, s.tls.as_deref()).is_some_and(|mut c| {
                                 redis::cmd("SENTINEL")
                                     .arg("get-master-addr-by-name")
                                     .arg(MASTER)
@@ -238,7 +292,7 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn start_sentinel(master_port: u16) -> SentinelNode {
+fn start_sentinel(master_port: u16, certs: Option<&super::TlsCerts>) -> SentinelNode {
     let mut last = String::new();
     for _ in 0..10 {
         let dir = tempfile::Builder::new()
@@ -246,8 +300,17 @@ fn start_sentinel(master_port: u16) -> SentinelNode {
             .tempdir()
             .expect("temp dir");
         let port = super::supervisor::free_port();
+        let listen = match certs {
+            None => format!("port {port}\n"),
+            Some(c) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                c.server_cert.display(),
+                c.server_key.display(),
+                c.ca.display()
+            ),
+        };
         let conf = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+            "{listen}bind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
              sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER} 1000\n\
              sentinel failover-timeout {MASTER} 4000\n\
@@ -259,11 +322,12 @@ fn start_sentinel(master_port: u16) -> SentinelNode {
             port,
             dir,
             child: None,
+            tls: certs.map(|c| std::fs::read(&c.ca).expect("the CA's PEM")),
         };
         node.spawn();
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            if sentinel_con(port).is_some() {
+            if sentinel_con(port, node.tls.as_deref()).is_some() {
                 return node;
             }
             if node
