@@ -450,3 +450,33 @@ fn over_tls_the_worker_finds_the_master_and_follows_a_failover() {
     );
     wait_worker_state(&mut new, "tls-w", "idle");
 }
+
+/// A Python job's own connection (`job.connection`, `save_meta()`) goes through the Sentinels
+/// too: redis-py has no URL for them, so the worker hands it `Sentinel(...).master_for(...)`.
+#[cfg(feature = "python")]
+#[test]
+fn a_python_job_uses_its_connection_through_the_sentinels() {
+    let set = SentinelSet::start();
+    let app = crate::python::App::new(&[(
+        "tasks.py",
+        "from rq import get_current_job\n\ndef mark():\n    job = get_current_job()\n    job.meta['seen'] = True\n    job.save_meta()\n    job.connection.set('seen-by-job', job.id)\n    return job.id\n",
+    )]);
+    let id = app.py(&set.nodes[0], "out = q.enqueue('tasks.mark').id");
+    let id = id.as_str().expect("a job id").to_string();
+    let mut w = Rqworker::at(set.url())
+        .current_dir(app.path())
+        .name("w")
+        .burst()
+        .queues(["q"])
+        .spawn();
+    let status = w.wait_exit(WAIT);
+    assert!(status.success(), "rqworker exited {status:?}:\n{}", w.log());
+    let mut con = set.nodes[0].con();
+    assert_eq!(
+        job_status(&mut con, &id).as_deref(),
+        Some("finished"),
+        "{}",
+        w.log()
+    );
+    assert_eq!(get(&mut con, "seen-by-job").as_deref(), Some(id.as_str()));
+}
