@@ -255,10 +255,12 @@ impl Store {
                 applied += 1;
             }
         }
-        log::info!(
-            "the Redis master moved to {master}: sent the last {} settles again ({applied} had not reached it)",
-            self.recent.settles.len()
-        );
+        match self.recent.settles.len() {
+            0 => log::info!("the Redis master moved to {master}"),
+            n => log::info!(
+                "the Redis master moved to {master}: sent the last {n} settles again ({applied} had not reached it)"
+            ),
+        }
         Ok(())
     }
 

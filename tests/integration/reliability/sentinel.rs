@@ -480,3 +480,29 @@ fn a_python_job_uses_its_connection_through_the_sentinels() {
     );
     assert_eq!(get(&mut con, "seen-by-job").as_deref(), Some(id.as_str()));
 }
+
+/// Sentinels with a password of their own: `$RQ_REDIS_SENTINEL_PASSWORD` given to
+/// rq-supervisor reaches its workers in the handoff descriptor, never in their environment
+/// (which every horse would inherit), their command line or the log.
+#[test]
+fn the_sentinels_password_reaches_the_workers_in_the_handoff_only() {
+    const SECRET: &str = "s3ntinel-secret";
+    let set = SentinelSet::start_with_password(SECRET);
+    let pool = pool_for(&set, 1);
+    let sup = Supervisor::without_url(&pool)
+        .env("RQ_REDIS_SENTINEL_PASSWORD", SECRET)
+        .spawn();
+    let mut con = set.nodes[0].con();
+    // Registered: it found the master through Sentinels that require the password.
+    let (_, pid) = wait_workers(&mut con, 1)[0].clone();
+    let id = py_enqueue_args(&set.nodes[0], "default", "rq.builtin.noop", "[]");
+    wait_status(&mut con, &id, &["finished"]);
+    for what in ["environ", "cmdline"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{what}")).expect("the worker's /proc");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "the password is in the worker's {what}"
+        );
+    }
+    assert!(!sup.log().contains(SECRET), "{}", sup.log());
+}

@@ -16,8 +16,16 @@ pub struct SentinelNode {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// The CA's PEM when the Sentinel speaks TLS only.
+    access: Access,
+}
+
+/// How the test's own connections reach a Sentinel.
+#[derive(Clone, Default)]
+struct Access {
+    /// The CA's PEM when the Sentinels speak TLS only.
     tls: Option<Vec<u8>>,
+    /// `requirepass` of the Sentinels.
+    password: Option<String>,
 }
 
 impl SentinelNode {
@@ -55,12 +63,12 @@ impl SentinelNode {
         self.spawn();
         let port = self.port;
         wait_until(&format!("Sentinel {port} to answer"), WAIT, || {
-            sentinel_con(port, self.tls.as_deref()).is_some()
+            sentinel_con(port, &self.access).is_some()
         });
     }
 
     pub fn con(&self) -> redis::Connection {
-        sentinel_con(self.port, self.tls.as_deref()).unwrap_or_else(|| {
+        sentinel_con(self.port, &self.access).unwrap_or_else(|| {
             panic!(
                 "Sentinel {} does not answer:\n{}",
                 self.port,
@@ -76,14 +84,19 @@ impl Drop for SentinelNode {
     }
 }
 
-fn sentinel_con(port: u16, tls: Option<&[u8]>) -> Option<redis::Connection> {
-    let client = match tls {
-        None => redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?,
+fn sentinel_con(port: u16, access: &Access) -> Option<redis::Connection> {
+    let auth = access
+        .password
+        .as_ref()
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    let client = match access.tls.as_deref() {
+        None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?,
         #[cfg(not(feature = "tls"))]
         Some(_) => return None,
         #[cfg(feature = "tls")]
         Some(ca) => redis::Client::build_with_tls(
-            format!("rediss://127.0.0.1:{port}"),
+            format!("rediss://{auth}127.0.0.1:{port}"),
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(ca.to_vec()),
@@ -111,7 +124,12 @@ impl SentinelSet {
     /// Starts everything and waits until every Sentinel knows the master, its replica and
     /// the two other Sentinels, i.e. until a failover can happen.
     pub fn start() -> SentinelSet {
-        SentinelSet::start_with(None)
+        SentinelSet::start_with(None, None)
+    }
+
+    /// [`SentinelSet::start`] with Sentinels that require `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> SentinelSet {
+        SentinelSet::start_with(None, Some(password))
     }
 
     /// [`SentinelSet::start`] with TLS only, everywhere (clients, replication, Sentinels),
@@ -119,10 +137,10 @@ impl SentinelSet {
     /// test's own reads.
     #[cfg(feature = "tls")]
     pub fn start_tls(certs: &super::TlsCerts) -> SentinelSet {
-        SentinelSet::start_with(Some(certs))
+        SentinelSet::start_with(Some(certs), None)
     }
 
-    fn start_with(certs: Option<&super::TlsCerts>) -> SentinelSet {
+    fn start_with(certs: Option<&super::TlsCerts>, password: Option<&str>) -> SentinelSet {
         let tls_args = |certs: &super::TlsCerts| -> Vec<String> {
             [
                 "--tls-cert-file",
@@ -164,7 +182,7 @@ impl SentinelSet {
         });
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(start_sentinel(master_port, certs));
+            sentinels.push(start_sentinel(master_port, certs, password));
         }
         let set = SentinelSet {
             nodes: vec![master, replica],
@@ -234,7 +252,7 @@ impl SentinelSet {
                         .iter()
                         .filter(|s| s.child.is_some())
                         .all(|s| {
-                            sentinel_con(s.port, s.tls.as_deref()).is_some_and(|mut c| {
+                            sentinel_con(s.port, &s.access).is_some_and(|mut c| {
                                 redis::cmd("SENTINEL")
                                     .arg("get-master-addr-by-name")
                                     .arg(MASTER)
@@ -292,7 +310,11 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn start_sentinel(master_port: u16, certs: Option<&super::TlsCerts>) -> SentinelNode {
+fn start_sentinel(
+    master_port: u16,
+    certs: Option<&super::TlsCerts>,
+    password: Option<&str>,
+) -> SentinelNode {
     let mut last = String::new();
     for _ in 0..10 {
         let dir = tempfile::Builder::new()
@@ -309,6 +331,11 @@ fn start_sentinel(master_port: u16, certs: Option<&super::TlsCerts>) -> Sentinel
                 c.ca.display()
             ),
         };
+        // Sentinels authenticate to each other with their own requirepass.
+        let listen = match password {
+            Some(p) => format!("{listen}requirepass {p}\n"),
+            None => listen,
+        };
         let conf = format!(
             "{listen}bind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
              sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
@@ -322,12 +349,15 @@ fn start_sentinel(master_port: u16, certs: Option<&super::TlsCerts>) -> Sentinel
             port,
             dir,
             child: None,
-            tls: certs.map(|c| std::fs::read(&c.ca).expect("the CA's PEM")),
+            access: Access {
+                tls: certs.map(|c| std::fs::read(&c.ca).expect("the CA's PEM")),
+                password: password.map(str::to_string),
+            },
         };
         node.spawn();
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            if sentinel_con(port, node.tls.as_deref()).is_some() {
+            if sentinel_con(port, &node.access).is_some() {
                 return node;
             }
             if node
