@@ -404,6 +404,23 @@ fn check_and_rqworker_accept_sentinel_urls_and_name_what_is_wrong() {
         "{err}"
     );
 
+    // `rqworker --url redis+sentinel://...` against real Sentinels: runs the job and exits.
+    let set = SentinelSet::start();
+    let id = py_enqueue_args(&set.nodes[0], "q", "rq.builtin.noop", "[]");
+    let out = Rqworker::without_url()
+        .opt("--url", set.url())
+        .builtin_handlers()
+        .burst()
+        .queues(["q"])
+        .output();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        job_status(&mut set.nodes[0].con(), &id).as_deref(),
+        Some("finished"),
+        "{log}"
+    );
+
     let out = Rqworker::without_url()
         .opt("--url", "redis+sentinel://127.0.0.1:2637x/mymaster")
         .burst()
