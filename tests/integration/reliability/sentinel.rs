@@ -523,3 +523,35 @@ fn the_sentinels_password_reaches_the_workers_in_the_handoff_only() {
     }
     assert!(!sup.log().contains(SECRET), "{}", sup.log());
 }
+
+/// A failover while a job runs: the worker hears `+switch-master` during the job, not after
+/// it, so its heartbeats and the job's settle go to the new master at once.
+#[test]
+fn a_worker_busy_with_a_job_follows_the_switch_during_the_job() {
+    let set = SentinelSet::start();
+    let w = Rqworker::at(set.url())
+        .builtin_handlers()
+        .name("busy")
+        .queues(["default"])
+        .spawn();
+    let ctx = || format!("{}\n{}", w.log(), set.logs());
+    let mut old = set.nodes[0].con();
+    wait_worker_state(&mut old, "busy", "idle");
+    let id = py_enqueue_args(&set.nodes[0], "default", "rq.builtin.sleep", "[8]");
+    wait_status(&mut old, &id, &["started"]);
+    set.wait_in_sync(0);
+    set.failover();
+    set.wait_master(1, FAILOVER_LIMIT);
+    wait_until("the worker to hear +switch-master", FAILOVER_LIMIT, || {
+        w.log().contains("the Sentinels switched the master")
+    });
+    let mut new = set.nodes[1].con();
+    assert_eq!(
+        job_status(&mut new, &id).as_deref(),
+        Some("started"),
+        "heard while the job still ran:\n{}",
+        ctx()
+    );
+    wait_all(&mut new, &[id], &["finished"], FAILOVER_LIMIT, &ctx);
+    wait_worker_state(&mut new, "busy", "idle");
+}
