@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo};
 
+pub mod sentinel;
+
+pub use sentinel::SentinelAuth;
+use sentinel::Sentinels;
+
 /// How long a connect attempt may take before it counts as a failure.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Read and write limit for ordinary commands. No command this crate sends blocks on the
@@ -24,11 +29,28 @@ pub enum ConnError {
         "invalid Redis URL {url}: {reason}; write it as redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path/to/redis.sock"
     )]
     BadUrl { url: String, reason: String },
+    #[error(
+        "invalid Sentinel URL {url}: {reason}; write it as redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME[/DB], or rediss+sentinel://... for TLS"
+    )]
+    BadSentinelUrl { url: String, reason: String },
     #[error("cannot connect to Redis at {url}: {source}{}", hint(source))]
     Connect {
         url: String,
         #[source]
         source: redis::RedisError,
+    },
+    /// No Sentinel named a master that could be connected to and said `ROLE master`.
+    #[error(
+        "cannot reach the Redis master {master:?} of {url} through its Sentinels: {tried}{}",
+        if *sentinels_down { "; check that the Sentinels are running and that the URL lists them" } else { "; a failover may be under way (retrying)" }
+    )]
+    NoMaster {
+        url: String,
+        master: String,
+        /// No Sentinel answered at all (as opposed to naming a master that was not there
+        /// or not a master yet, which a failover in progress explains).
+        sentinels_down: bool,
+        tried: String,
     },
     #[error("{0}")]
     Tls(String),
@@ -118,12 +140,19 @@ impl TlsMaterial {
 /// Where Redis is. Cloning is cheap; every process opens its own connections from it.
 #[derive(Clone)]
 pub struct RedisTarget {
-    client: redis::Client,
+    kind: Kind,
     masked: String,
     /// For `rediss://`: the rustls configuration of the worker's own wake-up connection
     /// ([`crate::listener`]), built from the same CA and client certificate as redis-rs's.
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One server at a fixed address, or a master found through Sentinels at every connect.
+#[derive(Clone)]
+enum Kind {
+    Direct(redis::Client),
+    Sentinel(Sentinels),
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -135,7 +164,25 @@ impl std::fmt::Debug for RedisTarget {
 /// Checks a Redis URL without building a client (no TLS set-up, no certificates loaded):
 /// what validating a config file needs.
 pub fn check_url(url: &str) -> Result<(), ConnError> {
+    if sentinel::is_sentinel_url(url) {
+        return sentinel_url(url, &mask_url(url)).map(drop);
+    }
     connection_info(url, &mask_url(url)).map(drop)
+}
+
+/// Parses a Sentinel URL, refusing TLS in a build without it.
+fn sentinel_url(url: &str, masked: &str) -> Result<sentinel::SentinelUrl, ConnError> {
+    let bad = |reason: String| ConnError::BadSentinelUrl {
+        url: masked.to_string(),
+        reason,
+    };
+    let parsed = sentinel::parse(url).map_err(bad)?;
+    if parsed.tls && cfg!(not(feature = "tls")) {
+        return Err(bad(
+            "TLS (rediss+sentinel://) needs rq-supervisor built with its `tls` feature (on by default)".into(),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// Parses a URL into what the client needs, refusing what this project does not support.
@@ -178,7 +225,26 @@ impl RedisTarget {
     /// and client certificate. TLS files with a `redis://` or unix URL are refused rather
     /// than silently unused: the operator meant the connection to be encrypted.
     pub fn with_tls(url: &str, tls: &TlsMaterial) -> Result<RedisTarget, ConnError> {
+        RedisTarget::new(url, tls, &SentinelAuth::default())
+    }
+
+    /// [`RedisTarget::with_tls`], plus the Sentinels' own credentials for a Sentinel URL
+    /// (refused with any other URL: they would be silently unused).
+    pub fn new(
+        url: &str,
+        tls: &TlsMaterial,
+        auth: &SentinelAuth,
+    ) -> Result<RedisTarget, ConnError> {
         let masked = mask_url(url);
+        if sentinel::is_sentinel_url(url) {
+            return RedisTarget::sentinel(url, masked, tls, auth);
+        }
+        if !auth.is_empty() {
+            return Err(ConnError::BadUrl {
+                url: masked,
+                reason: "sentinel_username / sentinel_password are set but this is not a Sentinel URL (redis+sentinel://...); remove them, or use a Sentinel URL".into(),
+            });
+        }
         let info = connection_info(url, &masked)?;
         let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
         if !is_tls && !tls.is_empty() {
@@ -186,45 +252,47 @@ impl RedisTarget {
                 "TLS files are configured but the Redis URL {masked} is not a TLS URL; write rediss://... to connect with TLS, or remove the tls_* settings"
             )));
         }
-        if !is_tls {
-            let client = redis::Client::open(info).map_err(|e| ConnError::BadUrl {
-                url: masked.clone(),
-                reason: e.to_string(),
-            })?;
-            return Ok(RedisTarget {
-                client,
-                masked,
-                #[cfg(feature = "tls")]
-                tls: None,
-            });
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            unreachable!("connection_info refuses TLS URLs without the tls feature")
+        // The wake-up connection's configuration first: it validates the PEM files with
+        // the clearer messages.
+        #[cfg(feature = "tls")]
+        let config = if is_tls {
+            Some(tls::client_config(tls)?)
+        } else {
+            None
+        };
+        let client = client_for(info, tls, &masked)?;
+        Ok(RedisTarget {
+            kind: Kind::Direct(client),
+            masked,
+            #[cfg(feature = "tls")]
+            tls: config,
+        })
+    }
+
+    fn sentinel(
+        url: &str,
+        masked: String,
+        tls: &TlsMaterial,
+        auth: &SentinelAuth,
+    ) -> Result<RedisTarget, ConnError> {
+        let parsed = sentinel_url(url, &masked)?;
+        if !parsed.tls && !tls.is_empty() {
+            return Err(ConnError::Tls(format!(
+                "TLS files are configured but the Redis URL {masked} is not a TLS URL; write rediss+sentinel://... to connect to the Sentinels and the master with TLS, or remove the tls_* settings"
+            )));
         }
         #[cfg(feature = "tls")]
-        {
-            let config = tls::client_config(tls)?;
-            let client = redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: match (&tls.cert, &tls.key) {
-                        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                            client_cert: cert.clone(),
-                            client_key: key.clone(),
-                        }),
-                        _ => None,
-                    },
-                    root_cert: tls.ca.clone(),
-                },
-            )
-            .map_err(|e| ConnError::Tls(format!("TLS settings for {masked}: {e}")))?;
-            Ok(RedisTarget {
-                client,
-                masked,
-                tls: Some(config),
-            })
-        }
+        let config = if parsed.tls {
+            Some(tls::client_config(tls)?)
+        } else {
+            None
+        };
+        Ok(RedisTarget {
+            kind: Kind::Sentinel(Sentinels::new(parsed, auth.clone(), tls.clone())),
+            masked,
+            #[cfg(feature = "tls")]
+            tls: config,
+        })
     }
 
     /// The rustls configuration for `rediss://`, `None` for plain TCP and unix sockets.
@@ -238,28 +306,111 @@ impl RedisTarget {
         &self.masked
     }
 
-    pub fn info(&self) -> &ConnectionInfo {
-        self.client.get_connection_info()
+    /// The Sentinels, for a Sentinel URL: every connection then starts with a discovery.
+    pub fn sentinels(&self) -> Option<&Sentinels> {
+        match &self.kind {
+            Kind::Sentinel(s) => Some(s),
+            Kind::Direct(_) => None,
+        }
     }
 
-    /// Opens a connection with the standard timeouts.
+    /// Whether the master is found through Sentinels (so a `READONLY` means a failover).
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinels().is_some()
+    }
+
+    /// Where a direct target connects; `None` for a Sentinel target, whose address is known
+    /// only after a discovery.
+    pub fn info(&self) -> Option<&ConnectionInfo> {
+        match &self.kind {
+            Kind::Direct(c) => Some(c.get_connection_info()),
+            Kind::Sentinel(_) => None,
+        }
+    }
+
+    /// Opens a connection with the standard timeouts; for a Sentinel target, to the master
+    /// the Sentinels name, checked with `ROLE`.
     pub fn connect(&self) -> Result<redis::Connection, ConnError> {
+        self.connect_master().map(|(con, _)| con)
+    }
+
+    /// [`RedisTarget::connect`], and for a Sentinel target the master's address (`host:port`)
+    /// it reached: a change of address between two connections is a failover.
+    pub fn connect_master(&self) -> Result<(redis::Connection, Option<String>), ConnError> {
         let fail = |source| ConnError::Connect {
             url: self.masked.clone(),
             source,
         };
-        let mut con = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(fail)?;
-        con.set_read_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
-        con.set_write_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
-        // Nothing is sent while connecting (no AUTH without a password, no CLIENT SETINFO),
-        // and TLS shakes hands on the first write: one PING makes a refused certificate or a
-        // server that does not speak Redis a connect error, reported as such.
-        redis::cmd("PING").exec(&mut con).map_err(fail)?;
-        Ok(con)
+        match &self.kind {
+            Kind::Direct(client) => open(client).map(|c| (c, None)).map_err(fail),
+            Kind::Sentinel(s) => s.discover(&self.masked, |client| {
+                let mut con = open(client).map_err(|e| format!("{e}{}", hint(&e)))?;
+                match sentinel::role(&mut con) {
+                    Ok(role) if role == "master" => {
+                        let addr = match client.get_connection_info().addr() {
+                            ConnectionAddr::Tcp(h, p)
+                            | ConnectionAddr::TcpTls {
+                                host: h, port: p, ..
+                            } => {
+                                format!("{h}:{p}")
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        Ok((con, Some(addr)))
+                    }
+                    Ok(role) => Err(format!("answers ROLE {role}, not master")),
+                    Err(e) => Err(format!("ROLE failed: {e}{}", hint(&e))),
+                }
+            }),
+        }
     }
+}
+
+/// A connection from `client` with the standard timeouts, checked with a PING.
+fn open(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let mut con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Nothing is sent while connecting (no AUTH without a password, no CLIENT SETINFO),
+    // and TLS shakes hands on the first write: one PING makes a refused certificate or a
+    // server that does not speak Redis a connect error, reported as such.
+    redis::cmd("PING").exec(&mut con)?;
+    Ok(con)
+}
+
+/// A redis-rs client for `info`, with `tls`'s CA and client certificate for a TLS address.
+/// `label` (a masked URL or an address) names it in errors.
+fn client_for(
+    info: ConnectionInfo,
+    tls: &TlsMaterial,
+    label: &str,
+) -> Result<redis::Client, ConnError> {
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return redis::Client::open(info).map_err(|e| ConnError::BadUrl {
+            url: label.to_string(),
+            reason: e.to_string(),
+        });
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = tls;
+        unreachable!("TLS addresses are refused when parsing without the tls feature")
+    }
+    #[cfg(feature = "tls")]
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                _ => None,
+            },
+            root_cert: tls.ca.clone(),
+        },
+    )
+    .map_err(|e| ConnError::Tls(format!("TLS settings for {label}: {e}")))
 }
 
 /// What to do about a Redis error the operator must fix: a missing ACL permission, a
@@ -405,6 +556,9 @@ fn acl_rule(text: &str) -> String {
 /// does not parse as a URL is masked from the last `:` before an `@`, so a typo never leaks a
 /// password either.
 pub fn mask_url(url: &str) -> String {
+    if let Some(masked) = sentinel::mask(url) {
+        return masked;
+    }
     if let Some(mut parsed) = redis::parse_redis_url(url) {
         if parsed.password().is_some() {
             let _ = parsed.set_password(Some("***"));
@@ -626,6 +780,59 @@ mod tests {
         let text = io(libc::EMFILE).to_string();
         assert!(hint_text("", &text).contains("RLIMIT_NOFILE"), "{text}");
         assert_eq!(hint_text("", "Too many (os error x)"), "");
+    }
+
+    #[test]
+    fn sentinel_urls_are_checked_with_their_own_fix() {
+        let err = |u: &str| RedisTarget::parse(u).unwrap_err().to_string();
+        for (url, problem) in [
+            ("redis+sentinel://:s3cret@s1:26379", "names no master"),
+            (
+                "redis+sentinel://:s3cret@/mymaster",
+                "names no Sentinel host",
+            ),
+            ("redis+sentinel://:s3cret@s1:2637x/mymaster", "bad port"),
+        ] {
+            let e = err(url);
+            assert!(e.contains("invalid Sentinel URL"), "{e}");
+            assert!(e.contains(problem), "{url}: {e}");
+            assert!(
+                e.contains("redis+sentinel://[user:password@]host:port"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(check_url(url).is_err());
+        }
+        let t = RedisTarget::parse("redis+sentinel://:s3cret@a:1,b:2/m").unwrap();
+        assert!(t.is_sentinel() && t.info().is_none());
+        assert_eq!(t.masked(), "redis+sentinel://:***@a:1,b:2/m");
+        assert!(check_url("redis+sentinel://a:1,b:2/m/3").is_ok());
+        let auth = SentinelAuth {
+            username: None,
+            password: Some("x".into()),
+        };
+        let e = RedisTarget::new("redis://h/0", &TlsMaterial::default(), &auth)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a Sentinel URL"), "{e}");
+        assert!(RedisTarget::new("redis+sentinel://h/m", &TlsMaterial::default(), &auth).is_ok());
+    }
+
+    #[test]
+    fn no_sentinel_answering_is_an_outage_that_waiting_cures() {
+        // Nothing listens on port 1 of loopback: refused at once.
+        let t = RedisTarget::parse("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster").unwrap();
+        let Err(e) = t.connect() else {
+            panic!("connected with no Sentinel running")
+        };
+        let text = e.to_string();
+        assert!(text.contains("\"mymaster\""), "{text}");
+        assert!(
+            text.contains("Sentinel 127.0.0.1:1") && text.contains("Sentinel 127.0.0.1:2"),
+            "{text}"
+        );
+        let e = crate::store::StoreError::from(e);
+        assert!(e.is_sentinel_outage() && e.is_unreachable() && !e.is_refusal());
     }
 
     #[test]

@@ -32,6 +32,8 @@ use crate::conn::RedisTarget;
 
 /// Channel Redis publishes key invalidations on when tracking is redirected (RESP2).
 const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
+/// The channel Sentinels announce a new master on: `NAME OLD_IP OLD_PORT NEW_IP NEW_PORT`.
+pub const SWITCH_MASTER_CHANNEL: &str = "+switch-master";
 
 /// Something the server pushed.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,61 +183,60 @@ impl Listener {
     /// Connects, authenticates, turns on broadcast tracking for `prefixes` and subscribes to
     /// `channels`. Fails with the server's own words when a step is refused (for example an
     /// ACL user without `client` permission).
+    ///
+    /// For a Sentinel target the master is discovered first, as for the main connection,
+    /// and `ROLE` is checked on this connection itself; a discovery that fails is an
+    /// `io::Error` wrapping the [`crate::conn::ConnError`].
     pub fn open(
         target: &RedisTarget,
         prefixes: &[String],
         channels: &[String],
         timeout: Duration,
     ) -> io::Result<Listener> {
-        let info = target.info();
-        // Every address the host resolves to, in order, as the main connection does: a
-        // `localhost` that resolves to ::1 first must not fail where 127.0.0.1 works.
-        let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
-            let mut last = io::Error::new(ErrorKind::NotFound, "no address for host");
-            for addr in std::net::ToSocketAddrs::to_socket_addrs(&(host, port))? {
-                match TcpStream::connect_timeout(&addr, timeout) {
-                    Ok(s) => {
-                        s.set_nodelay(true)?;
-                        s.set_write_timeout(Some(timeout))?;
-                        return Ok(s);
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+        let Some(sentinels) = target.sentinels() else {
+            let info = target.info().expect("a direct target has an address");
+            return Listener::open_at(target, info, false, prefixes, channels, timeout);
         };
-        let stream = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Stream::Tcp(tcp(host, *port)?),
-            ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
-            #[cfg(feature = "tls")]
-            ConnectionAddr::TcpTls { host, port, .. } => {
-                let config = target.tls_config().ok_or_else(|| {
-                    io::Error::new(ErrorKind::InvalidInput, "no TLS configuration")
-                })?;
-                Stream::Tls(Box::new(TlsStream::connect(
-                    tcp(host, *port)?,
-                    host,
-                    config,
-                )?))
-            }
-            _ => {
-                return Err(io::Error::new(
-                    ErrorKind::Unsupported,
-                    "this kind of Redis address is not supported by the listener",
-                ));
-            }
-        };
+        sentinels
+            .discover(target.masked(), |client| {
+                let info = client.get_connection_info();
+                Listener::open_at(target, info, true, prefixes, channels, timeout)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(io::Error::other)
+    }
+
+    /// [`Listener::open`] at a known address; `check_role` refuses a server that is not a
+    /// master (what a Sentinel named may have just been demoted).
+    fn open_at(
+        target: &RedisTarget,
+        info: &redis::ConnectionInfo,
+        check_role: bool,
+        prefixes: &[String],
+        channels: &[String],
+        timeout: Duration,
+    ) -> io::Result<Listener> {
+        let stream = connect_stream(target, info.addr(), timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         let mut l = Listener {
             stream,
             buf: Vec::with_capacity(1024),
         };
         let redis = info.redis_settings();
-        if let Some(password) = redis.password() {
-            match redis.username() {
-                Some(user) => l.call(&["AUTH", user, password])?,
-                None => l.call(&["AUTH", password])?,
-            };
+        l.auth(redis.username(), redis.password())?;
+        if check_role {
+            match l.call(&["ROLE"])? {
+                Resp::Array(Some(items))
+                    if items.first() == Some(&Resp::Bulk(Some(b"master".to_vec()))) => {}
+                Resp::Array(Some(items)) => {
+                    let role = match items.first() {
+                        Some(Resp::Bulk(Some(r))) => String::from_utf8_lossy(r).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    return Err(io::Error::other(format!("answers ROLE {role}, not master")));
+                }
+                other => return Err(protocol_error(format!("ROLE replied {other:?}"))),
+            }
         }
         let id = match l.call(&["CLIENT", "ID"])? {
             Resp::Int(id) => id.to_string(),
@@ -257,6 +258,61 @@ impl Listener {
         l.stream.set_read_timeout(None)?;
         l.stream.set_nonblocking(true)?;
         Ok(l)
+    }
+
+    /// A subscription to `+switch-master` on the first of `target`'s Sentinels that
+    /// answers: the Sentinels announce a failover there as soon as it is decided, seconds
+    /// before the old master is demoted (and cuts its clients off).
+    pub fn switch_master(target: &RedisTarget, timeout: Duration) -> io::Result<Listener> {
+        let Some(sentinels) = target.sentinels() else {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a Sentinel target",
+            ));
+        };
+        let url = sentinels.url();
+        let auth = sentinels.auth();
+        let mut last = io::Error::new(ErrorKind::NotFound, "no Sentinel");
+        for (host, port) in &url.nodes {
+            let addr = if url.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            };
+            let opened = connect_stream(target, &addr, timeout).and_then(|stream| {
+                stream.set_read_timeout(Some(timeout))?;
+                let mut l = Listener {
+                    stream,
+                    buf: Vec::with_capacity(256),
+                };
+                l.auth(auth.username.as_deref(), auth.password.as_deref())?;
+                l.send(&["SUBSCRIBE", SWITCH_MASTER_CHANNEL])?;
+                l.read_blocking()?;
+                l.stream.set_read_timeout(None)?;
+                l.stream.set_nonblocking(true)?;
+                Ok(l)
+            });
+            match opened {
+                Ok(l) => return Ok(l),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn auth(&mut self, user: Option<&str>, password: Option<&str>) -> io::Result<()> {
+        if let Some(password) = password {
+            match user {
+                Some(user) => self.call(&["AUTH", user, password])?,
+                None => self.call(&["AUTH", password])?,
+            };
+        }
+        Ok(())
     }
 
     /// The socket to poll for readability. After [`Listener::drain`] nothing is buffered
@@ -341,6 +397,55 @@ impl Listener {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Opens the socket (TCP, unix or TLS over TCP) to `addr`, with `timeout` for connecting
+/// and writing.
+fn connect_stream(
+    target: &RedisTarget,
+    addr: &ConnectionAddr,
+    timeout: Duration,
+) -> io::Result<Stream> {
+    // Only TLS needs the target (its rustls configuration).
+    #[cfg(not(feature = "tls"))]
+    let _ = target;
+    // Every address the host resolves to, in order, as the main connection does: a
+    // `localhost` that resolves to ::1 first must not fail where 127.0.0.1 works.
+    let tcp = |host: &str, port: u16| -> io::Result<TcpStream> {
+        let mut last = io::Error::new(ErrorKind::NotFound, "no address for host");
+        for addr in std::net::ToSocketAddrs::to_socket_addrs(&(host, port))? {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    s.set_write_timeout(Some(timeout))?;
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    Ok(match addr {
+        ConnectionAddr::Tcp(host, port) => Stream::Tcp(tcp(host, *port)?),
+        ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+        #[cfg(feature = "tls")]
+        ConnectionAddr::TcpTls { host, port, .. } => {
+            let config = target
+                .tls_config()
+                .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "no TLS configuration"))?;
+            Stream::Tls(Box::new(TlsStream::connect(
+                tcp(host, *port)?,
+                host,
+                config,
+            )?))
+        }
+        _ => {
+            return Err(io::Error::new(
+                ErrorKind::Unsupported,
+                "this kind of Redis address is not supported by the listener",
+            ));
+        }
+    })
 }
 
 /// Redis refuses overlapping BCAST prefixes (`high` and `highest`), so keep only the

@@ -155,6 +155,9 @@ pub struct PythonSettings {
     /// For `get_current_job().connection` (opened only if the job uses it).
     #[serde(skip)]
     pub redis_url: String,
+    /// The Sentinels' credentials, for a `redis+sentinel://` `redis_url`.
+    #[serde(skip)]
+    pub redis_sentinel: crate::conn::SentinelAuth,
 }
 
 /// The shortest `worker_ttl`: RQ heartbeats every `worker_ttl - 15s`.

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::conn::{TlsFile, TlsPaths};
+use crate::conn::{SentinelAuth, TlsFile, TlsPaths};
 use crate::settings::{self, Problem};
 pub use crate::settings::{
     DequeueStrategy, LogFormat, LogLevel, PythonSettings, WorkerSettings, WorkerSpec,
 };
-use raw::{RawConfig, RawHandler, RawPool, RawPython, RawRestart, RawWorker};
+use raw::{RawConfig, RawHandler, RawPool, RawPython, RawRedis, RawRestart, RawWorker};
 use values::Secs;
 
 /// The Redis URL used when neither the command line, `RQ_REDIS_URL` nor the file names one.
@@ -29,6 +29,9 @@ pub const REDIS_URL_ENV: &str = "RQ_REDIS_URL";
 pub const TLS_CA_ENV: &str = "RQ_REDIS_TLS_CA_FILE";
 pub const TLS_CERT_ENV: &str = "RQ_REDIS_TLS_CERT_FILE";
 pub const TLS_KEY_ENV: &str = "RQ_REDIS_TLS_KEY_FILE";
+/// Environment variables that override `[redis] sentinel_username` and `sentinel_password`.
+pub const SENTINEL_USERNAME_ENV: &str = "RQ_REDIS_SENTINEL_USERNAME";
+pub const SENTINEL_PASSWORD_ENV: &str = "RQ_REDIS_SENTINEL_PASSWORD";
 
 /// A config problem. `Invalid` always carries what to write instead.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,10 @@ pub struct Config {
     /// environment overrides with [`Config::resolve_tls`].
     #[serde(skip)]
     pub redis_tls: TlsPaths,
+    /// `[redis] sentinel_username` / `sentinel_password`; callers apply the environment's
+    /// overrides with [`Config::resolve_sentinel_auth`].
+    #[serde(skip)]
+    pub redis_sentinel: SentinelAuth,
     pub supervisor: SupervisorSpec,
     /// `[worker]`: the settings every worker starts from (see [`Config::worker_for_pool`]).
     pub worker: WorkerSettings,
@@ -258,6 +265,21 @@ impl Config {
         }
     }
 
+    /// The Sentinels' credentials after the precedence rule: each `$RQ_REDIS_SENTINEL_*`
+    /// variable wins over the file's key.
+    pub fn resolve_sentinel_auth(file: &SentinelAuth) -> SentinelAuth {
+        let pick = |env: &str, from_file: &Option<String>| {
+            std::env::var(env)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| from_file.clone())
+        };
+        SentinelAuth {
+            username: pick(SENTINEL_USERNAME_ENV, &file.username),
+            password: pick(SENTINEL_PASSWORD_ENV, &file.password),
+        }
+    }
+
     /// The time an operator must allow between the stop signal and a forced kill.
     pub fn shutdown_budget(&self) -> Duration {
         self.supervisor.warm_timeout.0 + self.supervisor.cold_timeout.0 + Duration::from_secs(5)
@@ -305,11 +327,43 @@ impl Validator {
         self.invalid(key, p.problem, p.fix)
     }
 
+    /// `[redis] sentinel_username` / `sentinel_password`: only beside a Sentinel URL (when
+    /// the file names the URL), and never empty.
+    fn sentinel_auth(&self, r: &RawRedis) -> Result<SentinelAuth, ConfigError> {
+        for (key, v) in [
+            ("sentinel_username", &r.sentinel_username),
+            ("sentinel_password", &r.sentinel_password),
+        ] {
+            if v.as_deref() == Some("") {
+                return Err(self.invalid(
+                    format!("[redis] {key}"),
+                    "is empty",
+                    "write the Sentinels' credential, or remove the key",
+                ));
+            }
+            if v.is_some()
+                && let Some(url) = &r.url
+                && !crate::conn::sentinel::is_sentinel_url(url)
+            {
+                return Err(self.invalid(
+                    format!("[redis] {key}"),
+                    "is set but [redis] url is not a Sentinel URL",
+                    "remove the key, or write the url as redis+sentinel://host:port[,host:port...]/MASTER_NAME",
+                ));
+            }
+        }
+        Ok(SentinelAuth {
+            username: r.sentinel_username.clone(),
+            password: r.sentinel_password.clone(),
+        })
+    }
+
     fn config(&self, raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         if let Some(url) = &raw.redis.url {
             crate::conn::check_url(url)
                 .map_err(|e| self.invalid("[redis] url", e.to_string(), "fix the URL"))?;
         }
+        let redis_sentinel = self.sentinel_auth(&raw.redis)?;
         let s = &raw.supervisor;
         let d = SupervisorSpec {
             warm_timeout: s.warm_timeout.unwrap_or(Secs::from_secs(60)),
@@ -375,6 +429,7 @@ impl Validator {
             path: path.to_path_buf(),
             redis_url: raw.redis.url,
             redis_tls,
+            redis_sentinel,
             supervisor: d,
             worker,
             pools,
@@ -1004,6 +1059,18 @@ timeout = "30s"
             e.contains("/no/such/program") && e.contains("chmod +x"),
             "{e}"
         );
+        let e = err("[redis]\nurl = \"redis://h/0\"\nsentinel_password = \"x\"\n");
+        assert!(
+            e.contains("[redis] sentinel_password") && e.contains("not a Sentinel URL"),
+            "{e}"
+        );
+        let e = err("[redis]\nurl = \"redis+sentinel://h:1\"\n");
+        assert!(
+            e.contains("[redis] url") && e.contains("names no master"),
+            "{e}"
+        );
+        let e = err("[redis]\nurl = \"redis+sentinel://h/m\"\nsentinel_username = \"\"\n");
+        assert!(e.contains("[redis] sentinel_username: is empty"), "{e}");
         let e = err("[redis]\nurl = \"http://x\"\n");
         assert!(e.contains("[redis] url"), "{e}");
         let e = err("[worker\n");

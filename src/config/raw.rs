@@ -44,6 +44,9 @@ pub struct RawRedis {
     pub tls_ca_file: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    /// The Sentinels' own credentials, for a `redis+sentinel://` URL.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::conn::TlsMaterial;
+use crate::conn::{SentinelAuth, TlsMaterial};
 
 /// The descriptor number the supervisor gives the handoff in every worker.
 pub const WORKER_FD: RawFd = 3;
@@ -33,6 +33,10 @@ pub struct Handoff {
     pub config: String,
     /// The TLS files' contents (after `$RQ_REDIS_TLS_*` overrides), empty without TLS.
     pub tls: TlsMaterial,
+    /// The Sentinels' credentials (after `$RQ_REDIS_SENTINEL_*` overrides), empty without
+    /// them: here rather than in the worker's environment, which every horse inherits.
+    #[serde(default)]
+    pub sentinel: SentinelAuth,
 }
 
 impl std::fmt::Debug for Handoff {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for Handoff {
         f.debug_struct("Handoff")
             .field("config_path", &self.config_path)
             .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
             .finish_non_exhaustive()
     }
 }

@@ -27,6 +27,7 @@ use nix::unistd::{Pid, getppid};
 
 use crate::config::LogFormat;
 pub use crate::config::REDIS_URL_ENV;
+use crate::config::{SENTINEL_PASSWORD_ENV, SENTINEL_USERNAME_ENV};
 use handoff::{Handoff, WORKER_FD};
 
 /// A worker's exit status when jobs could not start in its environment (process or file
@@ -181,6 +182,11 @@ impl Launch {
             .stdin(Stdio::null())
             .process_group(0);
         for var in SUPERVISOR_ONLY_ENV {
+            cmd.env_remove(var);
+        }
+        // The handoff carries the Sentinels' credentials; kept out of the worker's
+        // environment, every horse would inherit them.
+        for var in [SENTINEL_USERNAME_ENV, SENTINEL_PASSWORD_ENV] {
             cmd.env_remove(var);
         }
         if let Some(dir) = &self.cwd {

@@ -283,6 +283,8 @@ fn load_runner(settings: &PythonSettings) -> Result<Runner, StartFailure> {
     let config = serde_json::json!({
         "front": front,
         "redis_url": settings.redis_url,
+        "sentinel_username": settings.redis_sentinel.username,
+        "sentinel_password": settings.redis_sentinel.password,
         "serializer": settings.serializer,
         "exception_handlers": settings.exception_handlers,
         "preload": settings.preload,

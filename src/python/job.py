@@ -72,6 +72,7 @@ _BUILT_IN_SERIALIZERS = {
 _config = {
     'serializer': None,
     'redis_url': None,
+    'sentinel_auth': {},
     'connection': None,
     'exception_handlers': [],
     'result_cap': 128 * 1024 * 1024,
@@ -86,6 +87,11 @@ def bootstrap(config_json):
         cfg = json.loads(config_json)
         for i, d in enumerate(cfg['front']):
             sys.path.insert(i, d)
+        _config['sentinel_auth'] = {
+            k: v
+            for k, v in (('username', cfg.get('sentinel_username')), ('password', cfg.get('sentinel_password')))
+            if v is not None
+        }
         configure(cfg['redis_url'], cfg['serializer'], cfg['exception_handlers'], cfg['result_cap'])
         for name in cfg['preload']:
             try:
@@ -162,8 +168,47 @@ def _connection():
     if _config['connection'] is None and _config['redis_url']:
         import redis
 
-        _config['connection'] = redis.Redis.from_url(_config['redis_url'])
+        url = _config['redis_url']
+        if url.lower().startswith(('redis+sentinel://', 'rediss+sentinel://')):
+            _config['connection'] = _sentinel_master(url)
+        else:
+            _config['connection'] = redis.Redis.from_url(url)
     return _config['connection']
+
+
+def _sentinel_master(url):
+    """redis-py has no URL for Sentinels: `redis+sentinel://[user:pass@]h:p[,h:p]/NAME[/DB]`
+    (already validated by the worker) becomes `Sentinel(...).master_for(NAME)`, which finds
+    the master again after a failover."""
+    from urllib.parse import unquote
+
+    import redis.sentinel
+
+    scheme, rest = url.split('://', 1)
+    authority, _, path = rest.partition('/')
+    userinfo, _, hosts = authority.rpartition('@')
+    user, _, password = userinfo.partition(':')
+    nodes = []
+    for h in filter(None, (x.strip() for x in hosts.split(','))):
+        if h.startswith('['):
+            host, _, port = h[1:].partition(']')
+            port = port.lstrip(':')
+        else:
+            host, _, port = h.rpartition(':') if ':' in h else (h, '', '')
+        nodes.append((host, int(port or 26379)))
+    name, _, db = path.partition('/')
+    tls = scheme.lower().startswith('rediss')
+    sentinel_kwargs = dict(_config['sentinel_auth'])
+    if tls:
+        sentinel_kwargs['ssl'] = True
+    sentinels = redis.sentinel.Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, socket_timeout=5)
+    return sentinels.master_for(
+        unquote(name),
+        db=int(db.strip('/') or 0),
+        username=unquote(user) or None,
+        password=unquote(password) if userinfo and ':' in userinfo else None,
+        ssl=tls,
+    )
 
 
 def _warm_up():

@@ -88,7 +88,7 @@ impl Verdict {
         })
     }
 
-    fn from_reply(v: Value) -> redis::RedisResult<Verdict> {
+    pub(super) fn from_reply(v: Value) -> redis::RedisResult<Verdict> {
         let text: String = redis::from_redis_value(v)?;
         Verdict::parse(&text).ok_or_else(|| {
             redis::RedisError::from((
@@ -194,6 +194,7 @@ impl Store {
         let cmd = s.command();
         let verdict =
             self.run(|con| script::run::<Value>(con, &SETTLE, &cmd).and_then(Verdict::from_reply))?;
+        self.recorded(&cmd);
         if lose_reply!("lose-settle-reply") {
             return Err(self.lost_reply());
         }
@@ -244,7 +245,13 @@ impl Store {
             other => other,
         };
         let settled = match settled {
-            Some(Ok(v)) => Verdict::from_reply(v).map_err(|e| self.refused(e)),
+            Some(Ok(v)) => {
+                let verdict = Verdict::from_reply(v).map_err(|e| self.refused(e));
+                if verdict.is_ok() {
+                    self.recorded(&settle);
+                }
+                verdict
+            }
             // The scripts were flushed (Redis restarted): load and settle on their own.
             Some(Err(e)) if script::is_noscript(&e) => self.settle(s),
             Some(Err(e)) => Err(self.refused(e)),

@@ -36,7 +36,18 @@ pub struct Bookkeeping {
     /// No Redis traffic before this instant (set after a failure).
     retry_at: Option<Instant>,
     pending: VecDeque<PendingCleanup>,
+    /// Sentinel targets: the cleanups of the last minute, done again after a failover. A
+    /// cleanup done on the old master after the promotion is lost with it, and it read that
+    /// master's view of the worker (which job it held); on the new master the dead worker
+    /// may still hold another job, which nobody else would settle before RQ's abandoned-job
+    /// cleanup. A cleanup done twice finds nothing left the second time.
+    recent: VecDeque<(Instant, PendingCleanup)>,
+    seen_failovers: u64,
 }
+
+/// How long a cleanup is kept to be done again after a failover: longer than an old master
+/// stays writable after the promotion (about ten seconds with Redis 7).
+const REDO_WINDOW: Duration = Duration::from_secs(60);
 
 /// What one cleanup did, for the log.
 pub enum Outcome {
@@ -52,6 +63,8 @@ impl Bookkeeping {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
             retry_at: None,
             pending: VecDeque::new(),
+            recent: VecDeque::new(),
+            seen_failovers: 0,
         }
     }
 
@@ -114,7 +127,13 @@ impl Bookkeeping {
                 Ok(c) => {
                     self.succeeded();
                     self.pending.pop_front();
+                    if self.store.target().is_sentinel() {
+                        self.recent.push_back((now, job.clone()));
+                    }
                     out.push(Outcome::Done(job, c));
+                    if self.redo_after_failover(now) {
+                        continue;
+                    }
                 }
                 Err(e) => {
                     let delay = self.failed(now);
@@ -129,6 +148,32 @@ impl Bookkeeping {
         out
     }
 
+    /// After the store reached another master: queues the recent cleanups again (see
+    /// `recent`); true if it queued any.
+    fn redo_after_failover(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > REDO_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.store.failovers() == self.seen_failovers {
+            return false;
+        }
+        self.seen_failovers = self.store.failovers();
+        let again: Vec<PendingCleanup> = self.recent.drain(..).map(|(_, c)| c).collect();
+        if !again.is_empty() {
+            log::info!(
+                "the Redis master moved: doing the crash cleanups of the last minute again ({} workers), as the old master may have lost them",
+                again.len()
+            );
+        }
+        let queued = !again.is_empty();
+        self.pending.extend(again);
+        queued
+    }
+
     /// Reads each worker's registration; `None` when Redis cannot be asked now.
     pub fn registrations(&mut self, names: &[String]) -> Option<Vec<Registration>> {
         let now = Instant::now();
@@ -138,6 +183,9 @@ impl Bookkeeping {
         match self.store.registrations(names) {
             Ok(r) => {
                 self.succeeded();
+                if self.redo_after_failover(now) {
+                    let _ = self.flush(false);
+                }
                 Some(r)
             }
             Err(e) => {

@@ -72,6 +72,17 @@ pub fn render(
         "default"
     };
     let _ = writeln!(o, "redis: {} ({source})", target.masked());
+    if let Some(s) = target.sentinels() {
+        let u = s.url();
+        let nodes: Vec<String> = u.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        let _ = writeln!(
+            o,
+            "  sentinel: master {:?} through {}{}",
+            u.master,
+            nodes.join(", "),
+            if u.tls { " (TLS)" } else { "" }
+        );
+    }
     for (what, file) in [
         ("CA", &tls.ca),
         ("client certificate", &tls.cert),

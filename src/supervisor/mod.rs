@@ -91,7 +91,8 @@ pub fn main() -> Result<(), i32> {
             return Err(EXIT_USAGE);
         }
     };
-    let target = match RedisTarget::with_tls(&redis_url, &tls) {
+    let sentinel = Config::resolve_sentinel_auth(&cfg.redis_sentinel);
+    let target = match RedisTarget::new(&redis_url, &tls, &sentinel) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("rq-supervisor: {e}; check ${REDIS_URL_ENV} or [redis] url");
@@ -128,6 +129,7 @@ pub fn main() -> Result<(), i32> {
                 redis_url,
                 tls_paths,
                 tls,
+                sentinel,
                 target,
                 control_socket: cfg.supervisor.control_socket.clone(),
                 metrics: cfg.supervisor.metrics,
@@ -304,7 +306,12 @@ pub fn exposure_warning(cfg: &Config) -> Option<String> {
         .redis_url
         .as_deref()
         .and_then(redis::parse_redis_url)
-        .is_some_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "pass"));
+        .is_some_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "pass"))
+        || cfg
+            .redis_url
+            .as_deref()
+            .and_then(|u| crate::conn::sentinel::parse(u).ok())
+            .is_some_and(|u| u.password.is_some());
     let in_env = cfg.handlers.iter().find_map(|h| {
         h.env.keys().find(|k| {
             let k = k.to_ascii_uppercase();
@@ -313,8 +320,10 @@ pub fn exposure_warning(cfg: &Config) -> Option<String> {
                 .any(|w| k.contains(w))
         })
     });
+    let in_sentinel = cfg.redis_sentinel.password.is_some();
     let what = match (in_url, in_env) {
         (true, _) => "a Redis password in [redis] url".to_string(),
+        (false, _) if in_sentinel => "a Sentinel password in [redis] sentinel_password".to_string(),
         (false, Some(key)) => format!("a secret in a handler's env ({key})"),
         (false, None) => return None,
     };

@@ -29,7 +29,7 @@ use super::state::{
 };
 use super::status::{RedisStatus, Status};
 use crate::config::{Config, LogFormat};
-use crate::conn::{RedisTarget, TlsMaterial, TlsPaths};
+use crate::conn::{RedisTarget, SentinelAuth, TlsMaterial, TlsPaths};
 use crate::launch::handoff::Handoff;
 use crate::launch::{self, Launch};
 use crate::logging::{self, LogContext};
@@ -62,6 +62,9 @@ pub struct Start {
     pub tls_paths: TlsPaths,
     /// Their contents, handed to every worker.
     pub tls: TlsMaterial,
+    /// The Sentinels' credentials after `$RQ_REDIS_SENTINEL_*` overrides, handed to every
+    /// worker.
+    pub sentinel: SentinelAuth,
     pub target: RedisTarget,
     /// `[supervisor] control_socket` and `metrics` as configured at start (a reload may not
     /// move them).
@@ -84,6 +87,7 @@ pub struct Runtime {
     redis_url: String,
     tls_paths: TlsPaths,
     tls: TlsMaterial,
+    sentinel: SentinelAuth,
     hostname: String,
     me: Pid,
     children: BTreeMap<WorkerId, Child>,
@@ -122,6 +126,7 @@ impl Runtime {
             redis_url,
             tls_paths,
             tls,
+            sentinel,
             target,
             control_socket,
             metrics,
@@ -138,6 +143,7 @@ impl Runtime {
             redis_url,
             tls_paths,
             tls,
+            sentinel,
             hostname: launch::hostname(),
             me: getpid(),
             children: BTreeMap::new(),
@@ -455,6 +461,12 @@ impl Runtime {
                     self.config_path.display()
                 ))
             }
+            Ok((cfg, _)) if Config::resolve_sentinel_auth(&cfg.redis_sentinel) != self.sentinel => {
+                Event::ReloadFailed(format!(
+                    "{}: [redis] sentinel_username / sentinel_password changed; the running workers and their crash cleanups use the credentials read at start, so restart rq-supervisor to switch",
+                    self.config_path.display()
+                ))
+            }
             Ok((cfg, _))
                 if Config::resolve_redis_url(None, cfg.redis_url.as_deref()) != self.redis_url =>
             {
@@ -564,6 +576,7 @@ impl Runtime {
             config_path: self.config_path.clone(),
             config: self.config_text.clone(),
             tls: self.tls.clone(),
+            sentinel: self.sentinel.clone(),
         })
     }
 

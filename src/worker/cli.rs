@@ -6,7 +6,6 @@ use clap::Parser;
 
 use crate::config::values::{Secs, parse_duration, parse_ttl};
 use crate::config::{self, Config, HandlerSpec};
-use crate::conn::TlsMaterial;
 use crate::launch::flag;
 use crate::launch::handoff::Handoff;
 use crate::settings::{
@@ -220,6 +219,8 @@ pub struct WorkerOptions {
     pub pool: Option<String>,
     /// TLS CA and client certificate contents for `rediss://` (empty: system roots).
     pub tls: crate::conn::TlsMaterial,
+    /// The Sentinels' own credentials, for a `redis+sentinel://` URL.
+    pub sentinel: crate::conn::SentinelAuth,
     pub python: PythonSettings,
     /// `--log-format` as a Python logging format, with `--date-format`.
     pub log_template: Option<crate::logging::Template>,
@@ -264,7 +265,7 @@ impl WorkerArgs {
     /// Applies precedence: command line over `[pools.<pool>.worker]` over `[worker]` over
     /// RQ's defaults (`settings::resolve`). Errors are complete messages for the user.
     pub fn resolve(self) -> Result<WorkerOptions, String> {
-        let (cfg, handed_tls) = self.load_config()?;
+        let (cfg, handed) = self.load_config()?;
         let python = self.python_settings(cfg.as_ref())?;
         self.check_classes()?;
         let log_template = match &self.log_format {
@@ -302,24 +303,33 @@ impl WorkerArgs {
             self.url.as_deref(),
             cfg.as_ref().and_then(|c| c.redis_url.as_deref()),
         );
-        let tls = match handed_tls {
-            Some(tls) => tls,
-            None => Config::resolve_tls(
-                &cfg.as_ref()
-                    .map(|c| c.redis_tls.clone())
-                    .unwrap_or_default(),
-            )
-            .read()
-            .map_err(|e| e.to_string())?,
+        let (tls, sentinel) = match handed {
+            Some(h) => (h.tls, h.sentinel),
+            None => (
+                Config::resolve_tls(
+                    &cfg.as_ref()
+                        .map(|c| c.redis_tls.clone())
+                        .unwrap_or_default(),
+                )
+                .read()
+                .map_err(|e| e.to_string())?,
+                Config::resolve_sentinel_auth(
+                    &cfg.as_ref()
+                        .map(|c| c.redis_sentinel.clone())
+                        .unwrap_or_default(),
+                ),
+            ),
         };
         Ok(WorkerOptions {
             log_template,
             log_descriptions: !self.disable_job_desc_logging,
             python: PythonSettings {
                 redis_url: url.clone(),
+                redis_sentinel: sentinel.clone(),
                 ..python
             },
             tls,
+            sentinel,
             name: self.name,
             queues,
             burst: self.burst,
@@ -386,6 +396,7 @@ impl WorkerArgs {
             exception_handlers: self.exception_handler.clone(),
             disable_default_exception_handler: self.disable_default_exception_handler,
             redis_url: String::new(),
+            redis_sentinel: Default::default(),
         };
         if cfg!(not(feature = "python")) {
             let needs = if settings.serializer.is_some() {
@@ -408,14 +419,14 @@ impl WorkerArgs {
         Ok(settings)
     }
 
-    /// The config file, from the supervisor's handoff descriptor or from disk, and the TLS
-    /// files' contents when the handoff carried them.
-    fn load_config(&self) -> Result<(Option<Config>, Option<TlsMaterial>), String> {
+    /// The config file, from the supervisor's handoff descriptor or from disk, and the
+    /// handoff itself (the TLS files' contents, the Sentinels' credentials) when there is one.
+    fn load_config(&self) -> Result<(Option<Config>, Option<Handoff>), String> {
         match (&self.config, self.config_fd) {
             (Some(_), Some(fd)) => {
                 let h = Handoff::read_fd(fd)?;
                 let cfg = Config::parse(&h.config_path, &h.config).map_err(|e| e.to_string())?;
-                Ok((Some(cfg), Some(h.tls)))
+                Ok((Some(cfg), Some(h)))
             }
             (Some(path), None) => Ok((Some(Config::load(path).map_err(|e| e.to_string())?), None)),
             (None, _) => Ok((None, None)),

@@ -121,7 +121,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
         pool: opts.pool.clone(),
         name: name.clone(),
     });
-    let target = RedisTarget::with_tls(&opts.url, &opts.tls).map_err(|e| {
+    let target = RedisTarget::new(&opts.url, &opts.tls, &opts.sentinel).map_err(|e| {
         log::error!("{e}");
         EXIT_USAGE
     })?;
@@ -391,7 +391,7 @@ impl Worker {
                         log::info!("stopping on request before Redis answered");
                         return Err(EXIT_OK);
                     }
-                    if backoff.attempts() == 0 {
+                    if backoff.attempts() == 0 && !e.is_sentinel_outage() {
                         let what = if e.is_loading() {
                             "waiting until Redis has loaded its data"
                         } else {
@@ -499,7 +499,9 @@ impl Worker {
                 }
                 Err(e) => {
                     let delay = redis_backoff.next_delay();
-                    if redis_backoff.attempts() == 1 || e.is_refusal() {
+                    // A Sentinel outage is reported once by the target itself.
+                    if (redis_backoff.attempts() == 1 || e.is_refusal()) && !e.is_sentinel_outage()
+                    {
                         log::error!("cannot take a job: {e}; retrying in {delay:.1?}");
                     }
                     self.wakeup.disconnect();

@@ -143,12 +143,19 @@ impl Worker {
         }
     }
 
-    /// Sleeps up to `wait` on the signal pipe, the notification connection and the job's
-    /// descriptors; then moves the job's data and handles what arrived.
+    /// Sleeps up to `wait` on the signal pipe, the notification connection (and the
+    /// `+switch-master` subscription) and the job's descriptors; then moves the job's data
+    /// and handles what arrived.
     fn wait_on(&mut self, exec: &mut dyn Execution, job: &mut RunningJob, wait: Duration) {
         let (sig_ready, listener_ready) = {
             let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
             let listener_index = self.wakeup.poll_fd().map(|fd| {
+                fds.push(fd);
+                fds.len() - 1
+            });
+            // A `+switch-master` during a job: its heartbeats and its settle go to the new
+            // master at once.
+            let switch_index = self.wakeup.switch_fd().map(|fd| {
                 fds.push(fd);
                 fds.len() - 1
             });
@@ -161,7 +168,10 @@ impl Worker {
                     .and_then(|f| f.revents())
                     .is_some_and(|r| !r.is_empty())
             };
-            (ready(0), listener_index.is_some_and(ready))
+            (
+                ready(0),
+                listener_index.is_some_and(ready) || switch_index.is_some_and(ready),
+            )
         };
         exec.pump();
         if sig_ready {

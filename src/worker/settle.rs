@@ -83,7 +83,7 @@ impl Worker {
             match attempt {
                 Ok(v) => return Some((v, backoff.attempts() > 0)),
                 Err(e) => {
-                    if backoff.attempts() == 0 || e.is_refusal() {
+                    if (backoff.attempts() == 0 || e.is_refusal()) && !e.is_sentinel_outage() {
                         log::error!(
                             "cannot record the outcome of job {}: {e}; retrying until Redis accepts it",
                             c.record.id

@@ -20,6 +20,11 @@ pub(super) struct Wakeup {
     listener: Option<Listener>,
     retry_at: Instant,
     backoff: Backoff,
+    /// For a Sentinel target: a Sentinel's `+switch-master` announcements, so the worker
+    /// leaves a replaced master at once instead of when it is demoted, seconds later.
+    switch: Option<Listener>,
+    switch_retry_at: Instant,
+    switch_backoff: Backoff,
 }
 
 impl Wakeup {
@@ -29,7 +34,19 @@ impl Wakeup {
             retry_at: Instant::now(),
             // As the main connection's, so notices resume about when claims do.
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+            switch: None,
+            switch_retry_at: Instant::now(),
+            // Only a shortcut (losing it costs seconds, not jobs): no hurry while the
+            // Sentinels are away.
+            switch_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(10)),
         }
+    }
+
+    /// The `+switch-master` subscription's descriptor, to poll beside the others.
+    pub(super) fn switch_fd(&self) -> Option<PollFd<'_>> {
+        self.switch
+            .as_ref()
+            .map(|l| PollFd::new(l.fd(), PollFlags::POLLIN))
     }
 
     pub(super) fn disconnect(&mut self) {
@@ -49,8 +66,71 @@ impl Wakeup {
 }
 
 impl Worker {
+    /// Subscribes to a Sentinel's `+switch-master` unless subscribed or its retry is not due.
+    fn ensure_switch(&mut self) {
+        let w = &mut self.wakeup;
+        if !self.store.target().is_sentinel()
+            || w.switch.is_some()
+            || Instant::now() < w.switch_retry_at
+        {
+            return;
+        }
+        let opened = crate::conn::uninterrupted(|| {
+            Listener::switch_master(self.store.target(), CONNECT_TIMEOUT)
+        });
+        match opened {
+            Ok(l) => {
+                w.switch = Some(l);
+                w.switch_backoff.reset();
+            }
+            Err(e) => {
+                log::debug!("cannot subscribe to +switch-master on a Sentinel: {e}");
+                w.switch_retry_at = Instant::now() + w.switch_backoff.next_delay();
+            }
+        }
+    }
+
+    /// Reads `+switch-master` announcements; true if this worker's master was replaced, in
+    /// which case both connections are dropped and the next command rediscovers.
+    fn drain_switch(&mut self) -> bool {
+        let Some(l) = self.wakeup.switch.as_mut() else {
+            return false;
+        };
+        let pushes = match l.drain() {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("the +switch-master subscription was lost: {e}");
+                self.wakeup.switch = None;
+                return false;
+            }
+        };
+        let Some(sentinels) = self.store.target().sentinels() else {
+            return false;
+        };
+        let mut switched = false;
+        for p in pushes {
+            if let Push::Message { channel, payload } = p
+                && channel == crate::listener::SWITCH_MASTER_CHANNEL
+                && sentinels.switched(&payload)
+            {
+                log::info!(
+                    "the Sentinels switched the master: {}; reconnecting to the new one",
+                    String::from_utf8_lossy(&payload)
+                );
+                switched = true;
+            }
+        }
+        if switched {
+            self.store.disconnect();
+            self.wakeup.listener = None;
+            self.wakeup.retry_at = Instant::now();
+        }
+        switched
+    }
+
     /// Opens the notification connection unless it is open or its retry is not due.
     pub(super) fn ensure_listener(&mut self) {
+        self.ensure_switch();
         let w = &mut self.wakeup;
         if w.listener.is_some() || Instant::now() < w.retry_at {
             return;
@@ -68,7 +148,20 @@ impl Worker {
             }
             Err(e) => {
                 let delay = w.backoff.next_delay();
-                if w.backoff.attempts() == 1 {
+                // A Sentinel outage is reported once by the target itself.
+                let outage = e
+                    .get_ref()
+                    .and_then(|r| r.downcast_ref::<crate::conn::ConnError>())
+                    .is_some_and(|c| {
+                        matches!(
+                            c,
+                            crate::conn::ConnError::NoMaster {
+                                sentinels_down: true,
+                                ..
+                            }
+                        )
+                    });
+                if w.backoff.attempts() == 1 && !outage {
                     let text = e.to_string();
                     log::warn!(
                         "cannot open the notification connection to {} ({text}{}); checking queues every second until it works",
@@ -83,6 +176,9 @@ impl Worker {
 
     /// Reads pending notifications; handles commands. Returns true if a queue changed.
     pub(super) fn drain_listener(&mut self, mut job: Option<&mut RunningJob>) -> bool {
+        if self.drain_switch() {
+            return true;
+        }
         let Some(l) = self.wakeup.listener.as_mut() else {
             return false;
         };
@@ -174,13 +270,15 @@ impl Worker {
         let (sig_ready, listener_ready) = {
             let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
             fds.extend(self.wakeup.poll_fd());
+            fds.extend(self.wakeup.switch_fd());
             let _ = poll(&mut fds, timeout_ms(wait));
             let ready = |i: usize| {
                 fds.get(i)
                     .and_then(|f| f.revents())
                     .is_some_and(|r| !r.is_empty())
             };
-            (ready(0), ready(1))
+            // Either connection: draining reads both.
+            (ready(0), (1..fds.len()).any(ready))
         };
         if sig_ready {
             self.signals.drain();

@@ -7,3 +7,4 @@ mod environment;
 #[cfg(feature = "fault-injection")]
 mod fault_injection;
 mod redis_outage;
+mod sentinel;

@@ -11,6 +11,7 @@ mod keys;
 mod proc;
 mod py;
 mod redis_server;
+pub mod sentinel;
 pub mod supervisor;
 mod tls;
 

@@ -48,6 +48,9 @@ pub struct Params {
     /// Resource samples (RSS, open files) every so often; `None` for none.
     pub sample_every: Option<Duration>,
     pub seed: u64,
+    /// `scripts/chaos --sentinel`: a master, a replica and three Sentinels instead of one
+    /// redis-server, and failovers instead of the stall and the restart.
+    pub sentinel: bool,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -73,6 +76,7 @@ impl Params {
             drain_limit: Duration::from_secs(300),
             sample_every: None,
             seed: seed(),
+            sentinel: false,
         }
     }
 
@@ -88,6 +92,7 @@ impl Params {
             drain_limit: Duration::from_secs(900),
             sample_every: None,
             seed: seed(),
+            sentinel: false,
         }
     }
 
@@ -105,6 +110,26 @@ impl Params {
             drain_limit: Duration::from_secs(900),
             sample_every: Some(Duration::from_secs(env_or("SOAK_SAMPLE_SECONDS", 60u64))),
             seed: seed(),
+            sentinel: false,
+        }
+    }
+
+    /// `scripts/chaos --sentinel`: 2,000 jobs, 40 s of chaos (`CHAOS_JOBS`, `CHAOS_SECONDS`)
+    /// against a Sentinel set: SIGKILLs as always, a `SENTINEL FAILOVER` at a quarter, a
+    /// `CLIENT KILL` at half, and the master SIGKILLed at three quarters (long enough after
+    /// the first failover for the demoted master to be a replica in sync again).
+    pub fn sentinel() -> Params {
+        let secs = env_or("CHAOS_SECONDS", 40u64);
+        Params {
+            name: "chaos (sentinel)",
+            jobs: env_or("CHAOS_JOBS", 2000usize),
+            produce_for: Duration::from_secs(secs * 4 / 5),
+            chaos: Duration::from_secs(secs),
+            stall_secs: 0,
+            drain_limit: Duration::from_secs(900),
+            sample_every: None,
+            seed: seed(),
+            sentinel: true,
         }
     }
 }
@@ -321,21 +346,37 @@ impl Drop for SupervisorChild {
 
 struct Setup {
     dir: tempfile::TempDir,
-    redis: RedisServer,
+    redis: Backend,
+    /// What the supervisor, the producers and the driver's reader connect with.
+    url: String,
     log: PathBuf,
     runs: PathBuf,
     token: String,
 }
 
+/// One redis-server, or a Sentinel set (`--sentinel`).
+enum Backend {
+    Single(RedisServer),
+    Sentinel(crate::support::sentinel::SentinelSet),
+}
+
 fn setup(p: &Params) -> (Setup, SupervisorChild) {
-    let redis = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--enable-debug-command",
-        "local",
-    ]);
+    let (redis, url) = if p.sentinel {
+        let set = crate::support::sentinel::SentinelSet::start();
+        let url = set.url();
+        (Backend::Sentinel(set), url)
+    } else {
+        let redis = RedisServer::start_with(&[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--enable-debug-command",
+            "local",
+        ]);
+        let url = redis.url();
+        (Backend::Single(redis), url)
+    };
     let dir = tempfile::Builder::new()
         .prefix("rqs-chaos-")
         .tempdir()
@@ -442,7 +483,7 @@ workers = 3
     let config_path = dir.path().join("pool.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("supervisor.log");
-    let mut cmd = Supervisor::new(&redis, &config_path).command();
+    let mut cmd = Supervisor::at(&url, &config_path).command();
     cmd.stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("supervisor.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -452,6 +493,7 @@ workers = 3
         Setup {
             dir,
             redis,
+            url,
             log,
             runs,
             token,
@@ -484,7 +526,9 @@ fn write_plan(path: &Path, jobs: &[JobSpec]) {
 fn python_producer(setup: &Setup, jobs: &[JobSpec], over: Duration) -> Child {
     let plan = setup.dir.path().join("python-plan.jsonl");
     write_plan(&plan, jobs);
-    py_script(&setup.redis, "chaos_producer.py")
+    std::process::Command::new(python_bin())
+        .env("RQ_REDIS_URL", &setup.url)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/chaos_producer.py"))
         .arg(&plan)
         .arg(over.as_secs_f64().to_string())
         .stdin(Stdio::null())
@@ -496,6 +540,10 @@ fn python_producer(setup: &Setup, jobs: &[JobSpec], over: Duration) -> Child {
 
 /// The Rust half: `rq_supervisor::producer::enqueue` from a thread. Returns failed attempts.
 fn rust_producer(url: String, jobs: Vec<JobSpec>, over: Duration) -> u32 {
+    if jobs.is_empty() {
+        // Sentinel mode: the Python producer has them all.
+        return 0;
+    }
     let client = redis::Client::open(url).unwrap();
     let mut con = None;
     let gap = over.div_f64(jobs.len().max(1) as f64);
@@ -654,14 +702,15 @@ fn nofile(pid: u32, set: Option<(u64, u64)>) -> Option<(u64, u64)> {
 
 /// One connection for the driver's own reads, reopened after the restart and CLIENT KILL.
 struct Reader {
-    client: redis::Client,
+    /// The crate's own target: with a Sentinel URL it follows the master.
+    client: rq_supervisor::conn::RedisTarget,
     con: Option<redis::Connection>,
 }
 
 impl Reader {
     fn new(url: &str) -> Reader {
         Reader {
-            client: redis::Client::open(url).unwrap(),
+            client: rq_supervisor::conn::RedisTarget::parse(url).unwrap(),
             con: None,
         }
     }
@@ -671,7 +720,7 @@ impl Reader {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.con.is_none() {
-                self.con = self.client.get_connection().ok();
+                self.con = self.client.connect().ok();
             }
             if let Some(c) = self.con.as_mut() {
                 match f(c) {
@@ -745,14 +794,19 @@ pub fn run(p: Params) -> Report {
     let started = Instant::now();
     let (mut setup, mut sup) = setup(&p);
     let mut problems = Vec::new();
-    let url = setup.redis.url();
+    let url = setup.url.clone();
     let mut reader = Reader::new(&url);
 
     // Six workers registered before any load.
     wait_until("six registered workers", Duration::from_secs(60), || {
         reader.with(|c| redis::cmd("SCARD").arg("rq:workers").query::<usize>(c)) == 6
     });
-    let (py_jobs, rs_jobs) = plan(&p);
+    let (mut py_jobs, mut rs_jobs) = plan(&p);
+    if p.sentinel {
+        // The Python producer alone, through redis.sentinel.Sentinel, confirming each job
+        // reached the replica (WAIT); the Rust producer's helper speaks to one server.
+        py_jobs.append(&mut rs_jobs);
+    }
     let all: Vec<JobSpec> = py_jobs.iter().chain(rs_jobs.iter()).cloned().collect();
 
     let load_started = Instant::now();
@@ -773,6 +827,10 @@ pub fn run(p: Params) -> Report {
     let (mut stalled, mut cut, mut restarted) = (false, false, false);
     let mut squeeze = Squeeze::default();
     let mut stall_thread = None;
+    // Sentinel mode: when each failover began (unix time), to explain the re-runs of jobs
+    // whose claim the old master took and then lost.
+    let mut failovers: Vec<f64> = Vec::new();
+    let mut sentinel_steps = 0;
     let mut py_status = None;
     loop {
         let elapsed = load_started.elapsed();
@@ -829,7 +887,18 @@ pub fn run(p: Params) -> Report {
                 });
             }
         }
-        if !stalled && elapsed >= p.chaos / 4 {
+        if p.sentinel {
+            if let Some(e) = sentinel_fault(
+                &mut setup,
+                &mut reader,
+                elapsed,
+                &p,
+                &mut failovers,
+                &mut sentinel_steps,
+            ) {
+                events.push(e);
+            }
+        } else if !stalled && elapsed >= p.chaos / 4 {
             stalled = true;
             let (url, secs) = (url.clone(), p.stall_secs);
             events.push(format!(
@@ -860,7 +929,9 @@ pub fn run(p: Params) -> Report {
         } else if !restarted && elapsed >= p.chaos * 3 / 4 {
             restarted = true;
             let t = Instant::now();
-            setup.redis.restart_graceful();
+            if let Backend::Single(redis) = &mut setup.redis {
+                redis.restart_graceful();
+            }
             reader.con = None;
             events.push(format!(
                 "at {:.1}s: redis-server restarted (SIGTERM, same AOF; down {:.2}s)",
@@ -896,6 +967,30 @@ pub fn run(p: Params) -> Report {
         problems.push(format!("python producer: {e}"));
     }
     let produced_in = load_started.elapsed();
+    // Sentinel mode: jobs the master acknowledged while it had no replica (WAIT 1 could not
+    // confirm them). One that is gone now was thrown away by a failover: what Redis never
+    // replicated is not counted as lost, only reported.
+    let unreplicated: HashSet<String> = py_out
+        .as_ref()
+        .ok()
+        .and_then(|o| serde_json::from_str::<Value>(o.trim()).ok())
+        .and_then(|v| v.get("unreplicated").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let gone_unreplicated: HashSet<String> = if unreplicated.is_empty() {
+        HashSet::new()
+    } else {
+        let ids: Vec<String> = all.iter().map(|j| j.id.clone()).collect();
+        all.iter()
+            .zip(read_statuses(&mut reader, &ids))
+            .filter(|(j, s)| s.is_none() && unreplicated.contains(&j.id))
+            .map(|(j, _)| j.id.clone())
+            .collect()
+    };
+    let all: Vec<JobSpec> = all
+        .into_iter()
+        .filter(|j| !gone_unreplicated.contains(&j.id))
+        .collect();
 
     // Drain: every job reaches its final state.
     let ids: Vec<String> = all.iter().map(|j| j.id.clone()).collect();
@@ -942,7 +1037,14 @@ pub fn run(p: Params) -> Report {
     let mut procs = processes(sup.pid(), &setup.token);
     procs.registered = reader.with(|c| redis::cmd("SCARD").arg("rq:workers").query(c));
     problems.extend(procs.problems.iter().cloned());
-    let verdict = judge(&all, &statuses, &registries, &executions, &kills);
+    let verdict = judge(
+        &all,
+        &statuses,
+        &registries,
+        &executions,
+        &kills,
+        &failovers,
+    );
     problems.extend(verdict.problems.iter().cloned());
     if squeeze.started && verdict.put_back == 0 {
         problems.push(
@@ -1008,6 +1110,14 @@ pub fn run(p: Params) -> Report {
         drained_in.as_secs_f64()
     );
     text.push_str(&verdict.text);
+    if p.sentinel {
+        let _ = writeln!(
+            text,
+            "acknowledged by a master without a replica (WAIT 1 could not confirm them): {}, of which gone after a failover: {} (never replicated, so not counted as lost)",
+            unreplicated.len(),
+            gone_unreplicated.len()
+        );
+    }
     let _ = writeln!(text, "command handler runs logged: {handler_runs}");
     let _ = writeln!(
         text,
@@ -1050,6 +1160,9 @@ pub fn run(p: Params) -> Report {
     drop(sup);
     let keep = !problems.is_empty() || std::env::var_os("CHAOS_KEEP").is_some();
     let Setup { dir, redis, .. } = setup;
+    if let (Backend::Sentinel(set), true) = (&redis, keep) {
+        let _ = std::fs::write(dir.path().join("sentinel.log"), set.logs());
+    }
     drop(redis);
     let log_dir = if keep {
         dir.keep()
@@ -1060,6 +1173,80 @@ pub fn run(p: Params) -> Report {
         text,
         problems,
         log_dir,
+    }
+}
+
+/// How long after a failover began a claim may have been taken by the replaced master and
+/// lost: Redis 7 demotes a master that survived about ten seconds after the promotion.
+const FAILOVER_WINDOW: f64 = 20.0;
+
+/// The Sentinel mode's Redis events, each once: a `SENTINEL FAILOVER` at a quarter of the
+/// window, a `CLIENT KILL` of the master's clients at half, the master SIGKILLed at three
+/// quarters. Returns the event's line for the report.
+fn sentinel_fault(
+    setup: &mut Setup,
+    reader: &mut Reader,
+    elapsed: Duration,
+    p: &Params,
+    failovers: &mut Vec<f64>,
+    steps: &mut usize,
+) -> Option<String> {
+    let Backend::Sentinel(set) = &mut setup.redis else {
+        return None;
+    };
+    let due = if elapsed >= p.chaos * 3 / 4 {
+        3
+    } else if elapsed >= p.chaos / 2 {
+        2
+    } else if elapsed >= p.chaos / 4 {
+        1
+    } else {
+        0
+    };
+    if due <= *steps {
+        return None;
+    }
+    *steps += 1;
+    let step = *steps;
+    let at = elapsed.as_secs_f64();
+    let master = (0..set.nodes.len()).find(|i| set.role(*i).as_deref() == Some("master"))?;
+    let other = 1 - master;
+    match step {
+        1 => {
+            set.wait_in_sync(master);
+            let t = Instant::now();
+            failovers.push(unix_now());
+            set.failover();
+            set.wait_master(other, Duration::from_secs(60));
+            Some(format!(
+                "at {at:.1}s: SENTINEL FAILOVER (node {master} -> node {other}; the Sentinels named the new master {:.2}s later)",
+                t.elapsed().as_secs_f64()
+            ))
+        }
+        2 => {
+            let n: i64 = reader.with(|c| {
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .query(c)
+            });
+            Some(format!(
+                "at {at:.1}s: CLIENT KILL TYPE normal on the master ({n} connections killed)"
+            ))
+        }
+        _ => {
+            set.wait_in_sync(master);
+            let t = Instant::now();
+            failovers.push(unix_now());
+            set.nodes[master].stop();
+            reader.con = None;
+            set.wait_master(other, Duration::from_secs(60));
+            Some(format!(
+                "at {at:.1}s: the master SIGKILLed (node {master}; node {other} promoted {:.2}s later)",
+                t.elapsed().as_secs_f64()
+            ))
+        }
     }
 }
 
@@ -1384,6 +1571,7 @@ fn judge(
     registries: &Registries,
     log: &Executions,
     kills: &[KillRecord],
+    failovers: &[f64],
 ) -> Verdict {
     // Executions the workers never logged (killed before their claim's reply arrived) but
     // rq-supervisor's cleanup settled: at the worker's kill, after everything it logged.
@@ -1431,6 +1619,7 @@ fn judge(
     let (mut finished, mut failed, mut deferred, mut lost, mut started) = (0, 0, 0, 0, 0);
     let (mut ran_more, mut after_kill, mut own_retries, mut failed_by_kill) = (0, 0, 0, 0);
     let mut put_back = 0;
+    let mut ran_after_failover = 0;
     let mut executions = 0;
     // The workers' log stamps are cut to the millisecond and written a moment after the
     // event; a kill landed somewhere between its two stamps.
@@ -1481,7 +1670,22 @@ fn judge(
             } else if by_env < non_final {
                 own_retries += 1;
             }
-            let unexplained = (non_final - by_kill - by_env) as u32;
+            // Claimed on a master that a failover replaced, after the replica it promoted
+            // had stopped following it: the claim was thrown away with it, and the job
+            // was still queued on the new master.
+            let by_failover = cl[..non_final]
+                .iter()
+                .zip(&hit)
+                .zip(&cl[..non_final])
+                .filter(|((c, h), _)| {
+                    !**h && !c.put_back
+                        && failovers
+                            .iter()
+                            .any(|f| c.at >= f - 1.0 && c.at <= f + FAILOVER_WINDOW)
+                })
+                .count();
+            ran_after_failover += usize::from(by_failover > 0);
+            let unexplained = (non_final - by_kill - by_env - by_failover) as u32;
             if unexplained > j.own_requeues() {
                 problems.push(format!(
                     "job {} ({}) ran {} times: {unexplained} re-run(s) explained neither by a kill nor by its own retries; executions {cl:?}",
@@ -1581,7 +1785,7 @@ fn judge(
     text.push('\n');
     let _ = writeln!(
         text,
-        "executions: {executions}; jobs run more than once: {ran_more} (re-run after a kill during an execution: {after_kill}; by their own retries only: {own_retries}; starts put back by the resource-exhaustion fault: {put_back}; unexplained: {})",
+        "executions: {executions}; jobs run more than once: {ran_more} (re-run after a kill during an execution: {after_kill}; by their own retries only: {own_retries}; starts put back by the resource-exhaustion fault: {put_back}; re-run after a claim taken within {FAILOVER_WINDOW:.0} s of a failover, which the replaced master may have lost: {ran_after_failover}; unexplained: {})",
         problems
             .iter()
             .filter(|p| p.contains("re-run(s) explained neither"))

@@ -22,6 +22,16 @@ fn chaos_long() {
     report.assert_ok();
 }
 
+/// `scripts/chaos --sentinel`: 2,000 jobs, 40 s of chaos against a master, a replica and
+/// three Sentinels, with a SENTINEL FAILOVER and the master SIGKILLed among the faults.
+#[test]
+#[ignore = "long; run by scripts/chaos --sentinel"]
+fn chaos_sentinel() {
+    let report = driver::run(driver::Params::sentinel());
+    println!("{}", report.text);
+    report.assert_ok();
+}
+
 /// `scripts/chaos --soak`: 10 minutes of steady load, no kills; RSS and open files of the
 /// supervisor and every worker at start and end (SOAK_SECONDS, SOAK_RATE).
 #[test]
