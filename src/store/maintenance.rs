@@ -2,9 +2,18 @@
 //! failed entries, abandoned `wip` executions, stale worker set members, ids stuck in RQ's
 //! intermediate list. Python workers and `rq info` run the same cleanup; the per-queue lock
 //! keeps two cleaners from doing it at once.
+//!
+//! RQ deletes its lock when a pass ends, so every worker of a fleet runs a whole pass of its
+//! own each interval. We keep the lock for the interval after the pass instead: one pass per
+//! queue per interval for the whole fleet, whatever its size, and every other worker's
+//! attempt costs one `SET NX` (with a `PTTL` in the same round trip, so it tries again when
+//! the lock lapses rather than a whole interval later). That is what lets the interval be a
+//! few seconds. Python workers and `rq info` are unaffected: they skip a held lock, or do
+//! not take it.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::Script;
 
@@ -20,8 +29,10 @@ static PRUNE_WORKERS: LazyLock<Script> =
 static REQUEUE_STUCK: LazyLock<Script> =
     LazyLock::new(|| script::guarded("requeue_stuck", include_str!("requeue_stuck.lua")));
 
-/// How long RQ holds the per-queue cleaning lock.
+/// How long RQ holds the per-queue cleaning lock while it cleans.
 const LOCK_TTL: u64 = 899;
+/// The soonest a worker tries again for a lock held by another one (a lock about to lapse).
+const RETRY_FLOOR: Duration = Duration::from_millis(50);
 /// An id in the intermediate list that is not started after this long is stuck.
 const STUCK_AFTER: f64 = 60.0;
 
@@ -32,39 +43,64 @@ pub struct Report {
     pub abandoned: Vec<(String, Verdict)>,
     pub stale_workers: usize,
     pub requeued_stuck: Vec<String>,
+    /// When a queue's lock was held by another cleaner: how long until it lapses, the
+    /// soonest of them, so the caller can try again then.
+    pub held_for: Option<Duration>,
 }
 
 impl Store {
-    /// Cleans every queue whose lock this call acquires. Abandoned executions are failed
-    /// (or retried) with `abandoned_exc` as their `exc_string`.
+    /// Cleans every queue whose lock this call acquires, and keeps each lock for `hold`
+    /// after its pass, so no other worker cleans that queue again sooner (`Duration::ZERO`:
+    /// release it at once, as RQ does). Abandoned executions are failed (or retried) with
+    /// `abandoned_exc` as their `exc_string`.
     pub fn clean_registries(
         &mut self,
         queues: &[String],
         abandoned_exc: &str,
+        hold: Duration,
     ) -> Result<Report, StoreError> {
-        run(self, queues, abandoned_exc)
+        run(self, queues, abandoned_exc, hold)
     }
 }
 
-fn run(store: &mut Store, queues: &[String], exc: &str) -> Result<Report, StoreError> {
+fn run(
+    store: &mut Store,
+    queues: &[String],
+    exc: &str,
+    hold: Duration,
+) -> Result<Report, StoreError> {
     let mut report = Report::default();
     for q in queues {
         let lock = keys::clean_registries_lock(q);
-        let acquired: bool = store.run(|con| {
-            redis::cmd("SET")
+        // RQ's lock (EX 899) while the pass runs, so a Python worker never cleans beside it;
+        // the PTTL tells a loser when the winner's hold lapses.
+        let (acquired, pttl): (Option<String>, i64) = store.run(|con| {
+            redis::pipe()
+                .cmd("SET")
                 .arg(&lock)
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
                 .arg(LOCK_TTL)
-                .query::<Option<String>>(con)
-                .map(|r| r.is_some())
+                .cmd("PTTL")
+                .arg(&lock)
+                .query(con)
         })?;
-        if !acquired {
+        if acquired.is_none() {
+            // -1 (a lock without expiry) or -2 (gone meanwhile): no hint, the caller's
+            // interval applies.
+            if pttl >= 0 {
+                let lapse = Duration::from_millis(pttl as u64).max(RETRY_FLOOR);
+                report.held_for = Some(report.held_for.map_or(lapse, |h| h.min(lapse)));
+            }
             continue;
         }
         let outcome = clean_queue(store, q, exc, &mut report);
-        let _ = store.run(|con| redis::cmd("DEL").arg(&lock).exec(con));
+        // A failed pass releases the lock, so another worker tries again soon.
+        let _ = store.run(|con| match (&outcome, hold.as_millis()) {
+            (Ok(()), ms) if ms > 0 => redis::cmd("PEXPIRE").arg(&lock).arg(ms as u64).exec(con),
+            _ => redis::cmd("DEL").arg(&lock).exec(con),
+        });
         outcome?;
         report.queues_cleaned += 1;
     }
