@@ -163,6 +163,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
             next_heartbeat: now,
             next_tick: now,
             next_maintenance: now,
+            maintenance_ok: true,
         },
         idle_since: now,
         warm_noted: false,
@@ -285,6 +286,9 @@ struct Timers {
     next_tick: Instant,
     /// Next registry maintenance; the first runs at start, as in RQ.
     next_maintenance: Instant,
+    /// The latest maintenance pass reached Redis: an idle worker whose pass failed goes
+    /// back to its loop, which handles an unreachable Redis.
+    maintenance_ok: bool,
 }
 
 struct Worker {
@@ -668,10 +672,11 @@ impl Worker {
             at: protocol::time::Instant::now(),
         }
         .exc_string();
-        match self
+        let cleaned = self
             .store
-            .clean_registries(&self.queues, &abandoned, interval)
-        {
+            .clean_registries(&self.queues, &abandoned, interval);
+        self.timers.maintenance_ok = cleaned.is_ok();
+        match cleaned {
             Ok(r) => {
                 if let Some(lapse) = r.held_for {
                     let sooner = Instant::now() + lapse;
