@@ -5,6 +5,7 @@
 //! records within `worker_ttl`-derived bounds, while a job that runs through several
 //! `worker_ttl` periods on a survivor keeps heartbeating and finishes normally.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::supervisor::*;
@@ -23,6 +24,10 @@ const MAINTENANCE: u64 = 1;
 const SLOW_SECS: u64 = 20;
 
 fn pool_file(gate: &str, slow_pool: bool) -> PoolFile {
+    pool_file_with(gate, slow_pool, WORKER_TTL, MAINTENANCE, 2)
+}
+
+fn pool_file_with(gate: &str, slow_pool: bool, ttl: u64, maintenance: u64, n: u32) -> PoolFile {
     let slow = if slow_pool {
         "[pools.slow]\nqueues = [\"slow\"]\nworkers = 1\n"
     } else {
@@ -35,11 +40,11 @@ warm_timeout = "5s"
 cold_timeout = "2s"
 [worker]
 builtin_handlers = true
-worker_ttl = "{WORKER_TTL}s"
-maintenance_interval = "{MAINTENANCE}s"
+worker_ttl = "{ttl}s"
+maintenance_interval = "{maintenance}s"
 [pools.main]
 queues = ["default"]
-workers = 2
+workers = {n}
 {slow}
 {gate}
 "#
@@ -257,4 +262,146 @@ fn latest_exc_or_empty(con: &mut redis::Connection, id: &str) -> String {
         .flatten()
         .and_then(|r| r.exc_string)
         .unwrap_or_default()
+}
+
+/// The figures in docs/reliability.md, "Whole-host loss": for each setting, a lost host's
+/// busy worker (its job failed as abandoned) and idle worker (its record gone), seen from
+/// one surviving host, three times.
+/// `cargo test --test integration -- --ignored --nocapture reliability::host_loss::settle_times`
+#[test]
+#[ignore = "a measurement: about 3 minutes"]
+fn settle_times() {
+    for (ttl, maintenance) in [(5, 1), (10, 2), (15, 5)] {
+        let mut jobs = Vec::new();
+        let mut records = Vec::new();
+        for _ in 0..3 {
+            let (j, r) = one_loss(ttl, maintenance);
+            jobs.push(j.as_secs_f64());
+            records.push(r.as_secs_f64());
+        }
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        eprintln!(
+            "worker_ttl {ttl}s, maintenance_interval {maintenance}s: job settled after {} s, records gone after {} s",
+            show(&jobs),
+            show(&records)
+        );
+    }
+}
+
+/// One host with a busy and an idle worker is lost; returns how long until its job is
+/// settled and until its worker records are gone.
+fn one_loss(ttl: u64, maintenance: u64) -> (Duration, Duration) {
+    let redis = RedisServer::start();
+    let mut con = redis.con();
+    let dir = temp_dir();
+    let gate = gate_handler(dir.path());
+    let gate_arg = dir.path().join("never").display().to_string();
+    let file_lost = pool_file_with(&gate, false, ttl, maintenance, 2);
+    let mut lost = host(&redis, &file_lost, "lost");
+    wait_until("the lost host's workers", WAIT, || {
+        workers_of(&mut con, "lost").len() == 2
+    });
+    let id = rs_enqueue(&mut con, "default", "tasks.gate", json!([gate_arg]));
+    wait_started_on(&mut con, &id, "lost");
+    let names = workers_of(&mut con, "lost");
+    let file_alive = pool_file_with(&gate, false, ttl, maintenance, 1);
+    let _alive = host(&redis, &file_alive, "alive");
+    wait_until("the surviving worker", WAIT, || {
+        workers_of(&mut con, "alive").len() == 1
+    });
+    kill_host(&mut lost);
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(3 * ttl + 2 * maintenance + 60);
+    let mut settled = None;
+    wait_until("the lost host settled", limit, || {
+        if settled.is_none() && job_status(&mut con, &id).as_deref() == Some("failed") {
+            settled = Some(t0.elapsed());
+        }
+        let gone = names.iter().all(|w| {
+            let key = format!("rq:worker:{w}");
+            !exists(&mut con, &key) && !smembers(&mut con, "rq:workers").contains(&key)
+        });
+        settled.is_some() && gone
+    });
+    (settled.unwrap(), t0.elapsed())
+}
+
+/// `calls` per command from INFO commandstats (commands run inside scripts included).
+fn command_calls(con: &mut redis::Connection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// The idle Redis traffic of a fleet of 64 idle workers under one supervisor, in commands
+/// per second, at RQ's defaults and at short settings.
+/// `cargo test --test integration -- --ignored --nocapture reliability::host_loss::idle_traffic`
+#[test]
+#[ignore = "a measurement: about 2 minutes"]
+fn idle_traffic() {
+    const WORKERS: usize = 64;
+    for settings in [
+        "",
+        "worker_ttl = \"15s\"\nmaintenance_interval = \"5s\"",
+        "worker_ttl = \"10s\"\nmaintenance_interval = \"2s\"",
+        "worker_ttl = \"5s\"\nmaintenance_interval = \"1s\"",
+    ] {
+        let redis = RedisServer::start();
+        let mut con = redis.con();
+        let file = PoolFile::new(&format!(
+            "[worker]\n{settings}\n[pools.main]\nqueues = [\"default\"]\nworkers = {WORKERS}\n"
+        ));
+        let _sup = Supervisor::new(&redis, &file).spawn();
+        wait_until("64 workers", Duration::from_secs(60), || {
+            workers(&mut con).len() == WORKERS
+        });
+        // Past the first pass of every worker and the start-up claims.
+        std::thread::sleep(Duration::from_secs(5));
+        let before = command_calls(&mut con);
+        let t0 = Instant::now();
+        // Time must pass: the rate over a window is the measurement.
+        std::thread::sleep(Duration::from_secs(20));
+        let after = command_calls(&mut con);
+        let secs = t0.elapsed().as_secs_f64();
+        let mut rates: Vec<(String, f64)> = after
+            .iter()
+            .map(|(name, n)| {
+                let mut delta = n - before.get(name).copied().unwrap_or(0);
+                if name == "info" {
+                    delta -= 1; // this probe's own
+                }
+                (name.clone(), delta as f64 / secs)
+            })
+            .filter(|(_, r)| *r > 0.0)
+            .collect();
+        rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let all: f64 = rates.iter().map(|(_, r)| r).sum();
+        let top = rates
+            .iter()
+            .take(8)
+            .map(|(n, r)| format!("{n} {r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let shown = if settings.is_empty() {
+            "defaults".to_string()
+        } else {
+            settings.replace('\n', ", ")
+        };
+        eprintln!("{WORKERS} idle workers, {shown}: {all:.1} commands/s ({top})");
+    }
 }
