@@ -4,12 +4,14 @@
 //! keeps two cleaners from doing it at once.
 //!
 //! RQ deletes its lock when a pass ends, so every worker of a fleet runs a whole pass of its
-//! own each interval. We keep the lock for the interval after the pass instead: one pass per
-//! queue per interval for the whole fleet, whatever its size, and every other worker's
-//! attempt costs one `SET NX` (with a `PTTL` in the same round trip, so it tries again when
-//! the lock lapses rather than a whole interval later). That is what lets the interval be a
-//! few seconds. Python workers and `rq info` are unaffected: they skip a held lock, or do
-//! not take it.
+//! own each interval. With a short interval (up to [`HOLD_UP_TO`]) we keep the lock for the
+//! interval after the pass instead: one pass per queue per interval for the whole fleet,
+//! whatever its size, and every other worker's attempt costs one `SET NX` (and a `PTTL`, so
+//! it tries again when the lock lapses rather than a whole interval later). That is what
+//! lets the interval be a few seconds. Longer intervals release the lock as RQ does: their
+//! passes are rare anyway, and a hold of many minutes would shut out a worker of the same
+//! queue configured with a short interval. Python workers and `rq info` are unaffected:
+//! they skip a held lock, or do not take it.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -31,6 +33,8 @@ static REQUEUE_STUCK: LazyLock<Script> =
 
 /// How long RQ holds the per-queue cleaning lock while it cleans.
 const LOCK_TTL: u64 = 899;
+/// The longest interval for which the lock is held after a pass (see the module's doc).
+pub const HOLD_UP_TO: Duration = Duration::from_secs(60);
 /// The soonest a worker tries again for a lock held by another one (a lock about to lapse).
 const RETRY_FLOOR: Duration = Duration::from_millis(50);
 /// An id in the intermediate list that is not started after this long is stuck.
@@ -72,39 +76,55 @@ fn run(
     let mut report = Report::default();
     for q in queues {
         let lock = keys::clean_registries_lock(q);
-        // RQ's lock (EX 899) while the pass runs, so a Python worker never cleans beside it;
-        // the PTTL tells a loser when the winner's hold lapses.
-        let (acquired, pttl): (Option<String>, i64) = store.run(|con| {
-            redis::pipe()
-                .cmd("SET")
+        // RQ's lock (EX 899) while the pass runs, so a Python worker never cleans beside it.
+        let acquired: bool = store.run(|con| {
+            redis::cmd("SET")
                 .arg(&lock)
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
                 .arg(LOCK_TTL)
-                .cmd("PTTL")
-                .arg(&lock)
-                .query(con)
+                .query::<Option<String>>(con)
+                .map(|r| r.is_some())
         })?;
-        if acquired.is_none() {
-            // -1 (a lock without expiry) or -2 (gone meanwhile): no hint, the caller's
-            // interval applies.
-            if pttl >= 0 {
-                let lapse = Duration::from_millis(pttl as u64).max(RETRY_FLOOR);
+        if !acquired {
+            if !hold.is_zero()
+                && let Some(lapse) = lapses_in(store, &lock)?
+            {
                 report.held_for = Some(report.held_for.map_or(lapse, |h| h.min(lapse)));
             }
             continue;
         }
         let outcome = clean_queue(store, q, exc, &mut report);
-        // A failed pass releases the lock, so another worker tries again soon.
+        // Held for `hold` from the end of the pass (SET XX PX: the ACL rules every worker
+        // already has); a failed pass releases it, so another worker tries again soon.
         let _ = store.run(|con| match (&outcome, hold.as_millis()) {
-            (Ok(()), ms) if ms > 0 => redis::cmd("PEXPIRE").arg(&lock).arg(ms as u64).exec(con),
+            (Ok(()), ms) if ms > 0 => redis::cmd("SET")
+                .arg(&lock)
+                .arg(1)
+                .arg("XX")
+                .arg("PX")
+                .arg(ms as u64)
+                .exec(con),
             _ => redis::cmd("DEL").arg(&lock).exec(con),
         });
         outcome?;
         report.queues_cleaned += 1;
     }
     Ok(report)
+}
+
+/// How long until another cleaner's hold on `lock` lapses, so a worker can try again then.
+/// `None` without a hint: a lock without expiry (-1), gone meanwhile (-2), or a Redis user
+/// not granted `PTTL` (docs/compatibility.md lists it; without it the worker tries again
+/// after its own interval, and the refusal must not cost the connection).
+fn lapses_in(store: &mut Store, lock: &str) -> Result<Option<Duration>, StoreError> {
+    store.run(|con| match redis::cmd("PTTL").arg(lock).query::<i64>(con) {
+        Ok(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64).max(RETRY_FLOOR))),
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == Some("NOPERM") => Ok(None),
+        Err(e) => Err(e),
+    })
 }
 
 fn clean_queue(

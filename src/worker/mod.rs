@@ -659,9 +659,9 @@ impl Worker {
 
     /// Cleans registries when due: between jobs, as RQ does, and also while a job runs
     /// (`monitor`), so a fleet whose workers are all busy on long jobs still settles a lost
-    /// host's jobs. Whichever worker of the fleet gets a queue's lock cleans it and holds
-    /// the lock for the interval; the others try again when it lapses. Returns the instant
-    /// of the next attempt.
+    /// host's jobs. Whichever worker of the fleet gets a queue's lock cleans it and, with an
+    /// interval of a minute or less, holds the lock for the interval; the others try again
+    /// when it lapses. Returns the instant of the next attempt.
     pub(super) fn maintenance_due(&mut self) -> Instant {
         if Instant::now() < self.timers.next_maintenance {
             return self.timers.next_maintenance;
@@ -672,9 +672,13 @@ impl Worker {
             at: protocol::time::Instant::now(),
         }
         .exc_string();
-        let cleaned = self
-            .store
-            .clean_registries(&self.queues, &abandoned, interval);
+        // Only a short interval holds the lock for the fleet (`store::maintenance`).
+        let hold = if interval <= crate::store::MAINTENANCE_HOLD_UP_TO {
+            interval
+        } else {
+            Duration::ZERO
+        };
+        let cleaned = self.store.clean_registries(&self.queues, &abandoned, hold);
         self.timers.maintenance_ok = cleaned.is_ok();
         match cleaned {
             Ok(r) => {

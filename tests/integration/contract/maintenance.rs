@@ -137,6 +137,11 @@ fn the_default_interval_does_not_clean_again_within_seconds() {
         .queues(["q"])
         .spawn();
     w.wait_for_log("cleaned registries of 1 queue(s)");
+    // A long interval releases the lock after the pass, as RQ does: a hold of ten minutes
+    // would shut out a worker of the same queue configured with a short interval.
+    wait_until("the lock is released", WAIT, || {
+        !exists(&mut con, "rq:clean_registries:q")
+    });
     let now = redis_now(&mut con);
     seed_expiring_entries(&mut con, "q", now);
     // Time must pass: with RQ's 600 s default nothing is cleaned a few seconds later.
