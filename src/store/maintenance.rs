@@ -31,8 +31,10 @@ static PRUNE_WORKERS: LazyLock<Script> =
 static REQUEUE_STUCK: LazyLock<Script> =
     LazyLock::new(|| script::guarded("requeue_stuck", include_str!("requeue_stuck.lua")));
 
-/// How long RQ holds the per-queue cleaning lock while it cleans.
+/// How long RQ holds the per-queue cleaning lock while it cleans (seconds).
 const LOCK_TTL: u64 = 899;
+/// With a hold, how long a pass may take before the lock lapses anyway.
+const PASS_BUDGET: Duration = Duration::from_secs(10);
 /// The longest interval for which the lock is held after a pass (see the module's doc).
 pub const HOLD_UP_TO: Duration = Duration::from_secs(60);
 /// The soonest a worker tries again for a lock held by another one (a lock about to lapse).
@@ -76,14 +78,23 @@ fn run(
     let mut report = Report::default();
     for q in queues {
         let lock = keys::clean_registries_lock(q);
-        // RQ's lock (EX 899) while the pass runs, so a Python worker never cleans beside it.
+        // RQ's lock while the pass runs, so a Python worker never cleans beside it. RQ's
+        // 899 s would outlast a short interval many times over when a worker is lost in the
+        // middle of a pass (a lost host), so a held lock first lives the hold plus
+        // PASS_BUDGET; a pass that overran it could only meet another one, which is harmless
+        // (every step is safe to repeat).
+        let in_pass = if hold.is_zero() {
+            Duration::from_secs(LOCK_TTL)
+        } else {
+            hold + PASS_BUDGET
+        };
         let acquired: bool = store.run(|con| {
             redis::cmd("SET")
                 .arg(&lock)
                 .arg(1)
                 .arg("NX")
-                .arg("EX")
-                .arg(LOCK_TTL)
+                .arg("PX")
+                .arg(in_pass.as_millis() as u64)
                 .query::<Option<String>>(con)
                 .map(|r| r.is_some())
         })?;

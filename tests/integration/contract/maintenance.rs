@@ -76,8 +76,8 @@ fn expired_entries_are_cleaned_at_start_and_then_every_interval() {
     seed_expiring_entries(&mut con, "q", now);
     wait_until("second maintenance", WAIT, || cleaned(&mut con, "q"));
     // After a pass the lock is kept for the interval (one pass per interval for the whole
-    // fleet), not RQ's 899 s. "Cleaned" can be seen while the pass still holds RQ's
-    // 899 s, so wait for the hold rather than assert at once.
+    // fleet), not RQ's 899 s. "Cleaned" can be seen while the pass still holds its in-pass
+    // TTL (the interval + 10 s), so wait for the hold rather than assert at once.
     wait_until("the lock is held for the interval", WAIT, || {
         let pttl: i64 = redis::cmd("PTTL")
             .arg("rq:clean_registries:q")
