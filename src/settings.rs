@@ -160,8 +160,18 @@ pub struct PythonSettings {
     pub redis_sentinel: crate::conn::SentinelAuth,
 }
 
-/// The shortest `worker_ttl`: RQ heartbeats every `worker_ttl - 15s`.
-pub const MIN_WORKER_TTL: Duration = Duration::from_secs(16);
+/// The shortest `worker_ttl`. Every heartbeat TTL carries [`WorkerSpec::heartbeat_grace`]
+/// (`worker_ttl` itself below 16 s) beyond the interval at which it is renewed: that
+/// is how long a live worker may go unheard (a stalled Redis, a network blip, a long
+/// maintenance pass) before other hosts take its job for abandoned. Below 5 s that margin is
+/// within reach of one Redis command's read timeout.
+pub const MIN_WORKER_TTL: Duration = Duration::from_secs(5);
+
+/// RQ's slack on every heartbeat TTL (`... + 60` in RQ's worker).
+const RQ_HEARTBEAT_GRACE: Duration = Duration::from_secs(60);
+/// From this `worker_ttl` up every heartbeat number is RQ's. Below it RQ's `worker_ttl - 15s`
+/// leaves no interval to heartbeat at, and our rules scale with `worker_ttl` instead.
+pub const RQ_HEARTBEAT_RULES_FROM: Duration = Duration::from_secs(16);
 
 impl WorkerSettings {
     /// The rules every layer obeys, checked in the order of the keys. Names (strategy,
@@ -175,7 +185,7 @@ impl WorkerSettings {
                 Key::WorkerTtl,
                 Problem::new(
                     format!("{v} is too short"),
-                    "write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
+                    "write 5s or more (shorter, one slow Redis reply could get a live worker taken for dead)",
                 ),
             );
         }
@@ -278,6 +288,53 @@ pub struct WorkerSpec {
     /// A work horse forked per job (`true`, RQ's Worker), or the job run in the worker
     /// process (`false`, RQ's SimpleWorker; command handlers still run as a child).
     pub fork: bool,
+}
+
+/// The heartbeat timings, derived from `worker_ttl` and `job_monitoring_interval`
+/// (docs/worker.md, "Heartbeats"). From `worker_ttl` 16 s up (the default is 420 s) they are
+/// RQ's exactly; below, every one scales with `worker_ttl`, so a fleet notices a lost host
+/// within seconds.
+impl WorkerSpec {
+    fn rq_rules(&self) -> bool {
+        self.worker_ttl.0 >= RQ_HEARTBEAT_RULES_FROM
+    }
+
+    /// What every heartbeat TTL adds to the interval at which it is renewed: RQ's 60 s, or
+    /// `worker_ttl` below 16 s.
+    pub fn heartbeat_grace(&self) -> Duration {
+        if self.rq_rules() {
+            RQ_HEARTBEAT_GRACE
+        } else {
+            self.worker_ttl.0
+        }
+    }
+
+    /// How often an idle worker renews its record: RQ's `worker_ttl - 15s`, or half of
+    /// `worker_ttl` below 16 s.
+    pub fn idle_heartbeat_every(&self) -> Duration {
+        if self.rq_rules() {
+            self.worker_ttl.0 - Duration::from_secs(15)
+        } else {
+            self.worker_ttl.0 / 2
+        }
+    }
+
+    /// How often a busy worker heartbeats its job: `job_monitoring_interval` (RQ's), and
+    /// below `worker_ttl` 16 s no less often than an idle worker, so a short `worker_ttl`
+    /// alone is enough.
+    pub fn busy_heartbeat_every(&self) -> Duration {
+        let interval = self.job_monitoring_interval.0;
+        if self.rq_rules() {
+            interval
+        } else {
+            interval.min(self.idle_heartbeat_every())
+        }
+    }
+
+    /// An idle worker's record TTL in seconds: `worker_ttl` plus the grace (RQ: + 60).
+    pub fn idle_ttl(&self) -> u64 {
+        (self.worker_ttl.0 + self.heartbeat_grace()).as_secs()
+    }
 }
 
 impl Default for WorkerSpec {
@@ -458,11 +515,11 @@ mod tests {
         let cases = [
             (
                 WorkerSettings {
-                    worker_ttl: secs(15),
+                    worker_ttl: secs(4),
                     ..Default::default()
                 },
                 Key::WorkerTtl,
-                "15s is too short; write 16s or more",
+                "4s is too short; write 5s or more",
             ),
             (
                 WorkerSettings {
@@ -503,7 +560,7 @@ mod tests {
             assert!(r.problem.to_string().starts_with(text), "{}", r.problem);
         }
         let fine = WorkerSettings {
-            worker_ttl: secs(16),
+            worker_ttl: secs(5),
             job_monitoring_interval: Some(Secs(Duration::from_millis(1))),
             maintenance_interval: secs(1),
             max_jobs: Some(1),
@@ -512,6 +569,42 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fine.check(), Ok(()));
+    }
+
+    #[test]
+    fn heartbeats_are_rqs_from_16s_up_and_follow_a_shorter_worker_ttl() {
+        let spec = |ttl: u64, monitoring: u64| WorkerSpec {
+            worker_ttl: Secs::from_secs(ttl),
+            job_monitoring_interval: Secs::from_secs(monitoring),
+            ..WorkerSpec::default()
+        };
+        let d = WorkerSpec::default();
+        // RQ's: beat every 405 s idle, 30 s busy, TTLs + 60.
+        assert_eq!(d.idle_heartbeat_every(), Duration::from_secs(405));
+        assert_eq!(d.busy_heartbeat_every(), Duration::from_secs(30));
+        assert_eq!(d.heartbeat_grace(), Duration::from_secs(60));
+        assert_eq!(d.idle_ttl(), 480);
+        let rq_smallest = spec(16, 30);
+        assert_eq!(rq_smallest.idle_heartbeat_every(), Duration::from_secs(1));
+        assert_eq!(rq_smallest.busy_heartbeat_every(), Duration::from_secs(30));
+        assert_eq!(rq_smallest.idle_ttl(), 76);
+        // Below 16 s: half of worker_ttl idle, busy no less often, grace = worker_ttl.
+        let short = spec(10, 30);
+        assert_eq!(short.idle_heartbeat_every(), Duration::from_secs(5));
+        assert_eq!(short.busy_heartbeat_every(), Duration::from_secs(5));
+        assert_eq!(short.heartbeat_grace(), Duration::from_secs(10));
+        assert_eq!(short.idle_ttl(), 20);
+        assert_eq!(spec(10, 2).busy_heartbeat_every(), Duration::from_secs(2));
+        // Every TTL outlives its renewal interval by the grace, at every allowed worker_ttl.
+        for ttl in MIN_WORKER_TTL.as_secs()..=500 {
+            let s = spec(ttl, 30);
+            let idle_ttl = Duration::from_secs(s.idle_ttl());
+            assert!(
+                s.idle_heartbeat_every() + s.heartbeat_grace() <= idle_ttl,
+                "{ttl}"
+            );
+            assert!(s.heartbeat_grace() >= MIN_WORKER_TTL, "{ttl}");
+        }
     }
 
     #[test]

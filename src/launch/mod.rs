@@ -71,8 +71,24 @@ pub mod flag {
 /// notifications in its name, or be taken for the service's watchdog.
 const SUPERVISOR_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
-/// This host's name, as a worker puts it in its default name and its record.
+/// Overrides the host's name for the supervisor and every worker it starts (they inherit
+/// it): when several hosts share a machine name (containers built from one image, a test
+/// that plays several hosts on one machine), their workers must still be told apart in
+/// Redis, since RQ names a worker `<hostname>.<pid>` and pids repeat across hosts.
+pub const HOSTNAME_ENV: &str = "RQ_HOSTNAME";
+
+/// This host's name, as a worker puts it in its default name and its record's `hostname`:
+/// `$RQ_HOSTNAME` when set and not blank, else the kernel's.
 pub fn hostname() -> String {
+    hostname_from(std::env::var(HOSTNAME_ENV).ok())
+}
+
+fn hostname_from(overridden: Option<String>) -> String {
+    if let Some(h) = overridden.map(|h| h.trim().to_string())
+        && !h.is_empty()
+    {
+        return h;
+    }
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -241,6 +257,15 @@ mod tests {
 
     use super::*;
     use crate::worker::WorkerArgs;
+
+    #[test]
+    fn rq_hostname_overrides_the_kernels_name_unless_blank() {
+        let kernel = hostname_from(None);
+        assert!(!kernel.is_empty());
+        assert_eq!(hostname_from(Some(" host-b ".into())), "host-b");
+        assert_eq!(hostname_from(Some("  ".into())), kernel);
+        assert_eq!(hostname_from(Some(String::new())), kernel);
+    }
 
     fn launch() -> Launch {
         Launch {

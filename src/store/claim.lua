@@ -14,7 +14,8 @@
 --   8 `1` when this execution id was sent before and its reply lost
 --   9 `1` when the job runs in the worker process (no fork: RQ's SimpleWorker rule for the
 --     heartbeat TTL, since no heartbeat can be sent while it runs)
---   10... the queue names in priority order
+--   10 the heartbeat grace: seconds every TTL adds (RQ's 60; less for a short worker_ttl)
+--   11... the queue names in priority order
 -- Returns `{queue, job id, HGETALL of the job, dropped ids, broken queues}`,
 -- `{false, false, {}, dropped, broken}` when every queue is empty, or
 -- `{false, 'suspended', {}, {}, {}}` while `rq suspend` is in force (checked here so it
@@ -24,6 +25,8 @@
 local worker, eid, iso, fnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local inow, interval, idle_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local in_process = ARGV[9] == '1'
+local grace = tonumber(ARGV[10])
+local FIRST_QUEUE = 11
 local wkey = KEY_WORKER .. worker
 -- Between back-to-back jobs the worker stays `busy`; it turns idle only when a claim finds
 -- nothing, and only then is its record written.
@@ -41,7 +44,7 @@ end
 if ARGV[8] == '1' then
   local current = redis.call('HGET', wkey, 'current_job')
   if current then
-    for i = 10, #ARGV do
+    for i = FIRST_QUEUE, #ARGV do
       local member = current .. ':' .. eid
       local wip = KEY_WIP .. ARGV[i]
       if redis.call('ZSCORE', wip, member) then
@@ -70,7 +73,7 @@ end
 -- on a read-only replica it fails the same way before anything is popped.
 redis.call('SET', KEY_CLAIM_WRITE_CHECK, '', 'XX')
 local dropped, broken = {}, {}
-for i = 10, #ARGV do
+for i = FIRST_QUEUE, #ARGV do
   local q = ARGV[i]
   while true do
     -- A queue key of the wrong type must not stop the other queues from being served.
@@ -89,21 +92,21 @@ for i = 10, #ARGV do
     local jkey = KEY_JOB .. id
     local job = redis.pcall('HGETALL', jkey)
     if type(job) == 'table' and not job.err and #job > 0 then
-      -- RQ's heartbeat TTL: min(timeout, interval) + 60, where a missing timeout is 180
-      -- and -1 means no limit. In the worker process (SimpleWorker) the whole timeout is
-      -- covered at once, and a job without a limit gets the worker's TTL.
+      -- RQ's heartbeat TTL: min(timeout, interval) + 60 (the grace), where a missing
+      -- timeout is 180 and -1 means no limit. In the worker process (SimpleWorker) the
+      -- whole timeout is covered at once, and a job without a limit gets the worker's TTL.
       local timeout, job_ttl = nil, nil
       for k = 1, #job, 2 do
         if job[k] == 'timeout' then timeout = tonumber(job[k + 1])
         elseif job[k] == 'ttl' then job_ttl = job[k + 1] end
       end
       if not timeout or timeout == 0 then timeout = 180 end
-      local ttl = interval + 60
+      local ttl = interval + grace
       if in_process then
         ttl = idle_ttl
-        if timeout > 0 then ttl = math.floor(timeout) + 60 end
+        if timeout > 0 then ttl = math.floor(timeout) + grace end
       elseif timeout > 0 and timeout < interval then
-        ttl = math.floor(timeout) + 60
+        ttl = math.floor(timeout) + grace
       end
       local ekey = key_execution(id, eid)
       redis.call('HSET', ekey, 'id', eid, 'created_at', fnow, 'last_heartbeat', fnow,

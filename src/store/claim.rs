@@ -44,6 +44,9 @@ pub struct ClaimRequest<'a> {
     /// Queue names in the order to try them.
     pub queues: &'a [String],
     pub monitoring_interval: u64,
+    /// Seconds every heartbeat TTL adds to its interval (RQ's 60, less for a short
+    /// `worker_ttl`).
+    pub grace: u64,
     pub idle_ttl: u64,
     /// Kept by the worker until a reply arrives, so a retry can find what a lost call took.
     pub execution_id: &'a str,
@@ -67,6 +70,7 @@ impl ClaimRequest<'_> {
             .arg(self.idle_ttl)
             .arg(if self.retry { "1" } else { "0" })
             .arg(if self.in_process { "1" } else { "0" })
+            .arg(self.grace)
             .arg(self.queues);
         (cmd, now)
     }

@@ -28,7 +28,7 @@ use crate::conn::{ConnError, RedisTarget};
 pub use backlog::{Backlog, JobCounts, QueueLoad, WorkerLoad};
 pub use claim::{ClaimNotes, ClaimRequest, ClaimResult, Claimed};
 pub use cleanup::Cleanup;
-pub use maintenance::Report as MaintenanceReport;
+pub use maintenance::{HOLD_UP_TO as MAINTENANCE_HOLD_UP_TO, Report as MaintenanceReport};
 pub use registrations::Registration;
 pub use scheduler::Tick as SchedulerTick;
 pub use settle::{Ending, Settlement, Verdict};

@@ -489,8 +489,8 @@ mod tests {
         for (key, value, core) in [
             (
                 Key::WorkerTtl,
-                "15",
-                "15s is too short; write 16s or more (RQ waits worker_ttl - 15s between heartbeats)",
+                "4",
+                "4s is too short; write 5s or more (shorter, one slow Redis reply could get a live worker taken for dead)",
             ),
             (
                 Key::JobMonitoringInterval,

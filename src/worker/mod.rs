@@ -166,6 +166,7 @@ pub fn run(opts: WorkerOptions, mut registry: Registry) -> Result<(), i32> {
             next_heartbeat: now,
             next_tick: now,
             next_maintenance: now,
+            maintenance_ok: true,
         },
         idle_since: now,
         warm_noted: false,
@@ -288,6 +289,9 @@ struct Timers {
     next_tick: Instant,
     /// Next registry maintenance; the first runs at start, as in RQ.
     next_maintenance: Instant,
+    /// The latest maintenance pass reached Redis: an idle worker whose pass failed goes
+    /// back to its loop, which handles an unreachable Redis.
+    maintenance_ok: bool,
 }
 
 struct Worker {
@@ -434,13 +438,10 @@ impl Worker {
         Ok(ok)
     }
 
-    /// RQ renews an idle worker's registration at least every `worker_ttl - 15` seconds.
+    /// RQ renews an idle worker's registration every `worker_ttl - 15` seconds; a short
+    /// `worker_ttl` shortens it (`WorkerSpec::idle_heartbeat_every`).
     fn heartbeat_every(&self) -> Duration {
-        self.spec
-            .worker_ttl
-            .0
-            .saturating_sub(Duration::from_secs(15))
-            .max(Duration::from_secs(1))
+        self.spec.idle_heartbeat_every()
     }
 
     /// Why the loop should end now, if it should: a stop request, `--max-jobs` reached or
@@ -661,18 +662,37 @@ impl Worker {
         Some(self.timers.next_tick)
     }
 
-    /// Cleans registries when due (between jobs only, as RQ does).
-    fn maintenance_due(&mut self) {
+    /// Cleans registries when due: between jobs, as RQ does, and also while a job runs
+    /// (`monitor`), so a fleet whose workers are all busy on long jobs still settles a lost
+    /// host's jobs. Whichever worker of the fleet gets a queue's lock cleans it and, with an
+    /// interval of a minute or less, holds the lock for the interval; the others try again
+    /// when it lapses. Returns the instant of the next attempt.
+    pub(super) fn maintenance_due(&mut self) -> Instant {
         if Instant::now() < self.timers.next_maintenance {
-            return;
+            return self.timers.next_maintenance;
         }
-        self.timers.next_maintenance = Instant::now() + self.spec.maintenance_interval.0;
+        let interval = self.spec.maintenance_interval.0;
+        self.timers.next_maintenance = Instant::now() + interval;
         let abandoned = JobFailure::Abandoned {
             at: protocol::time::Instant::now(),
         }
         .exc_string();
-        match self.store.clean_registries(&self.queues, &abandoned) {
+        // Only a short interval holds the lock for the fleet (`store::maintenance`).
+        let hold = if interval <= crate::store::MAINTENANCE_HOLD_UP_TO {
+            interval
+        } else {
+            Duration::ZERO
+        };
+        let cleaned = self.store.clean_registries(&self.queues, &abandoned, hold);
+        self.timers.maintenance_ok = cleaned.is_ok();
+        match cleaned {
             Ok(r) => {
+                if let Some(lapse) = r.held_for {
+                    let sooner = Instant::now() + lapse;
+                    if sooner < self.timers.next_maintenance {
+                        self.timers.next_maintenance = sooner;
+                    }
+                }
                 log::debug!(
                     "Worker {}: cleaned registries of {} queue(s)",
                     self.name,
@@ -689,6 +709,7 @@ impl Worker {
             }
             Err(e) => log::warn!("registry maintenance failed: {e}; will retry next time"),
         }
+        self.timers.next_maintenance
     }
 
     /// Applies `--dequeue-strategy` after a job came from `queue`.
@@ -895,11 +916,12 @@ fn warn_unsupported(c: &Claimed, handler: &dyn Handler) {
 }
 
 fn idle_ttl(spec: &WorkerSpec) -> u64 {
-    spec.worker_ttl.0.as_secs() + 60
+    spec.idle_ttl()
 }
 
+/// The busy heartbeat interval in whole seconds, as the claim's first TTL is computed.
 fn monitoring_secs(spec: &WorkerSpec) -> u64 {
-    spec.job_monitoring_interval.0.as_secs().max(1)
+    spec.busy_heartbeat_every().as_secs().max(1)
 }
 
 /// Logs what a claim stepped over: ids whose job hash is gone, and queues whose key
@@ -951,6 +973,7 @@ fn claim_request<'a>(
         worker: name,
         queues: order,
         monitoring_interval: monitoring_secs(spec),
+        grace: spec.heartbeat_grace().as_secs(),
         idle_ttl: idle_ttl(spec),
         execution_id,
         retry,

@@ -39,7 +39,7 @@ impl Worker {
     ) -> Outcome {
         let start = Instant::now();
         let deadline = timeout.map(|t| start + Duration::from_secs(t) + grace);
-        let interval = self.spec.job_monitoring_interval.0;
+        let interval = self.spec.busy_heartbeat_every();
         let mut next_hb = start + interval;
         let mut job = RunningJob {
             job_id: c.record.id.clone(),
@@ -69,6 +69,8 @@ impl Worker {
                 self.ensure_listener();
             }
             let mut wait = next_hb.saturating_duration_since(now);
+            let maintenance = self.maintenance_due();
+            wait = wait.min(maintenance.saturating_duration_since(Instant::now()));
             if let Some(tick) = self.scheduler_due() {
                 wait = wait.min(tick.saturating_duration_since(Instant::now()));
             }
@@ -118,7 +120,7 @@ impl Worker {
     }
 
     /// The heartbeat while a job runs: its TTL covers the rest of the job's timeout (at most
-    /// one interval) plus a minute, as RQ's.
+    /// one interval) plus the grace (a minute, as RQ's, unless `worker_ttl` is shorter).
     fn heartbeat_busy(
         &mut self,
         c: &Claimed,
@@ -131,7 +133,7 @@ impl Worker {
             None => interval,
         }
         .as_secs()
-            + 60;
+            + self.spec.heartbeat_grace().as_secs();
         if let Err(e) = self
             .store
             .heartbeat_busy(&self.name, c, elapsed.as_secs_f64(), ttl)

@@ -250,8 +250,25 @@ impl Worker {
         }
     }
 
-    /// Sleeps until a queue changes, a signal or command arrives, or a timer is due.
+    /// Sleeps until a queue changes, a signal or command arrives, or a timer is due. A wake
+    /// for maintenance alone runs it and sleeps on: it must not cost a claim, since with a
+    /// short `maintenance_interval` every idle worker of a fleet wakes for it (to try for the
+    /// lock) every interval, and a queue that changed meanwhile wakes the wait anyway (the
+    /// heartbeat's wake still claims, as the fallback for a lost notice).
     pub(super) fn wait_for_work(&mut self, cap: Option<Duration>) {
+        while self.wait_once(cap) {
+            let connects = self.store.connects();
+            self.maintenance_due();
+            // A reconnect (Redis may have lost our record) or a failure: the loop decides.
+            if !self.timers.maintenance_ok || self.store.connects() != connects {
+                return;
+            }
+        }
+    }
+
+    /// One sleep of [`wait_for_work`](Self::wait_for_work); true when only the maintenance
+    /// timer ended it.
+    fn wait_once(&mut self, cap: Option<Duration>) -> bool {
         let now = Instant::now();
         let mut wait = self.timers.next_heartbeat.saturating_duration_since(now);
         if let Some(max) = self.spec.max_idle_time {
@@ -286,6 +303,21 @@ impl Worker {
         if listener_ready {
             self.drain_listener(None);
         }
+        let now = Instant::now();
+        let idle_limit = self
+            .spec
+            .max_idle_time
+            .is_some_and(|max| now >= self.idle_since + max.0);
+        let tick_due = self.scheduler.is_some() && now >= self.timers.next_tick;
+        !sig_ready
+            && !listener_ready
+            && cap.is_none()
+            && self.wakeup.is_connected()
+            && self.signals.stop_count() == 0
+            && now >= self.timers.next_maintenance
+            && now < self.timers.next_heartbeat
+            && !idle_limit
+            && !tick_due
     }
 
     /// Sleeps for `d` (a backoff delay), waking early only for a stop request. Other

@@ -5,6 +5,7 @@
 mod autoscale;
 mod cli;
 mod control;
+mod kubernetes;
 mod metrics;
 mod reload;
 mod restart;
