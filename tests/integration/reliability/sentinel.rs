@@ -303,6 +303,29 @@ fn with_every_sentinel_down_workers_keep_working_and_say_so_once() {
     let sup = Supervisor::without_url(&pool).spawn();
     let mut master = set.nodes[0].con();
     let names = worker_names(&mut master, 1);
+    // Registered is not yet settled in: the wake-up connection (subscribed on the master)
+    // and the `+switch-master` subscription (on a Sentinel) are opened after registration,
+    // and a Sentinel stopped before then would need a rediscovery this test says is not due.
+    // Only workers subscribe on a Sentinel.
+    let subscribed = |con: &mut redis::Connection| {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(con)
+            .unwrap_or_default();
+        clients.lines().any(|l| l.contains(" cmd=subscribe "))
+    };
+    // (The Sentinels subscribe on the master too, to their hello channel: ask for ours.)
+    wait_until("the worker's wake-up connection", WAIT, || {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("__redis__:invalidate")
+            .query(&mut master)
+            .unwrap_or_default();
+        n.first().is_some_and(|(_, n)| *n > 0)
+    });
+    wait_until("the worker's +switch-master subscription", WAIT, || {
+        set.sentinels.iter().any(|s| subscribed(&mut s.con()))
+    });
     let said = |log: &str| {
         lines_with(
             log,
