@@ -259,6 +259,22 @@ mod tests {
     use crate::worker::WorkerArgs;
 
     #[test]
+    fn the_worker_options_of_a_command_line_pool_are_read_by_the_workers_cli() {
+        use crate::supervisor::cli::{Cli, Source};
+        let cli =
+            Cli::try_parse_from(["rq-supervisor", "-n", "2", "-P", "/app", "-S", "json", "q"])
+                .unwrap();
+        let Ok(Source::CommandLine { worker_args, .. }) = cli.pool.source() else {
+            panic!("a command-line pool")
+        };
+        let mut argv = vec![std::ffi::OsString::from("rqworker")];
+        argv.extend(worker_args);
+        argv.push("q".into());
+        let w = WorkerArgs::try_parse_from(argv).unwrap();
+        assert_eq!(w.path, [std::path::PathBuf::from("/app")]);
+    }
+
+    #[test]
     fn rq_hostname_overrides_the_kernels_name_unless_blank() {
         let kernel = hostname_from(None);
         assert!(!kernel.is_empty());
