@@ -458,23 +458,22 @@ fn socket_in(dir: &std::path::Path, file: &std::path::Path) -> std::path::PathBu
     dir.join(rq_supervisor::supervisor::control::socket_name(file))
 }
 
-#[test]
-fn as_root_without_systemd_the_default_socket_is_in_run() {
-    if !is_root() {
-        eprintln!("skipped: /run/rq-supervisor is root's default (CI runs as root)");
-        return;
-    }
-    let redis = RedisServer::start();
+/// A supervisor as root without systemd (no `$RUNTIME_DIRECTORY`), with one worker
+/// registered; and where its socket must be.
+fn in_run(redis: &RedisServer) -> (PoolFile, Proc, std::path::PathBuf) {
     let file = PoolFile::new("[pools.main]\nqueues = [\"a\"]\n");
-    let mut sup = Supervisor::new(&redis, &file)
+    let sup = Supervisor::new(redis, &file)
         .env_remove("RUNTIME_DIRECTORY")
         .spawn();
-    let mut con = redis.con();
-    wait_workers(&mut con, 1);
+    wait_workers(&mut redis.con(), 1);
     let socket = socket_in(std::path::Path::new("/run/rq-supervisor"), &file.path);
-    assert!(socket.exists(), "{}\n{}", socket.display(), sup.log());
-    // An operator's shell has no $RUNTIME_DIRECTORY either; -c FILE is all it needs.
-    let out = Supervisor::control(&file, &["stop"])
+    (file, sup, socket)
+}
+
+/// `stop` from an operator's shell, which has no `$RUNTIME_DIRECTORY` either: -c FILE is all
+/// it needs. The socket is gone once the supervisor has exited.
+fn stop_from_a_shell(file: &PoolFile, mut sup: Proc, socket: &std::path::Path) {
+    let out = Supervisor::control(file, &["stop"])
         .env_remove("RUNTIME_DIRECTORY")
         .output();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -484,17 +483,25 @@ fn as_root_without_systemd_the_default_socket_is_in_run() {
 }
 
 #[test]
+fn as_root_without_systemd_the_default_socket_is_in_run() {
+    if !is_root() {
+        eprintln!("skipped: /run/rq-supervisor is root's default (CI runs as root)");
+        return;
+    }
+    let redis = RedisServer::start();
+    let (file, sup, socket) = in_run(&redis);
+    assert!(socket.exists(), "{}\n{}", socket.display(), sup.log());
+    stop_from_a_shell(&file, sup, &socket);
+}
+
+#[test]
 fn a_stale_socket_in_an_earlier_directory_does_not_hide_the_live_one() {
     if !is_root() {
         eprintln!("skipped: /run/rq-supervisor is root's default (CI runs as root)");
         return;
     }
     let redis = RedisServer::start();
-    let file = PoolFile::new("[pools.main]\nqueues = [\"a\"]\n");
-    let mut sup = Supervisor::new(&redis, &file)
-        .env_remove("RUNTIME_DIRECTORY")
-        .spawn();
-    let live = socket_in(std::path::Path::new("/run/rq-supervisor"), &file.path);
+    let (file, sup, live) = in_run(&redis);
     wait_until("the control socket", WAIT, || live.exists());
     // What a supervisor killed with SIGKILL leaves: a socket file nobody listens on, in
     // the directory a client looks at first ($RUNTIME_DIRECTORY).
@@ -507,12 +514,7 @@ fn a_stale_socket_in_an_earlier_directory_does_not_hide_the_live_one() {
         .output();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("main"));
-    let out = Supervisor::control(&file, &["stop"])
-        .env_remove("RUNTIME_DIRECTORY")
-        .output();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(sup.wait_exit(WAIT).success());
-    let _ = std::fs::remove_file(format!("{}.lock", live.display()));
+    stop_from_a_shell(&file, sup, &live);
 }
 
 #[test]
