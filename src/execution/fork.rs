@@ -29,7 +29,8 @@ pub struct Horse {
 /// child's thread the interpreter's main thread).
 pub trait ForkHooks {
     /// Threads the runtime knows of and accepts across a fork (the app's own Python threads,
-    /// which `rq worker` forks with too), besides the worker's one.
+    /// which `rq worker` forks with too), besides the worker's one. Asked only when the
+    /// process has more than one thread.
     fn accepted_threads(&self) -> u32 {
         0
     }
@@ -50,7 +51,7 @@ impl Horse {
 
     /// [`Horse::fork`] with a runtime's hooks around the fork.
     pub fn fork_with(hooks: &dyn ForkHooks, job: impl FnOnce() -> i32) -> io::Result<Horse> {
-        refuse_if_threaded(1 + hooks.accepted_threads())?;
+        refuse_if_threaded(hooks)?;
         let parent = getpid();
         log::logger().flush();
         hooks.before();
@@ -158,21 +159,27 @@ fn reset_signals() {
     }
 }
 
-/// Fails when this process has more than `allowed` threads. One `pread` of
-/// `/proc/self/stat`, opened once, so the check costs one system call per job.
-fn refuse_if_threaded(allowed: u32) -> io::Result<()> {
+/// The threads this process has; 1 where `/proc` cannot tell. One `pread` of
+/// `/proc/self/stat`, opened once, so it costs one system call per job.
+pub fn threads() -> io::Result<u32> {
     static STAT: OnceLock<Option<File>> = OnceLock::new();
     let Some(file) = STAT.get_or_init(|| File::open("/proc/self/stat").ok()) else {
         // No /proc: nothing to check with; the worker itself never starts a thread.
-        return Ok(());
+        return Ok(1);
     };
     let mut buf = [0u8; 1024];
     let n = file.read_at(&mut buf, 0)?;
-    let threads = std::str::from_utf8(&buf[..n])
+    Ok(std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(crate::procfs::parse_stat)
-        .map_or(1, |s| s.threads);
-    if threads > allowed {
+        .map_or(1, |s| s.threads))
+}
+
+/// Fails when this process has more threads than its own and those the runtime accepts (asked
+/// only when there are more: asking Python costs a call into the interpreter per job).
+fn refuse_if_threaded(hooks: &dyn ForkHooks) -> io::Result<()> {
+    let threads = threads()?;
+    if threads > 1 && threads > 1 + hooks.accepted_threads() {
         return Err(io::Error::other(format!(
             "this process has {threads} threads, and a forked child of a multi-threaded process can deadlock on a lock another thread held; the worker must stay single-threaded (start no thread before or while running rq_supervisor::worker::run)"
         )));
