@@ -85,21 +85,71 @@ pub fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Resident memory of `pid` plus every descendant (the worker and its work horse).
+/// Memory of `pid` and every descendant (the worker, its work horse, the horse forked ahead
+/// for the next job): the worker's resident memory plus what each descendant has of its own
+/// (`Private_Clean + Private_Dirty`: what it allocated or copied on write). The pages a horse
+/// still shares with the worker are counted once, in the worker's; summing resident memory
+/// would count them once per process.
 pub fn tree_rss(pid: u32) -> Option<u64> {
     let own = rss(pid)?;
     Some(
         own + tree(pid)
             .iter()
             .skip(1)
-            .filter_map(|p| rss(*p))
+            .filter_map(|p| private(*p))
             .sum::<u64>(),
     )
+}
+
+/// Memory only `pid` maps (`Private_Clean + Private_Dirty` of `/proc/PID/smaps_rollup`), in
+/// bytes; its resident memory where that file does not exist (Linux before 4.14).
+pub fn private(pid: u32) -> Option<u64> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return rss(pid);
+    };
+    let kb = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((kb("Private_Clean:")? + kb("Private_Dirty:")?) * 1024)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child's own memory is part of its resident memory; the shared part (its libc, its
+    /// binary's code) is not.
+    #[test]
+    fn a_childs_private_memory_leaves_out_what_it_shares() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (mut own, mut resident) = (None, None);
+        for _ in 0..100 {
+            // Until the exec is done, the child is a copy of this process.
+            if cmdline_is_sleep(pid) {
+                own = private(pid);
+                resident = rss(pid);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (own, resident) = (own.expect("private"), resident.expect("rss"));
+        assert!(own > 0 && own < resident, "private {own}, rss {resident}");
+    }
+
+    fn cmdline_is_sleep(pid: u32) -> bool {
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+    }
 
     #[test]
     fn reads_own_process() {
