@@ -538,57 +538,58 @@ impl Bench {
             );
             return;
         }
-        let n = self.n_jobs() / 2;
-        eprintln!("python: {n} pickled no-op jobs");
+        let (n, n_rq) = (self.n_jobs() / 2, self.n_rq());
+        eprintln!("python: {n} pickled no-op jobs ({n_rq} for RQ), {ROUNDS} alternating rounds");
         let bench = Python::bench_dir();
         let bench = bench.to_str().expect("utf-8 path");
-        let pickled = |s: &Self| {
-            s.py.enqueue_pickle(&s.redis, "default", "benchjobs.noop", n)
+        let pickled = |n: usize| {
+            move |s: &Self| {
+                s.py.enqueue_pickle(&s.redis, "default", "benchjobs.noop", n)
+            }
         };
-        let one = self.burst(n, pickled, |s| {
-            s.ours_worker(&["--burst", "-q", "-P", bench, "--preload", "benchjobs"])
-        });
+        let url = self.redis.url.clone();
+        let one = self.alternate(
+            "Python, 1 worker",
+            |s| {
+                s.burst(n, pickled(n), |s| {
+                    s.ours_worker(&["--burst", "-q", "-P", bench, "--preload", "benchjobs"])
+                })
+            },
+            |s| {
+                s.burst(n_rq, pickled(n_rq), |s| {
+                    s.py.rq_pickle(&s.redis, &url, &["worker", "--burst"])
+                })
+            },
+        );
         let cfg = self.config(
             "python2.toml",
             &format!(
                 "[supervisor]\nlog_level = \"warning\"\n[worker]\nlog_level = \"warning\"\n[python]\npath = [{bench:?}]\npreload = [\"benchjobs\"]\n[pools.bench]\nqueues = [\"default\"]\nworkers = 2\nburst = true\n"
             ),
         );
-        let two = self.burst(n, pickled, |s| s.supervisor(&cfg));
-        let url = self.redis.url.clone();
-        let rq1 = self.burst(n, pickled, |s| {
-            s.py.rq_pickle(&s.redis, &url, &["worker", "--burst"])
-        });
-        let rq2 = self.burst(n, pickled, |s| {
-            s.py.rq_pickle(&s.redis, &url, &["worker-pool", "-n", "2", "--burst"])
-        });
+        let two = self.alternate(
+            "Python, pool of 2",
+            |s| s.burst(n, pickled(n), |s| s.supervisor(&cfg)),
+            |s| {
+                s.burst(n_rq, pickled(n_rq), |s| {
+                    s.py.rq_pickle(&s.redis, &url, &["worker-pool", "-n", "2", "--burst"])
+                })
+            },
+        );
+        self.rounds_row(
+            "Python, 1 worker, pickled no-op, fork per job (jobs/s)",
+            &one,
+            "≥ 5× `rq worker`",
+            Some(5.0),
+        );
+        self.rounds_row(
+            "Python, pool of 2, pickled no-op, fork per job (jobs/s)",
+            &two,
+            "≥ 5× `rq worker-pool -n 2`",
+            Some(5.0),
+        );
         let ceiling = self.py.forkloop(&self.redis, n);
-        let (one, two) = (one.map(|b| b.rate), two.map(|b| b.rate));
-        let (rq1, rq2) = (rq1.map(|b| b.rate), rq2.map(|b| b.rate));
-        for (what, ours, rq, target) in [
-            (
-                "Python, 1 worker, pickled no-op, fork per job (jobs/s)",
-                one,
-                rq1,
-                "≥ 5× `rq worker`",
-            ),
-            (
-                "Python, pool of 2, pickled no-op, fork per job (jobs/s)",
-                two,
-                rq2,
-                "≥ 5× `rq worker-pool -n 2`",
-            ),
-        ] {
-            let r = ours.zip(rq).map(|(o, r)| o / r);
-            self.row(
-                what,
-                opt(ours, f0),
-                opt(rq, f0),
-                ratio(ours, rq),
-                target,
-                r.map(|r| r >= 5.0),
-            );
-        }
+        let one = Some(median(&one.ours.iter().map(|b| b.rate).collect::<Vec<_>>()));
         self.row(
             "Python ceiling: a bare os.fork loop calling the same function, 1 process (jobs/s)",
             opt(ceiling, f0),
@@ -1546,13 +1547,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
         return f64::NAN;
     }
     v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ratio(ours: Option<f64>, rq: Option<f64>) -> String {
-    match (ours, rq) {
-        (Some(o), Some(r)) if r > 0.0 => format!("{:.1}×", o / r),
-        _ => "".into(),
-    }
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {

@@ -148,6 +148,10 @@ pub trait Handler {
         false
     }
 
+    /// The worker has no job to run next (it found none, pauses, or cannot reach Redis):
+    /// whatever a kind keeps ready for the next job is let go.
+    fn idle(&self) {}
+
     /// What it is, for messages and tests: "native function", "command /usr/bin/x".
     fn describe(&self) -> String;
 }

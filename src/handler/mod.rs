@@ -116,6 +116,14 @@ impl Registry {
         names
     }
 
+    /// Tells every handler the worker has no job to run next ([`Handler::idle`]).
+    pub fn idle(&self) {
+        let handlers = self.exact.values().chain(self.globs.iter().map(|(_, h)| h));
+        for h in handlers.chain(self.fallback.iter()) {
+            h.idle();
+        }
+    }
+
     /// Nothing would run any job: no declared handler and no fallback.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.globs.is_empty() && self.fallback.is_none()

@@ -3,14 +3,15 @@
 //! returns the report `{"kind", "payload", "text"}` the child writes to the worker.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::capi::{self, Gil, Owned};
 use super::interpreter::{self, Interpreter, Runner};
-use crate::execution::fork::{ForkHooks, Horse};
+use crate::execution::fork::{self, ForkHooks, Horse};
 use crate::execution::report;
 use crate::execution::{Execution, Exit, JobFailure, JobStart, Outcome, ReturnValue, StartError};
 
@@ -21,13 +22,12 @@ const CALLBACK_TIMEOUT: u64 = 60;
 /// interpreter's internal locks are taken before the fork and released (parent) or reset
 /// (child) after it; the child's at-fork hooks reseed `random` and reset `threading`.
 struct PythonFork {
-    /// The app's own Python threads, besides the worker's.
-    app_threads: u32,
+    runner: Runner,
 }
 
 impl ForkHooks for PythonFork {
     fn accepted_threads(&self) -> u32 {
-        self.app_threads
+        app_threads(self.runner)
     }
 
     fn before(&self) {
@@ -54,14 +54,90 @@ fn forking<T>(runner: Runner, fork: impl FnOnce(&PythonFork) -> T) -> T {
     // Text the worker buffered (the app printed at import) must not be written again by
     // every horse.
     interpreter::flush_std_streams(runner);
-    let hooks = PythonFork {
-        app_threads: app_threads(runner),
-    };
-    fork(&hooks)
+    fork(&PythonFork { runner })
 }
 
-/// Forks the horse for `job`.
-pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Execution>, StartError> {
+/// The horse forked ahead for the next Python job. A horse costs its fork, the interpreter's
+/// after-fork work and the first write to every page it touches (copy on write): most of a
+/// no-op job's time. Forked while the previous job's horse runs, that cost overlaps it on
+/// another core instead of adding to every job. The spare is a copy of the worker, as a horse
+/// forked at the job's start is: the worker runs no Python between jobs, so both see the same
+/// interpreter. It waits for its job on a socket, then runs it exactly as a fresh horse does.
+///
+/// Only while jobs come back to back: after the worker found no job (it goes idle, pauses or
+/// loses Redis) the spare is killed, so an idle worker keeps no extra process, and a spare
+/// never holds a copy of the worker's connections for long. Never when the app runs threads
+/// of its own: a horse forked now would miss what they change before the job starts.
+#[derive(Default)]
+pub struct Ahead {
+    spare: Option<Spare>,
+    /// A job started since the worker was last idle: the next one may come right after it.
+    busy: bool,
+}
+
+struct Spare {
+    horse: report::Reported,
+    /// Where the job goes: one frame (see [`encode_job`]).
+    jobs: UnixStream,
+}
+
+impl Spare {
+    fn discard(mut self) {
+        self.horse.kill();
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.idle();
+    }
+}
+
+impl Ahead {
+    /// The worker has no job to run next: the spare is killed (and reaped).
+    pub fn idle(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.discard();
+        }
+        self.busy = false;
+    }
+
+    /// Hands `job` to the spare; `None` (the spare gone) when there is none or it cannot take
+    /// it, and a horse must be forked for the job now.
+    fn hand(&mut self, job: &JobStart<'_>, timeout: i64) -> Option<report::Reported> {
+        let mut spare = self.spare.take()?;
+        if spare.horse.try_finish().is_some() {
+            log::debug!(
+                "the spare work horse had died; forking one for job {}",
+                job.record.id
+            );
+            return None;
+        }
+        let frame = encode_job(&job.record.id, &job.record.fields, timeout, job.worker);
+        // A spare that stopped reading (it cannot, short of a bug) must not hang the worker.
+        let sent = spare
+            .jobs
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .and_then(|()| spare.jobs.write_all(&frame));
+        if let Err(e) = sent {
+            log::warn!(
+                "cannot hand job {} to the spare work horse ({e}); forking one for it",
+                job.record.id
+            );
+            spare.discard();
+            return None;
+        }
+        Some(spare.horse)
+    }
+}
+
+/// Forks the horse for `job`: the spare's, when one waits, else a new one; then, when jobs
+/// come back to back, the spare for the next job.
+pub fn start(
+    interp: &Interpreter,
+    ahead: &mut Ahead,
+    job: &JobStart<'_>,
+) -> Result<Box<dyn Execution>, StartError> {
     let runner = interp.runner;
     let timeout = job.timeout.map_or(-1, |t| t as i64);
     let stopped_callback = job
@@ -80,51 +156,146 @@ pub fn start(interp: &Interpreter, job: &JobStart<'_>) -> Result<Box<dyn Executi
                 .and_then(|t| std::str::from_utf8(t).ok()?.trim().parse().ok())
                 .unwrap_or(CALLBACK_TIMEOUT),
         });
-    let run = |out: &mut dyn Write| {
-        let report = run_job(
-            runner,
-            &job.record.id,
-            &job.record.fields,
-            timeout,
-            job.worker,
-        );
-        let _ = out.write_all(report.as_bytes());
-        0
+    let inner = match ahead.hand(job, timeout) {
+        Some(horse) => horse,
+        None => {
+            let run = |out: &mut dyn Write| {
+                let report = fields_obj(
+                    job.record
+                        .fields
+                        .iter()
+                        .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+                )
+                .and_then(|fields| run_job(runner, &job.record.id, fields, timeout, job.worker));
+                let _ = out.write_all(report_or_failure(report).as_bytes());
+                0
+            };
+            forking(runner, |hooks| report::fork(hooks, run, decode))
+                .map_err(|e| StartError::fork(&e))?
+        }
     };
-    forking(runner, |hooks| report::fork(hooks, run, decode))
-        .map(|inner| {
-            Box::new(PythonExecution {
-                inner,
-                stopped_callback,
-            }) as Box<dyn Execution>
-        })
-        .map_err(|e| StartError::fork(&e))
+    if ahead.busy && fork::threads().is_ok_and(|n| n == 1) {
+        match fork_spare(runner) {
+            Ok(spare) => ahead.spare = Some(spare),
+            // The job runs all the same; the next one forks its own horse.
+            Err(e) => log::debug!("cannot fork a spare work horse: {e}"),
+        }
+    }
+    ahead.busy = true;
+    Ok(Box::new(PythonExecution {
+        inner,
+        stopped_callback,
+    }))
 }
 
-/// Calls `job.py`'s `run_job` (the GIL held) and returns its report; flushes the job's
-/// output.
-fn run_job(
-    runner: Runner,
-    id: &str,
-    fields: &HashMap<String, Vec<u8>>,
+/// Forks a horse that waits for its job on a socket, then runs it.
+fn fork_spare(runner: Runner) -> std::io::Result<Spare> {
+    let (jobs, mut inbox) = UnixStream::pair()?;
+    let run = move |out: &mut dyn Write| {
+        let mut len = [0u8; 8];
+        let mut frame = Vec::new();
+        let got = inbox.read_exact(&mut len).and_then(|()| {
+            frame.resize(u64::from_le_bytes(len) as usize, 0);
+            inbox.read_exact(&mut frame)
+        });
+        if got.is_err() {
+            // The worker killed the spare or is gone: no job was handed over.
+            return 1;
+        }
+        let report = decode_job(&frame).and_then(|job| {
+            let fields = fields_obj(job.fields.into_iter())?;
+            run_job(runner, job.id, fields, job.timeout, job.worker)
+        });
+        let _ = out.write_all(report_or_failure(report).as_bytes());
+        0
+    };
+    let horse = forking(runner, |hooks| report::fork(hooks, run, decode))?;
+    Ok(Spare { horse, jobs })
+}
+
+/// A job as the spare receives it: `u64` frame length, then `id`, `worker`, `timeout` as
+/// `i64`, and the job hash's fields, each string a `u64` length and its bytes (little-endian).
+fn encode_job(id: &str, fields: &HashMap<String, Vec<u8>>, timeout: i64, worker: &str) -> Vec<u8> {
+    let size = 32
+        + id.len()
+        + worker.len()
+        + fields
+            .iter()
+            .map(|(k, v)| 16 + k.len() + v.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size + 8);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut put = |b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    put(id.as_bytes());
+    put(worker.as_bytes());
+    for (k, v) in fields {
+        put(k.as_bytes());
+        put(v);
+    }
+    out.extend_from_slice(&timeout.to_le_bytes());
+    let len = (out.len() - 8) as u64;
+    out[..8].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
+struct HandedJob<'a> {
+    id: &'a str,
+    worker: &'a str,
+    fields: Vec<(&'a [u8], &'a [u8])>,
     timeout: i64,
-    worker: &str,
-) -> String {
-    let args = [
+}
+
+/// [`encode_job`]'s frame (without its length) back; `None` if it is not one.
+fn decode_job(frame: &[u8]) -> Option<HandedJob<'_>> {
+    let (body, timeout) = frame.split_at_checked(frame.len().checked_sub(8)?)?;
+    let timeout = i64::from_le_bytes(timeout.try_into().ok()?);
+    let mut rest = body;
+    let mut take = || -> Option<&[u8]> {
+        let (len, tail) = rest.split_at_checked(8)?;
+        let len = usize::try_from(u64::from_le_bytes(len.try_into().ok()?)).ok()?;
+        let (item, tail) = tail.split_at_checked(len)?;
+        rest = tail;
+        Some(item)
+    };
+    let id = std::str::from_utf8(take()?).ok()?;
+    let worker = std::str::from_utf8(take()?).ok()?;
+    let mut fields = Vec::new();
+    while let Some(k) = take() {
+        fields.push((k, take()?));
+    }
+    Some(HandedJob {
+        id,
+        worker,
+        fields,
+        timeout,
+    })
+}
+
+/// Calls `job.py`'s `run_job` (the GIL held) and returns its report (`run` flushed the job's
+/// output). `None` if the runner itself failed: its traceback, printed to stderr, is flushed.
+fn run_job(runner: Runner, id: &str, fields: Owned, timeout: i64, worker: &str) -> Option<String> {
+    let report = [
         capi::str_obj(id),
-        fields_obj(fields),
+        Some(fields),
         capi::int_obj(timeout),
         capi::str_obj(worker),
-    ];
-    let report = args
-        .into_iter()
-        .collect::<Option<Vec<Owned>>>()
-        .and_then(|args| runner.call_text(c"run_job", args))
-        .unwrap_or_else(|| {
-            r#"{"kind": "failed", "payload": "rqworker's Python job runner failed (the error is in the worker's log)\n", "text": ""}"#.into()
-        });
-    interpreter::flush_std_streams(runner);
+    ]
+    .into_iter()
+    .collect::<Option<Vec<Owned>>>()
+    .and_then(|args| runner.call_text(c"run_job", args));
+    if report.is_none() {
+        interpreter::flush_std_streams(runner);
+    }
     report
+}
+
+fn report_or_failure(report: Option<String>) -> String {
+    report.unwrap_or_else(|| {
+        r#"{"kind": "failed", "payload": "rqworker's Python job runner failed (the error is in the worker's log)\n", "text": ""}"#.into()
+    })
 }
 
 /// Runs the job in the worker's own process (no-fork mode): the app's state persists from
@@ -133,20 +304,23 @@ fn run_job(
 pub fn run_in_process(interp: &Interpreter, job: &JobStart<'_>) -> Outcome {
     let timeout = job.timeout.map_or(-1, |t| t as i64);
     let _gil = Gil::acquire();
-    let report = run_job(
-        interp.runner,
-        &job.record.id,
-        &job.record.fields,
-        timeout,
-        job.worker,
-    );
-    decode(crate::execution::inline::exit_code(0), report.as_bytes())
+    let report = fields_obj(
+        job.record
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+    )
+    .and_then(|fields| run_job(interp.runner, &job.record.id, fields, timeout, job.worker));
+    decode(
+        crate::execution::inline::exit_code(0),
+        report_or_failure(report).as_bytes(),
+    )
 }
 
 /// The job hash as `job.py` reads it: a dict of bytes, as redis-py's `HGETALL` gives it
 /// (built here, in C, in a fraction of what parsing it in Python took).
-fn fields_obj(fields: &HashMap<String, Vec<u8>>) -> Option<Owned> {
-    capi::bytes_dict(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
+fn fields_obj<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Option<Owned> {
+    capi::bytes_dict(fields)
 }
 
 /// A running Python job: the horse, and what a stop-job command runs after killing it.
@@ -187,9 +361,8 @@ impl Execution for PythonExecution {
         };
         let forked = forking(cb.runner, |hooks| {
             Horse::fork_with(hooks, || {
-                if let (Some(id), Some(fields)) =
-                    (capi::str_obj(&cb.job_id), fields_obj(&cb.fields))
-                {
+                let fields = cb.fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
+                if let (Some(id), Some(fields)) = (capi::str_obj(&cb.job_id), fields_obj(fields)) {
                     cb.runner.call(c"run_stopped", vec![id, fields]);
                 }
                 interpreter::flush_std_streams(cb.runner);

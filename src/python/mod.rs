@@ -37,6 +37,8 @@ pub use crate::settings::PythonSettings;
 pub struct PythonHandler {
     settings: PythonSettings,
     state: RefCell<State>,
+    /// The horse forked ahead for the next job, while jobs come back to back.
+    ahead: RefCell<horse::Ahead>,
 }
 
 enum State {
@@ -53,6 +55,7 @@ impl PythonHandler {
         PythonHandler {
             settings,
             state: RefCell::new(State::NotStarted),
+            ahead: RefCell::default(),
         }
     }
 
@@ -100,6 +103,7 @@ impl PythonHandler {
 
     /// Finalizes the interpreter if it was started: the app's atexit hooks run once, here.
     pub fn finalize(&self) {
+        self.ahead.borrow_mut().idle();
         let state = std::mem::replace(&mut *self.state.borrow_mut(), State::Finalized);
         if let State::Running(interp) = state {
             interp.finalize();
@@ -129,7 +133,11 @@ impl Handler for PythonHandler {
         let State::Running(interp) = &*state else {
             unreachable!("started above")
         };
-        horse::start(interp, job)
+        horse::start(interp, &mut self.ahead.borrow_mut(), job)
+    }
+
+    fn idle(&self) {
+        self.ahead.borrow_mut().idle();
     }
 
     fn run_in_process(&self, job: &JobStart<'_>) -> Option<Result<Outcome, StartError>> {

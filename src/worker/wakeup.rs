@@ -256,6 +256,7 @@ impl Worker {
     /// lock) every interval, and a queue that changed meanwhile wakes the wait anyway (the
     /// heartbeat's wake still claims, as the fallback for a lost notice).
     pub(super) fn wait_for_work(&mut self, cap: Option<Duration>) {
+        self.registry.idle();
         while self.wait_once(cap) {
             let connects = self.store.connects();
             self.maintenance_due();
@@ -324,6 +325,8 @@ impl Worker {
     /// signals (a late SIGCHLD) are drained and the sleep goes on: a wake-up byte left in the
     /// signal pipe would otherwise end every later sleep at once.
     pub(super) fn sleep(&self, d: Duration) {
+        // No job runs during the sleep (an outage, a backoff).
+        self.registry.idle();
         let deadline = Instant::now() + d;
         let stops = self.signals.stop_count();
         loop {

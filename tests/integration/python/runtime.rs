@@ -484,3 +484,86 @@ fn an_app_thread_started_at_import_is_allowed_and_a_horse_deadlocked_on_its_lock
     assert!(zrange(&mut con, "rq:wip:q").is_empty(), "{log}");
     assert_eq!(llen(&mut con, "rq:queue:q"), 0);
 }
+
+/// Jobs that count how often this copy of the app ran one, and say in which process; `hold`
+/// writes its pid to a file and waits until it is released.
+const AHEAD_APP: &str = r#"
+import os, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ran = [0]
+
+def quick():
+    ran[0] += 1
+    return [os.getpid(), ran[0]]
+
+def hold():
+    ran[0] += 1
+    with open(os.path.join(HERE, "hold.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(os.path.join(HERE, "release")):
+        time.sleep(0.02)
+    return [os.getpid(), ran[0]]
+"#;
+
+/// While jobs come back to back the worker forks the next job's horse ahead (it waits beside
+/// the running one); a spare that died is replaced by a fresh fork, the job unharmed; an idle
+/// worker keeps no child at all. Every job still runs in a fresh copy of the worker.
+#[test]
+fn back_to_back_jobs_get_a_horse_forked_ahead_and_an_idle_worker_keeps_no_spare() {
+    let redis = RedisServer::start();
+    let app = App::new(&[("tasks.py", AHEAD_APP)]);
+    let mut con = redis.con();
+    let mut jobs: Vec<String> = (0..3)
+        .map(|_| rs_enqueue(&mut con, "q", "tasks.quick", json!([])))
+        .collect();
+    jobs.push(rs_enqueue(&mut con, "q", "tasks.hold", json!([])));
+    let w = app
+        .worker(&redis)
+        .opt("--preload", "tasks")
+        .queues(["q"])
+        .spawn();
+    let worker = w.pid().as_raw() as u32;
+    wait_until("the held job's horse", RUN, || {
+        !app.read("hold.pid").is_empty()
+    });
+    let held: u32 = app.read("hold.pid").trim().parse().unwrap();
+    let mut kids = Vec::new();
+    wait_until("a spare horse beside the held job's", WAIT, || {
+        kids = rq_supervisor::procfs::children(worker);
+        kids.len() == 2
+    });
+    assert!(
+        kids.contains(&held),
+        "children {kids:?}, held job's horse {held}"
+    );
+    let spare = *kids.iter().find(|&&k| k != held).unwrap();
+    assert!(alive(spare), "the spare is a live process");
+    // A spare killed from outside: the next job forks a horse of its own.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spare as i32), Signal::SIGKILL).unwrap();
+    jobs.push(rs_enqueue(&mut con, "q", "tasks.quick", json!([])));
+    app.write("release", "");
+    for id in &jobs {
+        wait_status_within(&mut con, id, &["finished"], RUN);
+    }
+    // Idle: the spare forked after the last job is killed and reaped.
+    wait_worker_state(&mut con, "w", "idle");
+    wait_until("no child of the idle worker", WAIT, || {
+        rq_supervisor::procfs::children(worker).is_empty()
+    });
+    let pids: std::collections::BTreeSet<String> = jobs
+        .iter()
+        .map(|id| {
+            let ret = latest_return(&mut con, id).unwrap();
+            assert_eq!(
+                ret[1],
+                json!(1),
+                "each job ran in a fresh copy of the worker: {ret}"
+            );
+            ret[0].to_string()
+        })
+        .collect();
+    assert_eq!(pids.len(), jobs.len(), "one horse per job: {pids:?}");
+    assert!(!pids.contains(&worker.to_string()));
+    assert!(!w.log().contains("Traceback"), "{}", w.log());
+}
