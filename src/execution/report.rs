@@ -33,10 +33,11 @@ pub fn fork(
     decode: Decode,
 ) -> io::Result<Reported> {
     let (report, mut child_end) = UnixStream::pair()?;
+    // Before the fork: nothing may fail once the horse runs the job.
+    report.set_nonblocking(true)?;
     let horse = Horse::fork_with(hooks, move || job(&mut child_end))?;
     // The parent's copy of the horse's end went with the closure; only the horse holds it, so
     // the report reaches end of file when the horse is done.
-    report.set_nonblocking(true)?;
     Ok(Reported {
         horse,
         report: Some(report),

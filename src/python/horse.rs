@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -77,8 +78,9 @@ pub struct Ahead {
 
 struct Spare {
     horse: report::Reported,
-    /// Where the job goes: one frame (see [`encode_job`]).
+    /// Where the job goes: one frame (see [`send_job`]).
     jobs: UnixStream,
+    forked: Instant,
 }
 
 impl Spare {
@@ -113,12 +115,27 @@ impl Ahead {
             );
             return None;
         }
-        let frame = encode_job(&job.record.id, &job.record.fields, timeout, job.worker);
+        if spare.forked.elapsed() > SPARE_FRESH {
+            log::debug!(
+                "the spare work horse waited too long; forking one for job {}",
+                job.record.id
+            );
+            spare.discard();
+            return None;
+        }
         // A spare that stopped reading (it cannot, short of a bug) must not hang the worker.
         let sent = spare
             .jobs
             .set_write_timeout(Some(Duration::from_secs(5)))
-            .and_then(|()| spare.jobs.write_all(&frame));
+            .and_then(|()| {
+                send_job(
+                    &spare.jobs,
+                    &job.record.id,
+                    &job.record.fields,
+                    timeout,
+                    job.worker,
+                )
+            });
         if let Err(e) = sent {
             log::warn!(
                 "cannot hand job {} to the spare work horse ({e}); forking one for it",
@@ -188,57 +205,107 @@ pub fn start(
     }))
 }
 
+/// A spare older than this is not handed a job (a fresh horse is forked instead): the
+/// app's at-fork hooks (`os.register_at_fork`) ran when the spare was forked, and a job
+/// should find what they set up nearly fresh, as in a horse forked at its start. Forking
+/// ahead pays for jobs of a few milliseconds; after jobs of seconds the fork no longer matters.
+const SPARE_FRESH: Duration = Duration::from_secs(5);
+
+/// How long a spare waits for its job before it exits by itself (well past [`SPARE_FRESH`],
+/// so it never leaves while the worker may still hand it one).
+const SPARE_WAIT: Duration = Duration::from_secs(30);
+
 /// Forks a horse that waits for its job on a socket, then runs it.
 fn fork_spare(runner: Runner) -> std::io::Result<Spare> {
     let (jobs, mut inbox) = UnixStream::pair()?;
+    let jobs_fd = jobs.as_raw_fd();
     let run = move |out: &mut dyn Write| {
-        let mut len = [0u8; 8];
-        let mut frame = Vec::new();
-        let got = inbox.read_exact(&mut len).and_then(|()| {
-            frame.resize(u64::from_le_bytes(len) as usize, 0);
-            inbox.read_exact(&mut frame)
-        });
-        if got.is_err() {
-            // The worker killed the spare or is gone: no job was handed over.
+        // SAFETY: the worker's end of the pair, inherited; nothing in this process uses it,
+        // and without it the worker closing its own is seen as the end of the stream.
+        unsafe { nix::libc::close(jobs_fd) };
+        // SAFETY: the GIL is held (the fork was made holding it); it is released while the
+        // spare waits, so threads the app's at-fork hooks started can run, and taken back.
+        let frame = unsafe {
+            let saved = (capi::api().PyEval_SaveThread)();
+            let frame = receive(&mut inbox);
+            (capi::api().PyEval_RestoreThread)(saved);
+            frame
+        };
+        let Some(frame) = frame else {
+            // No job came (the worker moved on, or is gone).
             return 1;
-        }
-        let report = decode_job(&frame).and_then(|job| {
+        };
+        let call = decode_job(&frame).and_then(|job| {
             let fields = fields_obj(job.fields.into_iter())?;
-            run_job(runner, job.id, fields, job.timeout, job.worker)
+            Some((
+                job.id.to_string(),
+                job.worker.to_string(),
+                job.timeout,
+                fields,
+            ))
+        });
+        // Python has its own copy of every field now: a large payload is not held twice.
+        drop(frame);
+        let report = call.and_then(|(id, worker, timeout, fields)| {
+            run_job(runner, &id, fields, timeout, &worker)
         });
         let _ = out.write_all(report_or_failure(report).as_bytes());
         0
     };
     let horse = forking(runner, |hooks| report::fork(hooks, run, decode))?;
-    Ok(Spare { horse, jobs })
+    Ok(Spare {
+        horse,
+        jobs,
+        forked: Instant::now(),
+    })
 }
 
-/// A job as the spare receives it: `u64` frame length, then `id`, `worker`, `timeout` as
-/// `i64`, and the job hash's fields, each string a `u64` length and its bytes (little-endian).
-fn encode_job(id: &str, fields: &HashMap<String, Vec<u8>>, timeout: i64, worker: &str) -> Vec<u8> {
-    let size = 32
-        + id.len()
-        + worker.len()
-        + fields
-            .iter()
-            .map(|(k, v)| 16 + k.len() + v.len())
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(size + 8);
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let mut put = |b: &[u8]| {
-        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-        out.extend_from_slice(b);
-    };
-    put(id.as_bytes());
-    put(worker.as_bytes());
-    for (k, v) in fields {
-        put(k.as_bytes());
-        put(v);
+/// The job's frame, once the worker sends it within [`SPARE_WAIT`]; `None` otherwise.
+fn receive(inbox: &mut UnixStream) -> Option<Vec<u8>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(inbox.as_fd(), PollFlags::POLLIN)];
+    let wait = PollTimeout::try_from(SPARE_WAIT).unwrap_or(PollTimeout::MAX);
+    loop {
+        match poll(&mut fds, wait) {
+            Ok(0) => return None,
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
     }
-    out.extend_from_slice(&timeout.to_le_bytes());
-    let len = (out.len() - 8) as u64;
-    out[..8].copy_from_slice(&len.to_le_bytes());
-    out
+    let mut len = [0u8; 8];
+    inbox.read_exact(&mut len).ok()?;
+    let mut frame = vec![0u8; usize::try_from(u64::from_le_bytes(len)).ok()?];
+    inbox.read_exact(&mut frame).ok()?;
+    Some(frame)
+}
+
+/// Writes a job as the spare receives it: `u64` frame length, then `id`, `worker`, the job
+/// hash's fields (each string a `u64` length and its bytes), and the timeout as `i64`, all
+/// little-endian. Written in pieces, so a large payload is not copied into one buffer.
+fn send_job(
+    to: &UnixStream,
+    id: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    timeout: i64,
+    worker: &str,
+) -> std::io::Result<()> {
+    let strings = || {
+        [id.as_bytes(), worker.as_bytes()].into_iter().chain(
+            fields
+                .iter()
+                .flat_map(|(k, v)| [k.as_bytes(), v.as_slice()]),
+        )
+    };
+    let len: usize = strings().map(|b| 8 + b.len()).sum::<usize>() + 8;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, to);
+    out.write_all(&(len as u64).to_le_bytes())?;
+    for b in strings() {
+        out.write_all(&(b.len() as u64).to_le_bytes())?;
+        out.write_all(b)?;
+    }
+    out.write_all(&timeout.to_le_bytes())?;
+    out.flush()
 }
 
 struct HandedJob<'a> {
@@ -248,7 +315,7 @@ struct HandedJob<'a> {
     timeout: i64,
 }
 
-/// [`encode_job`]'s frame (without its length) back; `None` if it is not one.
+/// [`send_job`]'s frame (without its length) back; `None` if it is not one.
 fn decode_job(frame: &[u8]) -> Option<HandedJob<'_>> {
     let (body, timeout) = frame.split_at_checked(frame.len().checked_sub(8)?)?;
     let timeout = i64::from_le_bytes(timeout.try_into().ok()?);

@@ -486,7 +486,7 @@ fn an_app_thread_started_at_import_is_allowed_and_a_horse_deadlocked_on_its_lock
 }
 
 /// Jobs that count how often this copy of the app ran one, and say in which process; `hold`
-/// writes its pid to a file and waits until it is released.
+/// writes its pid to `NAME.pid` and waits until `NAME.release` exists.
 const AHEAD_APP: &str = r#"
 import os, time
 
@@ -497,52 +497,66 @@ def quick():
     ran[0] += 1
     return [os.getpid(), ran[0]]
 
-def hold():
+def hold(name):
     ran[0] += 1
-    with open(os.path.join(HERE, "hold.pid"), "w") as f:
+    with open(os.path.join(HERE, name + ".pid"), "w") as f:
         f.write(str(os.getpid()))
-    while not os.path.exists(os.path.join(HERE, "release")):
+    while not os.path.exists(os.path.join(HERE, name + ".release")):
         time.sleep(0.02)
     return [os.getpid(), ran[0]]
 "#;
 
 /// While jobs come back to back the worker forks the next job's horse ahead (it waits beside
-/// the running one); a spare that died is replaced by a fresh fork, the job unharmed; an idle
-/// worker keeps no child at all. Every job still runs in a fresh copy of the worker.
+/// the running one), and the next job runs in it; a spare that died is replaced by a fresh
+/// fork, the job unharmed; an idle worker keeps no child at all. Every job still runs in a
+/// fresh copy of the worker.
 #[test]
-fn back_to_back_jobs_get_a_horse_forked_ahead_and_an_idle_worker_keeps_no_spare() {
+fn back_to_back_jobs_run_in_a_horse_forked_ahead_and_an_idle_worker_keeps_no_spare() {
     let redis = RedisServer::start();
     let app = App::new(&[("tasks.py", AHEAD_APP)]);
     let mut con = redis.con();
-    let mut jobs: Vec<String> = (0..3)
+    let mut jobs: Vec<String> = (0..2)
         .map(|_| rs_enqueue(&mut con, "q", "tasks.quick", json!([])))
         .collect();
-    jobs.push(rs_enqueue(&mut con, "q", "tasks.hold", json!([])));
+    jobs.push(rs_enqueue(&mut con, "q", "tasks.hold", json!(["one"])));
+    jobs.push(rs_enqueue(&mut con, "q", "tasks.hold", json!(["two"])));
     let w = app
         .worker(&redis)
         .opt("--preload", "tasks")
         .queues(["q"])
         .spawn();
     let worker = w.pid().as_raw() as u32;
-    wait_until("the held job's horse", RUN, || {
-        !app.read("hold.pid").is_empty()
-    });
-    let held: u32 = app.read("hold.pid").trim().parse().unwrap();
-    let mut kids = Vec::new();
-    wait_until("a spare horse beside the held job's", WAIT, || {
-        kids = rq_supervisor::procfs::children(worker);
-        kids.len() == 2
-    });
-    assert!(
-        kids.contains(&held),
-        "children {kids:?}, held job's horse {held}"
-    );
-    let spare = *kids.iter().find(|&&k| k != held).unwrap();
+    // The spare beside a running job: the worker's other child.
+    let spare_beside = |name: &str| -> u32 {
+        wait_until(&format!("job {name}'s horse"), RUN, || {
+            !app.read(&format!("{name}.pid")).is_empty()
+        });
+        let held: u32 = app.read(&format!("{name}.pid")).trim().parse().unwrap();
+        let mut kids = Vec::new();
+        wait_until(&format!("a spare beside job {name}'s horse"), WAIT, || {
+            kids = rq_supervisor::procfs::children(worker);
+            kids.len() == 2
+        });
+        assert!(
+            kids.contains(&held),
+            "children {kids:?}, job {name}'s horse {held}"
+        );
+        *kids.iter().find(|&&k| k != held).unwrap()
+    };
+    let spare = spare_beside("one");
     assert!(alive(spare), "the spare is a live process");
+    app.write("one.release", "");
+    // The next job runs in that spare.
+    let second = spare_beside("two");
+    assert_eq!(
+        app.read("two.pid").trim(),
+        spare.to_string(),
+        "job two ran in the spare"
+    );
     // A spare killed from outside: the next job forks a horse of its own.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spare as i32), Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second as i32), Signal::SIGKILL).unwrap();
     jobs.push(rs_enqueue(&mut con, "q", "tasks.quick", json!([])));
-    app.write("release", "");
+    app.write("two.release", "");
     for id in &jobs {
         wait_status_within(&mut con, id, &["finished"], RUN);
     }
@@ -565,5 +579,9 @@ fn back_to_back_jobs_get_a_horse_forked_ahead_and_an_idle_worker_keeps_no_spare(
         .collect();
     assert_eq!(pids.len(), jobs.len(), "one horse per job: {pids:?}");
     assert!(!pids.contains(&worker.to_string()));
+    assert!(
+        !pids.contains(&second.to_string()),
+        "the killed spare ran no job"
+    );
     assert!(!w.log().contains("Traceback"), "{}", w.log());
 }
