@@ -274,7 +274,7 @@ impl Families {
             rss: gauges(
                 r,
                 "rq_supervisor_pool_rss_bytes",
-                "Resident memory of the pool's workers and their work horses",
+                "Memory of the pool's workers (resident) and their work horses (each one's private memory)",
             ),
             restarts: counters(
                 r,
