@@ -177,13 +177,9 @@ pub fn start(
         Some(horse) => horse,
         None => {
             let run = |out: &mut dyn Write| {
-                let report = fields_obj(
-                    job.record
-                        .fields
-                        .iter()
-                        .map(|(k, v)| (k.as_bytes(), v.as_slice())),
-                )
-                .and_then(|fields| run_job(runner, &job.record.id, fields, timeout, job.worker));
+                let report = fields_obj(&job.record.fields).and_then(|fields| {
+                    run_job(runner, &job.record.id, fields, timeout, job.worker)
+                });
                 let _ = out.write_all(report_or_failure(report).as_bytes());
                 0
             };
@@ -236,7 +232,7 @@ fn fork_spare(runner: Runner) -> std::io::Result<Spare> {
             return 1;
         };
         let call = decode_job(&frame).and_then(|job| {
-            let fields = fields_obj(job.fields.into_iter())?;
+            let fields = capi::bytes_dict(job.fields)?;
             Some((
                 job.id.to_string(),
                 job.worker.to_string(),
@@ -371,13 +367,8 @@ fn report_or_failure(report: Option<String>) -> String {
 pub fn run_in_process(interp: &Interpreter, job: &JobStart<'_>) -> Outcome {
     let timeout = job.timeout.map_or(-1, |t| t as i64);
     let _gil = Gil::acquire();
-    let report = fields_obj(
-        job.record
-            .fields
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_slice())),
-    )
-    .and_then(|fields| run_job(interp.runner, &job.record.id, fields, timeout, job.worker));
+    let report = fields_obj(&job.record.fields)
+        .and_then(|fields| run_job(interp.runner, &job.record.id, fields, timeout, job.worker));
     decode(
         crate::execution::inline::exit_code(0),
         report_or_failure(report).as_bytes(),
@@ -386,8 +377,8 @@ pub fn run_in_process(interp: &Interpreter, job: &JobStart<'_>) -> Outcome {
 
 /// The job hash as `job.py` reads it: a dict of bytes, as redis-py's `HGETALL` gives it
 /// (built here, in C, in a fraction of what parsing it in Python took).
-fn fields_obj<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Option<Owned> {
-    capi::bytes_dict(fields)
+fn fields_obj(fields: &HashMap<String, Vec<u8>>) -> Option<Owned> {
+    capi::bytes_dict(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
 }
 
 /// A running Python job: the horse, and what a stop-job command runs after killing it.
@@ -428,8 +419,9 @@ impl Execution for PythonExecution {
         };
         let forked = forking(cb.runner, |hooks| {
             Horse::fork_with(hooks, || {
-                let fields = cb.fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
-                if let (Some(id), Some(fields)) = (capi::str_obj(&cb.job_id), fields_obj(fields)) {
+                if let (Some(id), Some(fields)) =
+                    (capi::str_obj(&cb.job_id), fields_obj(&cb.fields))
+                {
                     cb.runner.call(c"run_stopped", vec![id, fields]);
                 }
                 interpreter::flush_std_streams(cb.runner);
